@@ -1,0 +1,35 @@
+"""Per-chip statistics the run summary prints: median, 5th percentile and yield."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+
+def chip_yield(accuracy: xr.DataArray, float_accuracy: xr.DataArray, within: float = 0.01) -> xr.DataArray:
+    """Fraction of chips whose accuracy is within ``within`` (absolute, e.g. 0.01 = 1
+    percentage point) of the float model's; chips not yet evaluated are left out."""
+    ok = accuracy >= float_accuracy - within - 1e-9
+    evaluated = accuracy.notnull()
+    return ok.where(evaluated).sum("chip") / evaluated.sum("chip")
+
+
+def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
+    """One row per variant × hardware × procedure × time: float accuracy, median and 5th
+    percentile of chip accuracy, yield, and how many chips were evaluated."""
+    within = float(ds.attrs.get("yield_within", 0.01)) if within is None else within
+    acc = ds["accuracy"].load()
+    stats = xr.Dataset(
+        {
+            "float": ds["float_accuracy"].load().broadcast_like(acc.isel(chip=0, drop=True)),
+            "median": acc.median("chip", skipna=True),
+            "p5": acc.quantile(0.05, dim="chip", skipna=True).drop_vars("quantile"),
+            "yield": chip_yield(acc, ds["float_accuracy"], within),
+            "chips": acc.notnull().sum("chip"),
+        }
+    )
+    keep = ["variant", "hardware", "procedure", "time"]
+    df = stats.to_dataframe().reset_index()
+    df["time_label"] = np.asarray(ds["time_label"].values)[np.searchsorted(ds["time"].values, df["time"].values)]
+    return df[[*keep, "time_label", "float", "median", "p5", "yield", "chips"]]

@@ -1,0 +1,142 @@
+"""The ``mcstudy`` command: ``run`` and ``validate``.
+
+A user's mistake (bad study file, missing data, unusable store, bad flag) prints a
+message and exits with code 2; only a bug in mcstudy shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import McStudyError
+
+EXIT_USER_ERROR = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcstudy", description="Monte Carlo variability studies of neural networks on analog in-memory-computing chips."
+    )
+    parser.add_argument("--version", action="version", version=f"mcstudy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a study and write its zarr store")
+    run.add_argument("study", type=Path, help="study file (YAML)")
+    run.add_argument("--out", type=Path, help="results store (default: results/<study name>.zarr)")
+    run.add_argument("--executor", choices=["serial", "local"], help="where units run (default: the study's, else local)")
+    run.add_argument("--workers", type=_positive_int, help="worker processes for the local executor")
+    run.add_argument("--chips", type=_positive_int, help="override the study's chip count")
+    run.add_argument("--block-size", type=_positive_int, help="chips per work unit")
+    run.add_argument("--overwrite", action="store_true", help="replace a store written by a different study")
+    run.add_argument("--cache-dir", type=Path, help="trained-model cache (default: $MCSTUDY_CACHE or ~/.cache/mcstudy)")
+    run.add_argument("--quiet", action="store_true", help="no progress output; print only the summary table")
+
+    val = sub.add_parser("validate", help="check a study file without running it")
+    val.add_argument("study", type=Path, help="study file (YAML)")
+    val.add_argument("--chips", type=_positive_int, help="override the study's chip count")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Console()
+    if not out.is_terminal:  # logs and pipes: wide enough that the summary table is never cut
+        out = Console(width=160)
+    err = Console(stderr=True)
+    try:
+        if args.command == "validate":
+            return _validate(args, out)
+        return _run(args, out, err)
+    except McStudyError as e:
+        err.print(f"[bold red]mcstudy: error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        err.print("mcstudy: interrupted; rerun the same command to resume")
+        return 130
+
+
+def _validate(args: argparse.Namespace, out: Console) -> int:
+    from .spec import load_study
+
+    spec = load_study(args.study, chips=args.chips)
+    n = len(spec.variants) * len(spec.hardware) * len(spec.procedures) * len(spec.times) * spec.chips
+    out.print(
+        f"{args.study}: valid study [bold]{spec.name}[/] — {len(spec.variants)} variant(s) × "
+        f"{len(spec.hardware)} population(s) × {len(spec.procedures)} procedure(s) × {len(spec.times)} time(s) × "
+        f"{spec.chips} chips = {n:,} chip evaluations; spec hash {spec.hash[:12]}",
+        highlight=False,
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from .analysis import summary_table
+    from .execution import RunOptions, run_study
+    from .spec import load_study
+    from .store import open_results
+
+    spec = load_study(args.study, chips=args.chips)
+    path = args.out or Path("results") / f"{spec.name}.zarr"
+    options = RunOptions(
+        out=path,
+        executor=args.executor,
+        workers=args.workers,
+        block_size=args.block_size,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+    report = run_study(spec, options, console=Console(stderr=True, quiet=args.quiet))
+    ds = open_results(path)
+    out.print(render_summary(summary_table(ds), ds.attrs.get("yield_within", 0.01), spec.name))
+    what = "resumed" if report.resumed else "wrote"
+    out.print(
+        f"{what} {path} ({report.units_run} of {report.units_total} units computed) in {report.seconds:.1f} s. "
+        f"Open it with: mcstudy.open_results({str(path)!r})",
+        highlight=False,
+    )
+    return 0
+
+
+def render_summary(df: "object", within: float, title: str) -> Table:
+    """The end-of-run table: one row per variant × population × procedure × time."""
+    import pandas as pd
+
+    assert isinstance(df, pd.DataFrame)
+    table = Table(title=f"{title}: accuracy over chips (yield = share within {within * 100:g} pp of float)")
+    for col, justify in (("variant", "left"), ("hardware", "left"), ("procedure", "left"), ("time", "right"),
+                         ("float", "right"), ("median", "right"), ("p5", "right"), ("yield", "right"), ("chips", "right")):  # fmt: skip
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    last = None
+    for row in df.to_dict("records"):
+        key = (row["variant"], row["hardware"], row["procedure"])
+        if last is not None and key[:2] != last[:2]:
+            table.add_section()
+        shown = key if key != last else ("", "", "")
+        last = key
+        table.add_row(
+            *shown, str(row["time_label"]), f"{row['float']:.4f}", f"{row['median']:.4f}", f"{row['p5']:.4f}",
+            f"{row['yield'] * 100:.1f}%", str(int(row["chips"])),
+        )  # fmt: skip
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())

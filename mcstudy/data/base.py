@@ -1,0 +1,112 @@
+"""Datasets: the spec section, the loaded arrays and the deterministic splits."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from pydantic import Field, PositiveInt
+
+from ..registry import Params, Registry
+
+
+class DataSpec(Params):
+    """The ``data:`` section of a study file."""
+
+    dataset: str = "digits"
+    root: str | None = Field(None, description="directory of local dataset files (mnist, fashion_mnist, emnist)")
+    subset: str | None = Field(None, description="EMNIST split, e.g. 'balanced', 'digits', 'letters'")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="test share, for datasets without an official test split")
+    calibration_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of the training pool held out for on-chip calibration"
+    )
+    max_train: PositiveInt | None = Field(None, description="cap on training samples (after the split)")
+    max_test: PositiveInt | None = Field(None, description="cap on test samples (after the split)")
+
+
+@dataclass(frozen=True)
+class RawData:
+    """What a loader returns: inputs scaled to [0, 1], integer labels."""
+
+    x: np.ndarray  # (N, *input_shape) float32
+    y: np.ndarray  # (N,) int64
+    input_shape: tuple[int, ...]
+    n_classes: int
+    x_test: np.ndarray | None = None  # official test split, when the dataset has one
+    y_test: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train / calibration / test splits. The test split is only ever used to score chips;
+    on-chip procedures calibrate on the calibration split."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    n_classes: int
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_cal: np.ndarray
+    y_cal: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    digest: str = field(default="")
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.y_train)} train / {len(self.y_cal)} calibration / "
+            f"{len(self.y_test)} test, input {self.input_shape}, {self.n_classes} classes"
+        )
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    load: Callable[[DataSpec], RawData]
+    needs_root: bool = False
+    extra: str | None = None  # pip extra that provides it
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (rest, held-out) with ``fraction`` of every class held out."""
+    held: list[np.ndarray] = []
+    rest: list[np.ndarray] = []
+    for cls in np.unique(y):
+        idx = np.flatnonzero(y == cls)
+        idx = idx[rng.permutation(len(idx))]
+        k = int(round(fraction * len(idx)))
+        held.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+
+
+def make_splits(name: str, raw: RawData, spec: DataSpec, seed: int) -> Dataset:
+    """Deterministic, stratified train / calibration / test split from the study seed."""
+    rng = np.random.default_rng([seed, 0x5EED_DA7A])
+    if raw.x_test is None or raw.y_test is None:
+        pool_idx, test_idx = _stratified_split(raw.y, spec.test_fraction, rng)
+        x_pool, y_pool = raw.x[pool_idx], raw.y[pool_idx]
+        x_test, y_test = raw.x[test_idx], raw.y[test_idx]
+    else:
+        x_pool, y_pool, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
+    train_idx, cal_idx = _stratified_split(y_pool, spec.calibration_fraction, rng)
+    if spec.max_train is not None and len(train_idx) > spec.max_train:
+        train_idx = np.sort(rng.choice(train_idx, spec.max_train, replace=False))
+    if spec.max_test is not None and len(y_test) > spec.max_test:
+        keep = np.sort(rng.choice(len(y_test), spec.max_test, replace=False))
+        x_test, y_test = x_test[keep], y_test[keep]
+    parts = dict(
+        x_train=x_pool[train_idx], y_train=y_pool[train_idx],
+        x_cal=x_pool[cal_idx], y_cal=y_pool[cal_idx],
+        x_test=x_test, y_test=y_test,
+    )  # fmt: skip
+    parts = {k: np.ascontiguousarray(v, dtype=np.float32 if k[0] == "x" else np.int64) for k, v in parts.items()}
+    h = hashlib.sha256()
+    for k in sorted(parts):
+        h.update(k.encode())
+        h.update(parts[k].tobytes())
+    return Dataset(name=name, input_shape=raw.input_shape, n_classes=raw.n_classes, digest=h.hexdigest(), **parts)

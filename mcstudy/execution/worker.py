@@ -1,0 +1,117 @@
+"""What a worker holds once (trained models, data, physics) and how it runs a unit.
+
+Workers never write the store: they return a small :class:`UnitResult` to the
+coordinator. Everything random comes from the chips' own streams, and every worker
+runs torch with the same thread count, so a unit's numbers do not depend on which
+worker, executor or block produced them.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..analog import AnalogNetwork
+from ..data import Dataset
+from ..models import build_model
+from ..procedures import METRICS, PROCEDURES, EvalData
+from ..rng import chip_stream
+from ..spec import StudySpec
+from .plan import WorkUnit
+
+
+@dataclass(frozen=True)
+class Payload:
+    """Sent to every worker once: the study, the trained weights and the data it needs."""
+
+    spec: StudySpec
+    states: dict[str, dict[str, torch.Tensor]]  # variant name -> state dict
+    input_shape: tuple[int, ...]
+    n_classes: int
+    x_test: np.ndarray
+    y_test: np.ndarray
+    x_cal: np.ndarray
+    y_cal: np.ndarray
+
+    @classmethod
+    def build(cls, spec: StudySpec, states: dict[str, dict[str, torch.Tensor]], data: Dataset) -> "Payload":
+        return cls(spec, states, data.input_shape, data.n_classes, data.x_test, data.y_test, data.x_cal, data.y_cal)
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    unit: WorkUnit
+    metrics: dict[str, np.ndarray]  # name -> (procedure, time, chip)
+    draws: dict[str, np.ndarray]  # name -> (chip,)
+    seconds: float
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch with ``n`` intra-op threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class WorkerContext:
+    """Trained networks, populations, procedures and data, built once per worker."""
+
+    def __init__(self, payload: Payload, device: str | None = None) -> None:
+        spec = payload.spec
+        self.spec = spec
+        self.device = torch.device(device or spec.execution.device)
+        self.threads = spec.execution.threads_per_worker
+        self.networks: dict[str, AnalogNetwork] = {}
+        for v in spec.variants:
+            model = build_model(spec.model.name, spec.model.params, payload.input_shape, payload.n_classes)
+            model.load_state_dict(payload.states[v.name])
+            self.networks[v.name] = AnalogNetwork(model).to(self.device)
+        self.populations = {h.name: h.build() for h in spec.hardware}
+        self.procedures = [PROCEDURES.get(p.kind.name).obj(p.kind.params) for p in spec.procedures]
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(self.device)
+
+        self.data = EvalData(t(payload.x_test), t(payload.y_test), t(payload.x_cal), t(payload.y_cal), spec.execution.eval_batch)
+
+    def run(self, unit: WorkUnit) -> UnitResult:
+        with torch_threads(self.threads):
+            return self._run(unit)
+
+    def _run(self, unit: WorkUnit) -> UnitResult:
+        t0 = time.perf_counter()
+        spec = self.spec
+        variant, pop_spec = spec.variants[unit.variant], spec.hardware[unit.hardware]
+        net, population = self.networks[variant.name], self.populations[pop_spec.name]
+        stream = chip_stream(spec.seed, pop_spec.base, range(unit.start, unit.stop), self.device)
+        chips = population.program(net.nominal, stream)
+        states = [proc.prepare(chips, net, self.data) for proc in self.procedures]
+        shape = (len(self.procedures), len(spec.times), unit.n_chips)
+        metrics = {m: np.full(shape, np.nan, dtype=np.float64) for m in METRICS}
+        for ti, t in enumerate(spec.times):
+            weights = chips.read(t)
+            for pi, (proc, state) in enumerate(zip(self.procedures, states)):
+                result = proc.evaluate(state, chips, weights, t, net, self.data)
+                for m in METRICS:
+                    metrics[m][pi, ti] = result[m].cpu().numpy()
+        draws = {k: v.cpu().numpy() for k, v in chips.draws().items()}
+        return UnitResult(unit, metrics, draws, time.perf_counter() - t0)
+
+    def float_metrics(self) -> dict[str, dict[str, float]]:
+        """Each variant's digital (float) accuracy and loss on the test split, through the
+        same code path as the chips, with the nominal weights."""
+        out = {}
+        with torch_threads(self.threads):
+            for name, net in self.networks.items():
+                r = net.score(self.data.x_test, self.data.y_test, [w[None] for w in net.nominal], batch=self.data.batch)
+                out[name] = {m: float(r[m][0]) for m in METRICS}
+        return out

@@ -1,0 +1,34 @@
+"""The ideal device: conductances read exactly as programmed, at every time."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..registry import Params
+from ..rng import Stream
+from .base import DEVICES, DeviceModel, DeviceState
+
+
+class IdealParams(Params):
+    g_max: float = Field(25.0, gt=0, description="largest conductance, µS")
+
+
+@DEVICES.register("ideal", IdealParams)
+class IdealDevice(DeviceModel):
+    """No programming noise, no drift, no read noise (variation still applies)."""
+
+    params: IdealParams
+
+    @property
+    def g_max(self) -> float:
+        return self.params.g_max
+
+    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+        return {"g": g_target}
+
+    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
+        return state["g"]
+
+    def drifts(self) -> bool:
+        return False

@@ -1,0 +1,135 @@
+"""Phase-change memory: programming noise, conductance drift and 1/f read noise.
+
+The statistical PCM model of Nandakumar et al. (2019) and Joshi et al. (Nat. Commun.
+11, 2473, 2020), as used by Mackin et al. (Nat. Commun. 2022); SCIENCE.md §2. For a
+normalised target ``g = G_T / G_max``:
+
+- programming noise: ``σ_prog = c0 + c1·g + c2·g²`` µS; ``G_P = max(G_T + σ_prog·z, 0)``
+- drift exponent, drawn once at programming:
+  ``μ_ν = clip(a_μ·ln g + b_μ, μ_min, μ_max)``, ``σ_ν = clip(a_σ·ln g + b_σ, σ_min, σ_max)``,
+  ``ν = |μ_ν + σ_ν·z|``
+- drift: ``G_D(t) = G_P·(t/t0)^(−ν)`` for ``t ≥ t0`` (earlier reads see no drift)
+- 1/f read noise, drawn per read: ``Q_s = min(q / g_P^e, Q_max)`` with ``g_P = G_P/G_max``,
+  ``σ_read = G_D·Q_s·√ln((t + t_read)/(2·t_read))``, ``G = max(G_D + σ_read·z, 0)``
+
+Every constant is a named parameter of :class:`PCMParams` with the published default.
+The ``*_scale`` factors switch a mechanism off (0) or exaggerate it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+
+from ..registry import Params
+from ..rng import Stream, draw_normal
+from .base import DEVICES, DeviceModel, DeviceState
+
+
+class PCMParams(Params):
+    """Constants of the PCM model (SCIENCE.md §2); conductances in µS, times in s."""
+
+    g_max: float = Field(25.0, gt=0, description="largest conductance G_max, µS")
+    prog_c0: float = Field(0.26348, description="programming-noise polynomial, constant term, µS")
+    prog_c1: float = Field(1.9650, description="programming-noise polynomial, linear term, µS")
+    prog_c2: float = Field(-1.1731, description="programming-noise polynomial, quadratic term, µS")
+    mu_nu_slope: float = -0.0155
+    mu_nu_intercept: float = 0.0244
+    mu_nu_min: float = Field(0.049, ge=0)
+    mu_nu_max: float = Field(0.1, ge=0)
+    sigma_nu_slope: float = -0.0125
+    sigma_nu_intercept: float = -0.0059
+    sigma_nu_min: float = Field(0.008, ge=0)
+    sigma_nu_max: float = Field(0.045, ge=0)
+    t0: float = Field(20.0, gt=0, description="drift reference time after programming, s")
+    read_qs_coeff: float = Field(0.0088, ge=0, description="1/f read-noise amplitude q")
+    read_qs_exponent: float = Field(0.65, description="1/f read-noise exponent e")
+    read_qs_max: float = Field(0.2, ge=0, description="upper bound of Q_s")
+    t_read: float = Field(250e-9, gt=0, description="duration of one read, s")
+    prog_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_prog (0 switches it off)")
+    drift_scale: float = Field(1.0, ge=0, description="multiplies ν (0 switches drift off)")
+    read_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_read (0 switches it off)")
+
+
+DEFAULT = PCMParams()
+
+
+def _normalised(g: torch.Tensor, p: PCMParams) -> torch.Tensor:
+    return (g / p.g_max).clamp(0.0, 1.0)
+
+
+def programming_sigma(g_target: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
+    """σ_prog (µS) for target conductances ``g_target`` (µS)."""
+    g = _normalised(g_target, p)
+    return (p.prog_c0 + p.prog_c1 * g + p.prog_c2 * g * g) * p.prog_noise_scale
+
+
+def drift_mu(g_target: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
+    """Mean drift exponent μ_ν for target conductances (µS)."""
+    return (p.mu_nu_slope * torch.log(_normalised(g_target, p)) + p.mu_nu_intercept).clamp(p.mu_nu_min, p.mu_nu_max)
+
+
+def drift_sigma(g_target: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
+    """Spread σ_ν of the drift exponent for target conductances (µS)."""
+    g = _normalised(g_target, p)
+    return (p.sigma_nu_slope * torch.log(g) + p.sigma_nu_intercept).clamp(p.sigma_nu_min, p.sigma_nu_max)
+
+
+def read_noise_qs(g_prog: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
+    """Relative 1/f read-noise amplitude Q_s for programmed conductances (µS)."""
+    return (p.read_qs_coeff / _normalised(g_prog, p).pow(p.read_qs_exponent)).clamp(max=p.read_qs_max)
+
+
+def read_noise_time_factor(t: float, p: PCMParams = DEFAULT) -> float:
+    """√ln((t + t_read)/(2·t_read)): 4.18 at 20 s, 4.77 at 1 h, 5.09 at 1 day, 5.64 at 1 year."""
+    return math.sqrt(max(math.log((t + p.t_read) / (2.0 * p.t_read)), 0.0))
+
+
+def drift_factor(nu: torch.Tensor, t: float, p: PCMParams = DEFAULT) -> torch.Tensor:
+    """(t/t0)^(−ν), with no drift before t0."""
+    return torch.pow(max(t, p.t0) / p.t0, -nu)
+
+
+def program(
+    g_target: torch.Tensor, rng: Stream | torch.Generator, params: PCMParams = DEFAULT
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Program PCM devices: returns ``(g_prog, nu)``, programmed conductances (µS) and
+    drift exponents, both shaped like ``g_target`` (µS)."""
+    z_prog = draw_normal(rng, g_target, "prog")
+    z_nu = draw_normal(rng, g_target, "nu")
+    g_prog = (g_target + programming_sigma(g_target, params) * z_prog).clamp(min=0.0)
+    nu = (drift_mu(g_target, params) + drift_sigma(g_target, params) * z_nu).abs() * params.drift_scale
+    return g_prog, nu
+
+
+def read(
+    g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream | torch.Generator, params: PCMParams = DEFAULT
+) -> torch.Tensor:
+    """Read programmed devices ``t_seconds`` after programming: drift, then 1/f read noise."""
+    g_drift = g_prog * drift_factor(nu, t_seconds, params)
+    sigma = g_drift * read_noise_qs(g_prog, params) * (read_noise_time_factor(t_seconds, params) * params.read_noise_scale)
+    z = draw_normal(rng, g_drift, "read")
+    return (g_drift + sigma * z).clamp(min=0.0)
+
+
+@DEVICES.register("pcm", PCMParams)
+class PCMDevice(DeviceModel):
+    """Phase-change memory (Nandakumar et al. 2019; Joshi et al. 2020)."""
+
+    params: PCMParams
+
+    @property
+    def g_max(self) -> float:
+        return self.params.g_max
+
+    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+        g_prog, nu = program(g_target, rng, self.params)
+        return {"g_prog": g_prog, "nu": nu}
+
+    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
+        return read(state["g_prog"], state["nu"], t, rng, self.params)
+
+    def drifts(self) -> bool:
+        return self.params.drift_scale > 0

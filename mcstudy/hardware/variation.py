@@ -1,0 +1,94 @@
+"""Within-chip and between-chip variation of device conductances (SCIENCE.md §1).
+
+Deng & Orshansky (DATE 2022): a device's realised target is its nominal target times
+(or plus) a random error with a between-chip part shared at a granularity and a
+within-chip part drawn per device:
+
+- multiplicative, lognormal (default): ``G = G_T·exp(θ_b + θ_w)``, ``θ ~ N(0, σ²)``
+- additive, normal: ``G = max(G_T + G_max·(σ_b·z_b + σ_w·z_w), 0)``
+
+Granularity says which devices share one draw: ``device`` (none), ``column`` (one per
+output column of a layer), ``layer`` (one per layer), ``chip`` (one for the whole chip).
+The two components come from separate sub-streams of the chip's stream, so switching
+one on or off never changes the other's draws.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from ..registry import Params
+from ..rng import Stream
+
+Granularity = Literal["device", "column", "layer", "chip"]
+
+
+class VariationComponent(Params):
+    sigma: float = Field(0.0, ge=0, description="standard deviation (of log-conductance, or in units of G_max)")
+    kind: Literal["lognormal", "normal"] = "lognormal"
+    granularity: Granularity = "device"
+
+
+class WithinChip(VariationComponent):
+    """Independent per device by default."""
+
+
+class BetweenChip(VariationComponent):
+    """One draw per chip by default."""
+
+    granularity: Granularity = "chip"
+
+
+class Variation(Params):
+    within: WithinChip = WithinChip()
+    between: BetweenChip = BetweenChip()
+
+
+def component_draw(
+    comp: VariationComponent, stream: Stream, layer: int, shape: tuple[int, int, int]
+) -> torch.Tensor:
+    """Standard normals for one layer's devices ``shape = (D, out, in)``, broadcastable to
+    ``(C, D, out, in)`` and shared according to ``comp.granularity``."""
+    d, n_out, n_in = shape
+    if comp.granularity == "chip":
+        return stream.normal(1).view(-1, 1, 1, 1)
+    if comp.granularity == "layer":
+        return stream.child(layer).normal(1).view(-1, 1, 1, 1)
+    if comp.granularity == "column":
+        return stream.child(layer).normal(n_out).view(-1, 1, n_out, 1)
+    return stream.child(layer).normal(d, n_out, n_in)
+
+
+def apply_variation(
+    variation: Variation, g_target: torch.Tensor, stream: Stream, layer: int, g_max: float
+) -> torch.Tensor:
+    """Targets ``(D, out, in)`` µS -> varied targets ``(C, D, out, in)`` µS for the chips of ``stream``."""
+    shape = tuple(g_target.shape)
+    out = g_target.unsqueeze(0).expand(stream.n, *shape)
+    log_gain: torch.Tensor | float = 0.0
+    offset: torch.Tensor | float = 0.0
+    for name, comp in (("within", variation.within), ("between", variation.between)):
+        if comp.sigma == 0:
+            continue
+        z = component_draw(comp, stream.child(name), layer, shape) * comp.sigma  # type: ignore[arg-type]
+        if comp.kind == "lognormal":
+            log_gain = log_gain + z
+        else:
+            offset = offset + z * g_max
+    if isinstance(log_gain, torch.Tensor):
+        out = out * torch.exp(log_gain)
+    if isinstance(offset, torch.Tensor):
+        out = (out + offset).clamp(min=0.0)
+    return out
+
+
+def chip_level_draws(variation: Variation, stream: Stream) -> dict[str, torch.Tensor]:
+    """Per-chip standard-normal draws worth keeping in the store (chip granularity only)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, comp in (("within", variation.within), ("between", variation.between)):
+        if comp.granularity == "chip" and comp.sigma > 0:
+            out[f"{name}_z"] = stream.child(name).normal(1)[:, 0]
+    return out

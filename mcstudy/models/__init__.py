@@ -1,0 +1,19 @@
+"""The model zoo. Every model is a plain ``torch.nn.Module`` built from standard layers;
+``mcstudy.analog`` deploys its ``Linear`` and ``Conv2d`` layers on chips."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..registry import Params
+from . import zoo  # noqa: F401  (registers the models)
+from .zoo import MODELS, ModelFactory
+
+__all__ = ["MODELS", "build_model"]
+
+
+def build_model(name: str, params: Params, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """Instantiate model ``name`` for inputs of ``input_shape`` (C, H, W) and ``n_classes`` outputs."""
+    factory: ModelFactory = MODELS.get(name).obj
+    return factory(params, input_shape, n_classes)
+

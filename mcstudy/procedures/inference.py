@@ -1,0 +1,22 @@
+"""Plain inference: the chip as read, no correction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..analog import AnalogNetwork
+from ..hardware import ChipBatch
+from ..registry import NoParams
+from .base import PROCEDURES, EvalData, Procedure
+
+
+@PROCEDURES.register("inference", NoParams)
+class Inference(Procedure):
+    """Score the test split on each chip as it reads at time t."""
+
+    def evaluate(
+        self, state: Any, chips: ChipBatch, weights: list[torch.Tensor], t: float, net: AnalogNetwork, data: EvalData
+    ) -> dict[str, torch.Tensor]:
+        return net.score(data.x_test, data.y_test, weights, batch=data.batch)

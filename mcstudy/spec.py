@@ -1,0 +1,566 @@
+"""The study schema: a YAML file -> frozen, validated objects.
+
+Nothing runs and nothing is written until the whole file validates. Every problem is
+reported at once, each with its field path, the bad value and what is allowed
+(``hardware.pcm.variation.within.sigma: input should be greater than or equal to 0;
+got -0.1``). Study files are untrusted input: YAML is read with the safe loader, and a
+duplicate key is an error rather than silently overwriting the first.
+
+Sweeps: a list of numbers on a numeric field of a hardware population (or of a
+variant's trainer) expands into one named entry per value (the cartesian product when
+several fields are swept), e.g. ``pcm[variation.within.sigma=0.05]``; the swept values
+become coordinates along ``hardware`` (``variation_within_sigma``) or ``variant``.
+Swept populations share their chips: chip c of every sweep point is drawn from the same
+stream (keyed by the population's name in the file), so curves along a sweep are paired.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, ValidationError
+
+from .data import DATASETS, DataSpec
+from .errors import SpecError
+from .hardware import DEVICES, MAPPINGS, Population, Variation
+from .models import MODELS
+from .procedures import PROCEDURES
+from .registry import Params, Registry
+from .training import TRAINERS
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+# -- times -------------------------------------------------------------------------
+
+TIME_UNITS: dict[str, float] = {
+    "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0,
+    "w": 604800.0, "mo": 30 * 86400.0, "y": 365 * 86400.0, "yr": 365 * 86400.0,
+}  # fmt: skip
+_TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*$")
+
+
+def parse_time(value: Any) -> float:
+    """Seconds from a number (seconds) or a string with a unit: ``"20s"``, ``"1h"``,
+    ``"1d"``, ``"1mo"`` (30 days), ``"1y"`` (365 days)."""
+    if isinstance(value, bool):
+        raise ValueError("a time must be a number of seconds or a string like '1h'")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _TIME_RE.match(value)
+        if m and (m.group(2) or "s") in TIME_UNITS:
+            return float(m.group(1)) * TIME_UNITS[m.group(2) or "s"]
+    raise ValueError(f"a time must be a number of seconds or a number with a unit ({', '.join(TIME_UNITS)})")
+
+
+def format_time(seconds: float) -> str:
+    """A short human label: 20 s, 1 h, 1 d, 30 d, 1 y."""
+    for unit, size in (("y", TIME_UNITS["y"]), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+TimeSeconds = Annotated[float, BeforeValidator(parse_time), Field(gt=0)]
+
+
+# -- sections validated as plain models --------------------------------------------
+
+
+class ExecutionSpec(Params):
+    """How the study runs; not part of the study's hash (same numbers on every executor)."""
+
+    executor: Literal["serial", "local"] = "local"
+    workers: PositiveInt | None = Field(None, description="worker processes (default: CPU count)")
+    block_size: PositiveInt = Field(64, description="chips per work unit")
+    threads_per_worker: PositiveInt = Field(1, description="torch threads in each worker")
+    eval_batch: PositiveInt = Field(1024, description="test samples per forward pass")
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+class AnalysisSpec(Params):
+    yield_within: float = Field(
+        0.01, ge=0, le=1, description="a chip counts toward yield if its accuracy is within this of the float model's"
+    )
+
+
+class _StudyFile(Params):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    chips: PositiveInt = 100
+    times: tuple[TimeSeconds, ...] = Field(min_length=1)
+    data: DataSpec = DataSpec()
+    model: str | dict[str, Any]
+    variants: dict[str, Any] = Field(min_length=1)
+    hardware: dict[str, Any] = Field(min_length=1)
+    procedures: dict[str, Any] = Field(default_factory=lambda: {"inference": None}, min_length=1)
+    execution: ExecutionSpec = ExecutionSpec()
+    analysis: AnalysisSpec = AnalysisSpec()
+
+
+# -- the validated study -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registry entry named in the study file, with its validated parameters."""
+
+    name: str
+    params: Params
+
+    def canonical(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params.model_dump(mode="json")}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    trainer: Component
+    sweep: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class PopulationSpec:
+    name: str
+    base: str  # the name in the study file: the chips' identity (shared by sweep points)
+    device: Component
+    mapping: Component
+    variation: Variation
+    sweep: tuple[tuple[str, float], ...] = ()
+
+    def build(self) -> Population:
+        return Population.build(self.device.name, self.device.params, self.mapping.name, self.mapping.params, self.variation)
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "device": self.device.canonical(),
+            "mapping": self.mapping.canonical(),
+            "variation": self.variation.model_dump(mode="json"),
+        }
+
+
+@dataclass(frozen=True)
+class ProcedureSpec:
+    name: str
+    kind: Component
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    seed: int
+    chips: int
+    times: tuple[float, ...]
+    data: DataSpec
+    model: Component
+    variants: tuple[VariantSpec, ...]
+    hardware: tuple[PopulationSpec, ...]
+    procedures: tuple[ProcedureSpec, ...]
+    execution: ExecutionSpec
+    analysis: AnalysisSpec
+    source_text: str = ""
+    source_path: str = ""
+    variant_coords: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    hardware_coords: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def canonical(self) -> dict[str, Any]:
+        """Everything that determines the numbers (not the name, description or execution)."""
+        return {
+            "seed": self.seed,
+            "chips": self.chips,
+            "times": list(self.times),
+            "data": self.data.model_dump(mode="json"),
+            "model": self.model.canonical(),
+            "variants": {v.name: v.trainer.canonical() for v in self.variants},
+            "hardware": {h.name: h.canonical() for h in self.hardware},
+            "procedures": {p.name: p.kind.canonical() for p in self.procedures},
+        }
+
+    @property
+    def hash(self) -> str:
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def variant(self, name: str) -> VariantSpec:
+        return next(v for v in self.variants if v.name == name)
+
+    def population(self, name: str) -> PopulationSpec:
+        return next(h for h in self.hardware if h.name == name)
+
+
+# -- loading -----------------------------------------------------------------------
+
+
+def load_study(path: str | Path, chips: int | None = None) -> StudySpec:
+    """Read and validate a study file. ``chips`` overrides the file's chip count."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError([("", f"cannot read the file: {e.strerror or e}")], str(p)) from None
+    return parse_study(text, source=str(p), base_dir=p.parent, chips=chips)
+
+
+def parse_study(text: str, source: str = "<string>", base_dir: Path | None = None, chips: int | None = None) -> StudySpec:
+    """Validate study-file text (see :func:`load_study`)."""
+    raw = _read_yaml(text, source)
+    if chips is not None:
+        raw["chips"] = chips
+    problems: list[tuple[str, str]] = []
+    try:
+        top = _StudyFile.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_pydantic_problems(e, _StudyFile), source) from None
+
+    data = _check_data(top.data, base_dir, problems)
+    model = _component(top.model, MODELS, "model", "name", problems)
+    variants = _expand_named(top.variants, "variants", "trainer", TRAINERS, problems)
+    hardware = _expand_hardware(top.hardware, problems)
+    procedures = [
+        ProcedureSpec(name, comp)
+        for name, comp in _named(top.procedures, "procedures", "kind", PROCEDURES, problems).items()
+    ]
+    times = tuple(sorted(top.times))
+    if len(set(times)) != len(times):
+        problems.append(("times", f"duplicate times; got {[format_time(t) for t in top.times]}"))
+    if problems:
+        raise SpecError(problems, source)
+    assert model is not None
+    return StudySpec(
+        name=top.name,
+        description=top.description,
+        seed=top.seed,
+        chips=top.chips,
+        times=times,
+        data=data,
+        model=model,
+        variants=tuple(VariantSpec(n, c, s) for n, c, s in variants),
+        hardware=tuple(hardware),
+        procedures=tuple(procedures),
+        execution=top.execution,
+        analysis=top.analysis,
+        source_text=text,
+        source_path=source,
+        variant_coords=_sweep_coords([(n, c.params, s) for n, c, s in variants], _trainer_value),
+        hardware_coords=_sweep_coords([(h.name, h, h.sweep) for h in hardware], _population_value),
+    )
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise SpecError([("", f"not valid YAML: {e}")], source) from None
+    dups: list[tuple[str, str]] = []
+    _find_duplicate_keys(node, (), dups)
+    if dups:
+        raise SpecError(dups, source)
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise SpecError([("", f"the file must hold a mapping of study fields; got {type(raw).__name__}")], source)
+    return _tuples(raw)
+
+
+def _find_duplicate_keys(node: yaml.Node | None, path: tuple[str, ...], out: list[tuple[str, str]]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for k, v in node.value:
+            key = str(k.value)
+            if key in seen:
+                out.append((".".join(path + (key,)), f"duplicate key (line {k.start_mark.line + 1}): names must be unique"))
+            seen.add(key)
+            _find_duplicate_keys(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _find_duplicate_keys(v, path + (str(i),), out)
+
+
+def _tuples(x: Any) -> Any:
+    """YAML lists -> tuples, so frozen models validate strictly."""
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+# -- error formatting ---------------------------------------------------------------
+
+
+def _pydantic_problems(e: ValidationError, cls: type[BaseModel] | None, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        path = ".".join([prefix] + loc if prefix else loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(cls, err["loc"][:-1])
+            msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif kind == "missing":
+            msg = "required, but missing"
+        else:
+            text = err["msg"]
+            text = text[0].lower() + text[1:]
+            if kind == "value_error":
+                text = text.removeprefix("value error, ")
+            msg = f"{text}; got {err['input']!r}"
+        out.append((path, msg))
+    return out
+
+
+def _unwrap(ann: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/Annotated."""
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(ann)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(ann) for t in _unwrap(a)]
+    return [ann]
+
+
+def _model_class(ann: Any) -> type[BaseModel] | None:
+    for t in _unwrap(ann):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _allowed_keys(cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
+    for key in loc:
+        if cls is None or not isinstance(key, str) or key not in cls.model_fields:
+            return []
+        cls = _model_class(cls.model_fields[key].annotation)
+    return list(cls.model_fields) if cls is not None else []
+
+
+# -- components ---------------------------------------------------------------------
+
+
+def _component(
+    raw: Any, registry: Registry[Any], path: str, key: str, problems: list[tuple[str, str]], default: str | None = None
+) -> Component | None:
+    """``name`` or ``{key: name, **params}`` -> a validated Component."""
+    if raw is None:
+        raw = {}
+    if isinstance(raw, str):
+        raw = {key: raw}
+    if not isinstance(raw, dict):
+        problems.append((path, f"expected a {registry.kind} name or a mapping with '{key}'; got {raw!r}"))
+        return None
+    raw = dict(raw)
+    name = raw.pop(key, default)
+    if name is None:
+        problems.append((f"{path}.{key}", f"required, but missing; allowed: {', '.join(registry.names())}"))
+        return None
+    if name not in registry:
+        problems.append((f"{path}.{key}", registry.unknown_message(name)))
+        return None
+    params_cls = registry.get(name).params
+    try:
+        params = params_cls.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_pydantic_problems(e, params_cls, path))
+        return None
+    return Component(name, params)
+
+
+def _check_name(name: str, path: str, problems: list[tuple[str, str]]) -> bool:
+    if not _NAME_RE.match(name):
+        problems.append((path, f"names may use letters, digits and _ . + - (starting with a letter or digit); got {name!r}"))
+        return False
+    return True
+
+
+def _named(
+    raw: dict[str, Any], section: str, key: str, registry: Registry[Any], problems: list[tuple[str, str]]
+) -> dict[str, Component]:
+    """A mapping of named entries; an entry's implementation defaults to its own name."""
+    out: dict[str, Component] = {}
+    for name, entry in raw.items():
+        if not _check_name(name, f"{section}.{name}", problems):
+            continue
+        default = name if name in registry else None
+        comp = _component(entry, registry, f"{section}.{name}", key, problems, default=default)
+        if comp is not None:
+            out[name] = comp
+    return out
+
+
+# -- sweeps -------------------------------------------------------------------------
+
+
+def _is_numeric_field(ann: Any) -> bool:
+    kinds = [t for t in _unwrap(ann) if t is not type(None)]
+    return bool(kinds) and all(t in (int, float) for t in kinds)
+
+
+def _sweep_leaves(raw: Any, cls: type[BaseModel] | None, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], tuple[Any, ...]]]:
+    """Paths of numeric fields given a list of values."""
+    out: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
+    if not isinstance(raw, dict) or cls is None:
+        return out
+    for k, v in raw.items():
+        f = cls.model_fields.get(k)
+        if f is None:
+            continue
+        if isinstance(v, tuple) and _is_numeric_field(f.annotation):
+            out.append((path + (k,), v))
+        elif isinstance(v, dict):
+            out.extend(_sweep_leaves(v, _model_class(f.annotation), path + (k,)))
+    return out
+
+
+def _set_path(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out = dict(raw)
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        out[path[0]] = _set_path(out[path[0]], path[1:], value)
+    return out
+
+
+def _expand(
+    name: str, raw: dict[str, Any], leaves: list[tuple[tuple[str, ...], tuple[Any, ...]]], where: str, problems: list[tuple[str, str]]
+) -> list[tuple[str, dict[str, Any], tuple[tuple[str, float], ...]]]:
+    """One entry per combination of swept values."""
+    for path, values in leaves:
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))]
+        where_path = f"{where}.{'.'.join(path)}"
+        if not values:
+            problems.append((where_path, "an empty list; a sweep needs at least one value"))
+            return []
+        if bad:
+            problems.append((where_path, f"a sweep takes numbers only; got {list(values)!r}"))
+            return []
+        if len(set(values)) != len(values):
+            problems.append((where_path, f"duplicate values in the sweep {list(values)!r}"))
+            return []
+    if not leaves:
+        return [(name, raw, ())]
+    out = []
+    for combo in itertools.product(*(values for _, values in leaves)):
+        entry = raw
+        sweep = []
+        for (path, _), v in zip(leaves, combo):
+            entry = _set_path(entry, path, v)
+            sweep.append((".".join(path), float(v)))
+        label = ",".join(f"{p}={v:g}" for p, v in sweep)
+        out.append((f"{name}[{label}]", entry, tuple(sweep)))
+    return out
+
+
+def _expand_named(
+    raw: dict[str, Any], section: str, key: str, registry: Registry[Any], problems: list[tuple[str, str]]
+) -> list[tuple[str, Component, tuple[tuple[str, float], ...]]]:
+    out = []
+    for name, entry in raw.items():
+        if not _check_name(name, f"{section}.{name}", problems):
+            continue
+        if isinstance(entry, str) or entry is None:
+            entry = {key: entry or name}
+        if not isinstance(entry, dict):
+            problems.append((f"{section}.{name}", f"expected a mapping; got {entry!r}"))
+            continue
+        impl = entry.get(key, name if name in registry else None)
+        cls = registry.get(impl).params if impl in registry else None
+        for ename, eraw, sweep in _expand(name, entry, _sweep_leaves(entry, cls, ()), f"{section}.{name}", problems):
+            comp = _component(eraw, registry, f"{section}.{name}", key, problems, default=name if name in registry else None)
+            if comp is not None:
+                out.append((ename, comp, sweep))
+    return out
+
+
+_POPULATION_KEYS = ("device", "mapping", "variation")
+
+
+def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]]) -> list[PopulationSpec]:
+    out: list[PopulationSpec] = []
+    for name, entry in raw.items():
+        where = f"hardware.{name}"
+        if not _check_name(name, where, problems):
+            continue
+        if not isinstance(entry, dict):
+            problems.append((where, f"expected a mapping with {', '.join(_POPULATION_KEYS)}; got {entry!r}"))
+            continue
+        unknown = [k for k in entry if k not in _POPULATION_KEYS]
+        for k in unknown:
+            problems.append((f"{where}.{k}", f"unknown key; allowed keys: {', '.join(_POPULATION_KEYS)}"))
+        if unknown:
+            continue
+        leaves = []
+        for key, registry in (("device", DEVICES), ("mapping", MAPPINGS)):
+            v = entry.get(key)
+            if isinstance(v, dict) and v.get("name") in registry:
+                leaves += _sweep_leaves(v, registry.get(v["name"]).params, (key,))
+        leaves += _sweep_leaves(entry.get("variation"), Variation, ("variation",))
+        for pname, praw, sweep in _expand(name, entry, leaves, where, problems):
+            n_before = len(problems)
+            device = _component(praw.get("device"), DEVICES, f"{where}.device", "name", problems)
+            mapping = _component(praw.get("mapping", "differential"), MAPPINGS, f"{where}.mapping", "kind", problems)
+            try:
+                variation = Variation.model_validate(praw.get("variation") or {})
+            except ValidationError as e:
+                problems.extend(_pydantic_problems(e, Variation, f"{where}.variation"))
+                continue
+            if len(problems) == n_before and device is not None and mapping is not None:
+                out.append(PopulationSpec(pname, name, device, mapping, variation, sweep))  # type: ignore[arg-type]
+    return out
+
+
+def _trainer_value(params: Params, path: str) -> float:
+    return _attr_path(params, path.split("."))
+
+
+def _population_value(pop: PopulationSpec, path: str) -> float:
+    first, *rest = path.split(".")
+    root: Any = {"device": pop.device.params, "mapping": pop.mapping.params, "variation": pop.variation}[first]
+    return _attr_path(root, rest)
+
+
+def _attr_path(obj: Any, parts: list[str]) -> float:
+    for p in parts:
+        if not hasattr(obj, p):
+            return math.nan
+        obj = getattr(obj, p)
+    return float(obj) if isinstance(obj, (int, float)) and obj is not None else math.nan
+
+
+def _sweep_coords(entries: list[tuple[str, Any, tuple[tuple[str, float], ...]]], value: Any) -> dict[str, tuple[float, ...]]:
+    """For every swept field, its value in every entry (NaN where it does not apply)."""
+    paths = sorted({p for _, _, sweep in entries for p, _ in sweep})
+    return {p.replace(".", "_"): tuple(value(obj, p) for _, obj, _ in entries) for p in paths}
+
+
+# -- data ---------------------------------------------------------------------------
+
+
+def _check_data(data: DataSpec, base_dir: Path | None, problems: list[tuple[str, str]]) -> DataSpec:
+    if data.dataset not in DATASETS:
+        problems.append(("data.dataset", DATASETS.unknown_message(data.dataset)))
+        return data
+    entry = DATASETS.get(data.dataset).obj
+    if entry.needs_root:
+        if data.root is None:
+            problems.append(("data.root", f"dataset {data.dataset!r} reads local files: set data.root to their directory"))
+            return data
+        root = Path(data.root).expanduser()
+        if not root.is_absolute() and base_dir is not None:
+            root = (base_dir / root).resolve()
+        if not root.is_dir():
+            problems.append(("data.root", f"not a directory; got {str(root)!r}"))
+        return data.model_copy(update={"root": str(root)})
+    return data

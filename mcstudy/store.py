@@ -1,0 +1,196 @@
+"""The results store: one xarray Dataset per study on a zarr store (DESIGN.md "The store").
+
+The coordinator alone writes. It creates the store from a template (metadata and
+coordinates only; data chunks appear as blocks finish), writes each finished unit into
+its region with xarray's own region writes, and only then marks the unit's chips done.
+A rerun of the same study (same spec hash) resumes the units not done; a store of a
+different study is refused unless the user asks to overwrite it.
+
+| variable | dims |
+|---|---|
+| ``accuracy``, ``loss`` | variant, hardware, procedure, time, chip |
+| ``done`` | variant, hardware, chip |
+| ``float_accuracy``, ``float_loss`` | variant |
+| per-chip draws (``between_z`` ...) | hardware, chip |
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .errors import StoreError
+from .procedures import METRICS
+from .spec import StudySpec, format_time
+
+if TYPE_CHECKING:  # the store does not depend on how results were produced
+    from .execution.plan import WorkUnit
+    from .execution.worker import UnitResult
+
+FORMAT_VERSION = 1
+_PACKAGES = ("mcstudy", "torch", "numpy", "xarray", "zarr", "dask", "pydantic", "scikit-learn", "ray")
+
+_METRIC_ATTRS = {
+    "accuracy": {"long_name": "test accuracy", "units": "1"},
+    "loss": {"long_name": "mean cross-entropy loss on the test split", "units": "nat"},
+}
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=object)
+
+
+def template(
+    spec: StudySpec, block_size: int, float_metrics: dict[str, dict[str, float]], draw_names: list[str]
+) -> xr.Dataset:
+    """The study's dataset with every coordinate and attribute and lazy empty data."""
+    V, H, P, T, C = len(spec.variants), len(spec.hardware), len(spec.procedures), len(spec.times), spec.chips
+    b = min(block_size, C)
+    dims5 = ("variant", "hardware", "procedure", "time", "chip")
+    data_vars: dict[str, Any] = {}
+    for m in METRICS:
+        arr = da.full((V, H, P, T, C), np.nan, dtype=np.float32, chunks=(1, 1, P, T, b))
+        data_vars[m] = xr.Variable(dims5, arr, attrs=_METRIC_ATTRS[m])
+        data_vars[f"float_{m}"] = xr.Variable(
+            ("variant",),
+            np.array([float_metrics[v.name][m] for v in spec.variants]),
+            attrs={**_METRIC_ATTRS[m], "long_name": f"float (digital) model's {_METRIC_ATTRS[m]['long_name']}"},
+        )
+    data_vars["done"] = xr.Variable(
+        ("variant", "hardware", "chip"),
+        da.zeros((V, H, C), dtype=bool, chunks=(1, 1, b)),
+        attrs={"long_name": "chip evaluated and written"},
+    )
+    for name in draw_names:
+        data_vars[name] = xr.Variable(
+            ("hardware", "chip"),
+            da.full((H, C), np.nan, dtype=np.float32, chunks=(1, b)),
+            attrs={"long_name": f"per-chip standard-normal draw of the {name.split('_')[0]}-chip variation"},
+        )
+    coords: dict[str, Any] = {
+        "variant": ("variant", _strings([v.name for v in spec.variants])),
+        "hardware": ("hardware", _strings([h.name for h in spec.hardware])),
+        "procedure": ("procedure", _strings([p.name for p in spec.procedures])),
+        "time": ("time", np.array(spec.times, dtype=np.float64), {"units": "s", "long_name": "time after programming"}),
+        "chip": ("chip", np.arange(C, dtype=np.int64), {"long_name": "chip index within its population"}),
+        "time_label": ("time", _strings([format_time(t) for t in spec.times])),
+        "trainer": ("variant", _strings([v.trainer.name for v in spec.variants])),
+        "population": ("hardware", _strings([h.base for h in spec.hardware])),
+        "device": ("hardware", _strings([h.device.name for h in spec.hardware])),
+        "mapping": ("hardware", _strings([h.mapping.name for h in spec.hardware])),
+        "procedure_kind": ("procedure", _strings([p.kind.name for p in spec.procedures])),
+    }
+    for name, values in spec.variant_coords.items():
+        coords[name] = ("variant", np.array(values, dtype=np.float64))
+    for name, values in spec.hardware_coords.items():
+        coords[name] = ("hardware", np.array(values, dtype=np.float64))
+    attrs = {
+        "title": f"mcstudy results: {spec.name}",
+        "study_name": spec.name,
+        "study_description": spec.description,
+        "study_file": spec.source_text,
+        "study_path": spec.source_path,
+        "spec_hash": spec.hash,
+        "spec_canonical": json.dumps(spec.canonical(), sort_keys=True),
+        "seed": spec.seed,
+        "block_size": b,
+        "yield_within": spec.analysis.yield_within,
+        "versions": json.dumps(package_versions(), sort_keys=True),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mcstudy_format": FORMAT_VERSION,
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _open(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False)
+
+
+def open_results(path: str | Path) -> xr.Dataset:
+    """Open a study's results lazily as an xarray Dataset."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no results store at {p}")
+    try:
+        ds = _open(p)
+    except Exception as e:  # zarr raises several types for "not a store"
+        raise StoreError(f"{p} is not a readable zarr store: {e}") from None
+    if "spec_hash" not in ds.attrs:
+        raise StoreError(f"{p} is a zarr store but not an mcstudy results store")
+    return ds
+
+
+class ResultStore:
+    """The coordinator's handle on a study's store."""
+
+    def __init__(self, path: Path, block_size: int) -> None:
+        self.path = path
+        self.block_size = block_size
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | Path,
+        spec: StudySpec,
+        block_size: int,
+        float_metrics: dict[str, dict[str, float]],
+        draw_names: list[str],
+        overwrite: bool = False,
+    ) -> tuple["ResultStore", bool]:
+        """Open the store of this study to resume it, or create it. Returns ``(store, resumed)``."""
+        p = Path(path)
+        if p.exists():
+            existing = open_results(p) if (p / "zarr.json").exists() else None
+            if existing is None:
+                raise StoreError(f"{p} exists and is not an mcstudy results store; choose another --out")
+            old = existing.attrs.get("spec_hash")
+            if old == spec.hash and not overwrite:
+                return cls(p, int(existing.attrs["block_size"])), True
+            if not overwrite:
+                raise StoreError(
+                    f"{p} holds results of a different study (spec hash {old[:12]}…, this study {spec.hash[:12]}…); "
+                    "choose another --out, or pass --overwrite to replace it"
+                )
+            shutil.rmtree(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        template(spec, block_size, float_metrics, draw_names).to_zarr(p, mode="w-", compute=False, consolidated=False)
+        return cls(p, min(block_size, spec.chips)), False
+
+    def done_mask(self) -> np.ndarray:
+        """``(variant, hardware, chip)`` booleans."""
+        return _open(self.path)["done"].values
+
+    def pending(self, plan: list[WorkUnit]) -> list[WorkUnit]:
+        done = self.done_mask()
+        return [u for u in plan if not done[u.variant, u.hardware, u.start : u.stop].all()]
+
+    def write(self, result: UnitResult) -> None:
+        """Write a finished unit into its region, then mark its chips done."""
+        u = result.unit
+        region = {"variant": slice(u.variant, u.variant + 1), "hardware": slice(u.hardware, u.hardware + 1), "chip": slice(u.start, u.stop)}
+        dims5 = ("variant", "hardware", "procedure", "time", "chip")
+        block = xr.Dataset({m: (dims5, result.metrics[m][None, None].astype(np.float32)) for m in METRICS})
+        block.to_zarr(self.path, region=region, consolidated=False)
+        marks: dict[str, Any] = {"done": (("variant", "hardware", "chip"), np.ones((1, 1, u.n_chips), dtype=bool))}
+        for name, values in result.draws.items():
+            marks[name] = (("hardware", "chip"), values[None].astype(np.float32))
+        xr.Dataset(marks).to_zarr(self.path, region=region, consolidated=False)
