@@ -269,7 +269,10 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     _find_duplicate_keys(node, (), dups)
     if dups:
         raise SpecError(dups, source)
-    raw = yaml.safe_load(text)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # e.g. a python/object tag: the safe loader refuses it
+        raise SpecError([("", f"not valid YAML for a study file: {e}")], source) from None
     if not isinstance(raw, dict):
         raise SpecError([("", f"the file must hold a mapping of study fields; got {type(raw).__name__}")], source)
     return _tuples(raw)
@@ -312,6 +315,9 @@ def _pydantic_problems(e: ValidationError, cls: type[BaseModel] | None, prefix: 
             msg = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif kind == "missing":
             msg = "required, but missing"
+        elif kind in _BOUNDS:
+            op, key = _BOUNDS[kind]
+            msg = f"must be {op} {err['ctx'][key]}; got {err['input']!r}"
         else:
             text = err["msg"]
             text = text[0].lower() + text[1:]
@@ -320,6 +326,14 @@ def _pydantic_problems(e: ValidationError, cls: type[BaseModel] | None, prefix: 
             msg = f"{text}; got {err['input']!r}"
         out.append((path, msg))
     return out
+
+
+_BOUNDS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
 
 
 def _unwrap(ann: Any) -> list[Any]:

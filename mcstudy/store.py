@@ -72,7 +72,7 @@ def template(
         data_vars[m] = xr.Variable(dims5, arr, attrs=_METRIC_ATTRS[m])
         data_vars[f"float_{m}"] = xr.Variable(
             ("variant",),
-            np.array([float_metrics[v.name][m] for v in spec.variants]),
+            np.array([float_metrics[v.name][m] for v in spec.variants], dtype=np.float32),  # as the chips' metrics
             attrs={**_METRIC_ATTRS[m], "long_name": f"float (digital) model's {_METRIC_ATTRS[m]['long_name']}"},
         )
     data_vars["done"] = xr.Variable(

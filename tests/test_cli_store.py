@@ -1,0 +1,83 @@
+"""The real command line end to end, and the store's refusal to mix studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mcstudy import load_study, open_results
+from mcstudy.execution import RunOptions, run_study
+
+from .conftest import run_cli, small_study
+
+
+def test_quickstart_through_the_cli(tmp_path: Path, cache_dir: Path) -> None:
+    study = small_study(tmp_path, chips=16)
+    r = run_cli("run", study, "--workers", "2", "--block-size", "8", cwd=tmp_path, cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "results" / "quickstart.zarr"  # the default output path
+    assert store.is_dir()
+    assert "median" in r.stdout and "yield" in r.stdout and "global_compensation" in r.stdout
+    ds = open_results(store)
+    assert dict(ds.sizes) == {"variant": 2, "hardware": 1, "procedure": 2, "time": 4, "chip": 16}
+    assert list(ds["variant"].values) == ["float", "noise_injection"]
+    assert list(ds["procedure"].values) == ["inference", "global_compensation"]
+    assert list(ds["time"].values) == [20.0, 3600.0, 86400.0, 31536000.0]
+    assert ds["time"].attrs["units"] == "s"
+    assert list(ds["time_label"].values) == ["20 s", "1 h", "1 d", "1 y"]
+    assert ds["accuracy"].attrs["units"] == "1"
+    assert bool(ds["done"].all())
+    assert not np.isnan(ds["accuracy"].values).any()
+    assert 0.5 < float(np.median(ds["accuracy"].values)) <= 1.0
+    spec = load_study(study)
+    assert ds.attrs["spec_hash"] == spec.hash and ds.attrs["seed"] == spec.seed
+    assert ds.attrs["study_file"] == study.read_text()
+    versions = json.loads(ds.attrs["versions"])
+    assert {"python", "torch", "numpy", "xarray", "zarr", "mcstudy"} <= set(versions)
+    assert set(ds["float_accuracy"].dims) == {"variant"}
+    assert ds["accuracy"].encoding["chunks"] == (1, 1, 2, 4, 8)
+
+
+def test_rerun_resumes_and_different_study_is_refused(tmp_path: Path, cache_dir: Path) -> None:
+    study = small_study(tmp_path, chips=6)
+    out = tmp_path / "s.zarr"
+    spec = load_study(study)
+    first = run_study(spec, RunOptions(out, executor="serial", block_size=3, cache_dir=cache_dir, progress=False))
+    assert first.units_run == first.units_total == 4 and not first.resumed
+    before = open_results(out).load()
+    again = run_study(spec, RunOptions(out, executor="serial", cache_dir=cache_dir, progress=False))
+    assert again.resumed and again.units_run == 0 and set(again.trained.values()) == {"cached"}
+    assert before.identical(open_results(out).load())
+
+    raw = yaml.safe_load(study.read_text())
+    raw["hardware"]["pcm"]["variation"]["within"]["sigma"] = 0.07
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(raw, sort_keys=False))
+    r = run_cli("run", other, "--out", out, "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "different study" in r.stderr and "Traceback" not in r.stderr
+    assert load_study(other).hash[:12] in r.stderr and spec.hash[:12] in r.stderr
+    assert before.identical(open_results(out).load())  # nothing lost
+    r = run_cli("run", other, "--out", out, "--executor", "serial", "--overwrite", cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    assert open_results(out).attrs["spec_hash"] == load_study(other).hash
+
+
+def test_a_directory_that_is_not_a_store_is_never_touched(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    r = run_cli("run", small_study(tmp_path, chips=4), "--out", out, "--overwrite", "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "not an mcstudy results store" in r.stderr
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+def test_missing_data_file_exits_2_before_any_store(tmp_path: Path) -> None:
+    root = tmp_path / "mnist"
+    root.mkdir()
+    study = small_study(tmp_path, chips=4, data={"dataset": "mnist", "root": str(root)})
+    r = run_cli("run", study, "--out", tmp_path / "x.zarr")
+    assert r.returncode == 2 and "train-images-idx3-ubyte" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.zarr").exists()

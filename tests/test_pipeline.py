@@ -1,0 +1,122 @@
+"""The pipeline end to end: same numbers everywhere, chip identity, physics sanity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import yaml
+
+from mcstudy import load_study, open_results
+from mcstudy.data import load_dataset
+from mcstudy.execution import Payload, RunOptions, WorkerContext, WorkUnit, run_study
+from mcstudy.hardware import BetweenChip, Population, Variation, WithinChip
+from mcstudy.hardware.ideal import IdealDevice, IdealParams
+from mcstudy.hardware.mapping import DifferentialPair
+from mcstudy.registry import NoParams
+from mcstudy.rng import chip_stream
+from mcstudy.training import ModelCache, train_or_load
+
+from .conftest import small_study
+
+
+def _context(study: Path, cache: Path) -> WorkerContext:
+    spec = load_study(study)
+    data = load_dataset(spec.data, spec.seed)
+    states = {
+        v.name: train_or_load(spec.model.name, spec.model.params, v.trainer.name, v.trainer.params, data, spec.seed, ModelCache(cache)).state_dict
+        for v in spec.variants
+    }
+    return WorkerContext(Payload.build(spec, states, data))
+
+
+def test_same_numbers_on_every_executor_and_block_size(tmp_path: Path, cache_dir: Path) -> None:
+    spec = load_study(small_study(tmp_path, chips=20))
+    runs = {
+        "serial-b8": RunOptions(tmp_path / "a.zarr", executor="serial", block_size=8, cache_dir=cache_dir, progress=False),
+        "local2-b8": RunOptions(tmp_path / "b.zarr", executor="local", workers=2, block_size=8, cache_dir=cache_dir, progress=False),
+        "serial-b3": RunOptions(tmp_path / "c.zarr", executor="serial", block_size=3, cache_dir=cache_dir, progress=False),
+    }
+    results = {}
+    for name, opts in runs.items():
+        run_study(spec, opts)
+        results[name] = open_results(opts.out).load()
+    ref = results["serial-b8"]
+    assert not np.isnan(ref["accuracy"].values).any()
+    for name, ds in results.items():
+        np.testing.assert_array_equal(ds["accuracy"].values, ref["accuracy"].values, err_msg=name)
+        np.testing.assert_array_equal(ds["loss"].values, ref["loss"].values, err_msg=name)
+        assert ds["done"].values.all()
+    assert results["serial-b3"]["accuracy"].encoding["chunks"][-1] == 3
+
+
+def test_chip_identity_alone_and_in_a_block(tmp_path: Path, cache_dir: Path) -> None:
+    ctx = _context(small_study(tmp_path, chips=64), cache_dir)
+    alone = ctx.run(WorkUnit(0, 0, 17, 18))
+    block = ctx.run(WorkUnit(0, 0, 0, 64))
+    for m in ("accuracy", "loss"):
+        np.testing.assert_array_equal(alone.metrics[m][..., 0], block.metrics[m][..., 17])
+    assert not np.array_equal(block.metrics["loss"][..., 16], block.metrics["loss"][..., 17])
+
+
+def test_chip_17_is_the_same_draw_for_every_variant(tmp_path: Path, cache_dir: Path) -> None:
+    ctx = _context(small_study(tmp_path, chips=64), cache_dir)
+    population = Population(
+        IdealDevice(IdealParams()),
+        DifferentialPair(NoParams()),
+        Variation(within=WithinChip(sigma=0.05), between=BetweenChip(sigma=0.1)),
+    )
+    factors = []
+    targets = []
+    for net in ctx.networks.values():
+        chips = population.program(net.nominal, chip_stream(ctx.spec.seed, "pcm", [17]))
+        t, _ = population.mapping.targets(net.nominal[0], population.device.g_max)
+        factors.append(chips.layers[0].state["g"][0] / t)
+        targets.append(t)
+        assert set(chips.draws()) == {"between_z"}
+    both = (targets[0] > 0) & (targets[1] > 0)
+    assert both.sum() > 100
+    torch.testing.assert_close(factors[0][both], factors[1][both], rtol=1e-6, atol=0)
+    assert factors[0][both].std() > 0.03  # the within-chip spread is there
+
+
+def _sanity_study(tmp_path: Path) -> Path:
+    path = small_study(tmp_path, chips=64)
+    raw = yaml.safe_load(path.read_text())
+    raw["hardware"]["ideal_pcm"] = {
+        "device": {"name": "pcm", "prog_noise_scale": 0.0, "drift_scale": 0.0, "read_noise_scale": 0.0},
+    }
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sanity(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> xr.Dataset:
+    tmp = tmp_path_factory.mktemp("sanity")
+    spec = load_study(_sanity_study(tmp))
+    run_study(spec, RunOptions(tmp / "s.zarr", executor="serial", cache_dir=cache_dir, progress=False))
+    return open_results(tmp / "s.zarr").load()
+
+
+def test_without_variation_or_drift_every_chip_scores_the_float_accuracy(sanity: xr.Dataset) -> None:
+    acc = sanity["accuracy"].sel(hardware="ideal_pcm")
+    float_acc = sanity["float_accuracy"]
+    assert (acc == float_acc).all()
+
+
+def test_variation_spreads_accuracy(sanity: xr.Dataset) -> None:
+    acc = sanity["accuracy"].sel(hardware="pcm", procedure="inference").isel(time=0)
+    assert (acc.std("chip") > 0.002).all()
+
+
+def test_drift_lowers_accuracy_and_compensation_recovers_it(sanity: xr.Dataset) -> None:
+    acc = sanity["accuracy"].sel(hardware="pcm")
+    mean = acc.mean("chip")
+    hour, year = 3600.0, 365 * 86400.0
+    plain = mean.sel(procedure="inference")
+    comp = mean.sel(procedure="global_compensation")
+    assert (plain.sel(time=year) <= plain.sel(time=hour)).all()
+    assert (comp.sel(time=year) > plain.sel(time=year)).all()
