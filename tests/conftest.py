@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "studies" / "quickstart.yaml"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One trained-model cache for the whole session (tests never touch ~/.cache)."""
     path = tmp_path_factory.mktemp("model-cache")

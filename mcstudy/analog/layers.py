@@ -9,6 +9,9 @@ The bias is digital (added exactly after the analog product), as in aihwkit's de
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -58,6 +61,23 @@ class ChipLinear(ChipLayer):
         return y.reshape(-1, self.out_features)
 
 
+@contextmanager
+def _native_cpu_conv() -> Iterator[None]:
+    """Use PyTorch's native CPU convolution instead of oneDNN's.
+
+    oneDNN computes a grouped convolution with a different summation order than a
+    single-group one, so a chip's result would depend on how many chips share its
+    block; the native kernel computes every group exactly as a lone convolution
+    (``tests/test_analog.py``), and on small kernels it is also faster.
+    """
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 class ChipConv2d(ChipLayer):
     """Grouped convolution: chip ``c``'s channels form group ``c``."""
 
@@ -79,7 +99,8 @@ class ChipConv2d(ChipLayer):
         _, cin, h, wd = x.shape
         xg = x.reshape(c, -1, cin, h, wd).transpose(0, 1).reshape(-1, c * cin, h, wd)
         kernel = w.reshape(c * self.out_channels, self.in_channels, *self.kernel_size)
-        y = F.conv2d(xg, kernel, None, self.stride, self.padding, self.dilation, groups=c)
+        with _native_cpu_conv():
+            y = F.conv2d(xg, kernel, None, self.stride, self.padding, self.dilation, groups=c)
         n, _, ho, wo = y.shape
         y = y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1)  # (C, N, out, H, W)
         y = self._scale(y, 2)
