@@ -6,6 +6,7 @@ import os
 import pickle
 from pathlib import Path
 
+import pytest
 import torch
 
 from mcstudy.data import DataSpec, load_dataset
@@ -48,6 +49,7 @@ class _Evil:
         return (os.system, ("touch pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_malicious_cache_file_is_not_executed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     cache = ModelCache(tmp_path / "cache")
