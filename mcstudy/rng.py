@@ -80,6 +80,15 @@ def _tag_text(t: object) -> str:
     raise TypeError(f"random-stream tags must be str, int or float, not {type(t).__name__}")
 
 
+def _box_muller(b: torch.Tensor) -> torch.Tensor:
+    """Two standard normals from each 64-bit output: ``(..., m) -> (..., m, 2)`` float64."""
+    u1 = (_srl(b, 32).to(torch.float64) + 0.5) * (2.0**-32)
+    u2 = ((b & 0xFFFFFFFF).to(torch.float64) + 0.5) * (2.0**-32)
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    theta = (2.0 * math.pi) * u2
+    return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1)
+
+
 @dataclass(frozen=True)
 class Stream:
     """Independent random streams for a block of chips: one int64 key per chip.
@@ -119,14 +128,18 @@ class Stream:
     def normal(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Standard normal numbers, shape ``(C, *shape)`` (Box-Muller on 32-bit halves)."""
         n = math.prod(shape)
-        m = (n + 1) // 2
-        b = self.bits(m)
-        u1 = (_srl(b, 32).to(torch.float64) + 0.5) * (2.0**-32)
-        u2 = ((b & 0xFFFFFFFF).to(torch.float64) + 0.5) * (2.0**-32)
-        r = torch.sqrt(-2.0 * torch.log(u1))
-        theta = (2.0 * math.pi) * u2
-        z = torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1).reshape(self.n, 2 * m)
+        z = _box_muller(self.bits((n + 1) // 2)).reshape(self.n, -1)
         return z[:, :n].to(dtype).reshape(self.n, *shape)
+
+    def normal_range(self, start: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Elements ``start .. start+count-1`` of the flat normal sequence, ``(C, count)``:
+        the same numbers as ``normal(start + count)[:, start:]``, without computing the prefix."""
+        first, last = start // 2, (start + count - 1) // 2
+        counter = (torch.arange(first + 1, last + 2, dtype=torch.int64, device=self.device)) * _GOLDEN_S
+        b = mix64(self.keys[:, None] + counter[None, :])
+        z = _box_muller(b).reshape(self.n, -1)
+        off = start - 2 * first
+        return z[:, off : off + count].to(dtype)
 
     def normal_like(self, t: torch.Tensor) -> torch.Tensor:
         """Standard normals shaped like ``t`` (whose first dimension is the chip)."""

@@ -32,7 +32,8 @@ from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, ValidationE
 
 from .data import DATASETS, DataSpec
 from .errors import SpecError
-from .hardware import DEVICES, MAPPINGS, Population, Variation
+from .hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
+from .hardware.chip import ReadNoiseMode
 from .models import MODELS
 from .procedures import PROCEDURES
 from .registry import Params, Registry
@@ -138,10 +139,16 @@ class PopulationSpec:
     device: Component
     mapping: Component
     variation: Variation
+    tile: TileSpec = TileSpec()
+    periphery: PeripherySpec = PeripherySpec()
+    read_noise: ReadNoiseMode = "per_read"
     sweep: tuple[tuple[str, float], ...] = ()
 
     def build(self) -> Population:
-        return Population.build(self.device.name, self.device.params, self.mapping.name, self.mapping.params, self.variation)
+        return Population.build(
+            self.device.name, self.device.params, self.mapping.name, self.mapping.params,
+            self.variation, self.tile, self.periphery, self.read_noise,
+        )  # fmt: skip
 
     def canonical(self) -> dict[str, Any]:
         return {
@@ -149,6 +156,9 @@ class PopulationSpec:
             "device": self.device.canonical(),
             "mapping": self.mapping.canonical(),
             "variation": self.variation.model_dump(mode="json"),
+            "tile": self.tile.model_dump(mode="json"),
+            "periphery": self.periphery.model_dump(mode="json"),
+            "read_noise": self.read_noise,
         }
 
 
@@ -229,7 +239,7 @@ def parse_study(text: str, source: str = "<string>", base_dir: Path | None = Non
     data = _check_data(top.data, base_dir, problems)
     model = _component(top.model, MODELS, "model", "name", problems)
     variants = _expand_named(top.variants, "variants", "trainer", TRAINERS, problems)
-    hardware = _expand_hardware(top.hardware, problems)
+    hardware = _expand_hardware(top.hardware, problems, base_dir)
     procedures = [
         ProcedureSpec(name, comp)
         for name, comp in _named(top.procedures, "procedures", "kind", PROCEDURES, problems).items()
@@ -498,10 +508,19 @@ def _expand_named(
     return out
 
 
-_POPULATION_KEYS = ("device", "mapping", "variation")
+class _PopulationSections(Params):
+    """The plain (non-registry) sections of a hardware population."""
+
+    variation: Variation = Variation()
+    tile: TileSpec = TileSpec()
+    periphery: PeripherySpec = PeripherySpec()
+    read_noise: ReadNoiseMode = "per_read"
 
 
-def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]]) -> list[PopulationSpec]:
+_POPULATION_KEYS = ("device", "mapping", *_PopulationSections.model_fields)
+
+
+def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_dir: Path | None = None) -> list[PopulationSpec]:
     out: list[PopulationSpec] = []
     for name, entry in raw.items():
         where = f"hardware.{name}"
@@ -520,18 +539,28 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]]) -> li
             v = entry.get(key)
             if isinstance(v, dict) and v.get("name") in registry:
                 leaves += _sweep_leaves(v, registry.get(v["name"]).params, (key,))
-        leaves += _sweep_leaves(entry.get("variation"), Variation, ("variation",))
+        sections = {k: v for k, v in entry.items() if k in _PopulationSections.model_fields}
+        leaves += _sweep_leaves(sections, _PopulationSections, ())
         for pname, praw, sweep in _expand(name, entry, leaves, where, problems):
             n_before = len(problems)
             device = _component(praw.get("device"), DEVICES, f"{where}.device", "name", problems)
+            if device is not None and hasattr(device.params, "resolve"):
+                try:
+                    device = Component(device.name, device.params.resolve(base_dir))
+                except ValueError as e:
+                    problems.append((f"{where}.device.csv", str(e)))
             mapping = _component(praw.get("mapping", "differential"), MAPPINGS, f"{where}.mapping", "kind", problems)
             try:
-                variation = Variation.model_validate(praw.get("variation") or {})
+                plain = _PopulationSections.model_validate({k: v for k, v in praw.items() if k in _PopulationSections.model_fields})
             except ValidationError as e:
-                problems.extend(_pydantic_problems(e, Variation, f"{where}.variation"))
+                problems.extend(_pydantic_problems(e, _PopulationSections, where))
                 continue
             if len(problems) == n_before and device is not None and mapping is not None:
-                out.append(PopulationSpec(pname, name, device, mapping, variation, sweep))  # type: ignore[arg-type]
+                out.append(
+                    PopulationSpec(
+                        pname, name, device, mapping, plain.variation, plain.tile, plain.periphery, plain.read_noise, sweep
+                    )
+                )
     return out
 
 
@@ -541,7 +570,10 @@ def _trainer_value(params: Params, path: str) -> float:
 
 def _population_value(pop: PopulationSpec, path: str) -> float:
     first, *rest = path.split(".")
-    root: Any = {"device": pop.device.params, "mapping": pop.mapping.params, "variation": pop.variation}[first]
+    root: Any = {
+        "device": pop.device.params, "mapping": pop.mapping.params, "variation": pop.variation,
+        "tile": pop.tile, "periphery": pop.periphery,
+    }[first]  # fmt: skip
     return _attr_path(root, rest)
 
 

@@ -6,11 +6,10 @@ import torch
 
 from mcstudy.analog import AnalogNetwork
 from mcstudy.hardware import BetweenChip, Population, Variation, WithinChip
-from mcstudy.hardware.mapping import DifferentialPair
+from mcstudy.hardware.mapping import DifferentialPair, Encoding
 from mcstudy.hardware.pcm import PCMDevice, PCMParams
 from mcstudy.models import build_model
 from mcstudy.models.zoo import LeNetParams, MLPParams
-from mcstudy.registry import NoParams
 from mcstudy.rng import chip_stream
 
 
@@ -26,8 +25,7 @@ def test_nominal_weights_reproduce_the_torch_model() -> None:
         model = _model(name)
         x = torch.rand(20, *shape)
         net = AnalogNetwork(model)
-        weights = [w.expand(3, *w.shape) for w in net.nominal]
-        out = net.forward(x, weights)
+        out = net.forward(x, net.nominal_read(3))
         assert out.shape == (3, 20, 10)
         for c in range(3):
             torch.testing.assert_close(out[c], model(x), rtol=1e-5, atol=1e-5)
@@ -37,9 +35,8 @@ def test_output_scale_multiplies_each_chips_layer_output() -> None:
     model = _model("mlp")
     net = AnalogNetwork(model)
     x = torch.rand(5, 1, 8, 8)
-    weights = [w.expand(2, *w.shape) for w in net.nominal]
-    scales = [torch.tensor([1.0, 2.0]) if i == 2 else None for i in range(len(weights))]
-    out = net.forward(x, weights, scales)
+    scales = [torch.tensor([1.0, 2.0]) if i == 2 else None for i in range(len(net.layers))]
+    out = net.forward(x, net.nominal_read(2), scales)
     # the last layer's analog product doubles on chip 1; its bias does not
     bias = model[-1].bias
     torch.testing.assert_close(out[1] - bias, 2 * (out[0] - bias), rtol=1e-5, atol=1e-5)
@@ -49,12 +46,12 @@ def test_lenet_chip_is_the_same_alone_and_in_a_block() -> None:
     model = _model("lenet")
     net = AnalogNetwork(model)
     population = Population(
-        PCMDevice(PCMParams()), DifferentialPair(NoParams()),
+        PCMDevice(PCMParams()), DifferentialPair(Encoding()),
         Variation(within=WithinChip(sigma=0.05), between=BetweenChip(sigma=0.1)),
     )  # fmt: skip
     x = torch.rand(16, 1, 28, 28)
-    block = population.program(net.nominal, chip_stream(3, "pcm", range(12)))
-    alone = population.program(net.nominal, chip_stream(3, "pcm", [7]))
+    block = population.program(net.nominal, chip_stream(3, "pcm", range(12)), net.granules)
+    alone = population.program(net.nominal, chip_stream(3, "pcm", [7]), net.granules)
     out_block = net.forward(x, block.read(86400.0))
     out_alone = net.forward(x, alone.read(86400.0))
     assert torch.equal(out_block[7], out_alone[0])

@@ -15,8 +15,7 @@ from mcstudy.data import load_dataset
 from mcstudy.execution import Payload, RunOptions, WorkerContext, WorkUnit, run_study
 from mcstudy.hardware import BetweenChip, Population, Variation, WithinChip
 from mcstudy.hardware.ideal import IdealDevice, IdealParams
-from mcstudy.hardware.mapping import DifferentialPair
-from mcstudy.registry import NoParams
+from mcstudy.hardware.mapping import DifferentialPair, Encoding
 from mcstudy.rng import chip_stream
 from mcstudy.training import ModelCache, train_or_load
 
@@ -66,14 +65,15 @@ def test_chip_17_is_the_same_draw_for_every_variant(tmp_path: Path, cache_dir: P
     ctx = _context(small_study(tmp_path, chips=64), cache_dir)
     population = Population(
         IdealDevice(IdealParams()),
-        DifferentialPair(NoParams()),
+        DifferentialPair(Encoding()),
         Variation(within=WithinChip(sigma=0.05), between=BetweenChip(sigma=0.1)),
     )
     factors = []
     targets = []
     for net in ctx.networks.values():
         chips = population.program(net.nominal, chip_stream(ctx.spec.seed, "pcm", [17]))
-        t, _ = population.mapping.targets(net.nominal[0], population.device.g_max)
+        w = net.nominal[0]
+        t, _ = population.mapping.targets(w, w.abs().max().expand_as(w), population.device.g_max)
         factors.append(chips.layers[0].state["g"][0] / t)
         targets.append(t)
         assert set(chips.draws()) == {"between_z"}

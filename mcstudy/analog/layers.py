@@ -3,44 +3,145 @@
 Activations flow through the network as ``(C·N, ...)`` tensors: chip-major, the ``N``
 samples of chip 0 first. Digital layers (activations, pooling, flatten, batch norm in
 eval mode, residual additions) work on that unchanged; analog layers view it as
-``(C, N, ...)`` and multiply every chip's sample block by that chip's own weights.
-The bias is digital (added exactly after the analog product), as in aihwkit's default.
+``(C, N, ...)`` and multiply every chip's samples by that chip's own weights.
+
+An analog layer's pipeline (``crossbar``): DAC on the inputs -> for each row of
+crossbar tiles: the analog product (+ per-input-vector read noise and output noise)
+-> ADC -> digital sum of the tiles -> neuron gain and offset (operating-point drift,
+mismatch) -> digital output scale (drift compensation) -> digital bias.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..hardware.chip import LayerRead
+from ..hardware.periphery import PeripherySpec, input_scale, quantise_symmetric
+
+Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _vector_noise(read: LayerRead, tag: tuple[str, ...], k: int, like: torch.Tensor, sample_offset: int) -> torch.Tensor:
+    """Standard normals for every output of every input vector, keyed by the sample's
+    index in the evaluated set (so batching does not change them)."""
+    assert read.noise is not None
+    c, n = like.shape[:2]
+    per_sample = math.prod(like.shape[2:])
+    z = read.noise.child(*tag, k).normal_range(sample_offset * per_sample, n * per_sample, dtype=like.dtype)
+    return z.view(like.shape)
+
+
+def crossbar(
+    x: torch.Tensor,
+    read: LayerRead,
+    periphery: PeripherySpec,
+    product: Product,
+    rows: Callable[[torch.Tensor, slice], torch.Tensor],
+    sample_offset: int = 0,
+    purpose: str = "eval",
+) -> torch.Tensor:
+    """Analog matrix product of inputs ``x`` ``(C, N, ...)`` with the read's weights,
+    through DAC, tiles, per-vector noise and ADC; returns ``(C, N, out, *spatial)`` in
+    weight × input units (before neuron gain/offset and bias). ``purpose`` names the
+    input set, so different input sets at one read draw unrelated per-vector noise."""
+    dac, adc = periphery.dac, periphery.adc
+    feature_dims = tuple(range(2, x.dim()))
+    scaled = dac.bits is not None or adc.bits is not None or periphery.output_noise > 0
+    x_scale = input_scale(x, dac, feature_dims) if scaled else 1.0
+    if dac.bits is not None:
+        x = quantise_symmetric(x, x_scale, dac.bits)
+    per_tile = adc.bits is not None or periphery.output_noise > 0
+    slices = read.row_slices if per_tile else [slice(0, read.weight.shape[2])]
+    y: torch.Tensor | None = None
+    for k, sl in enumerate(slices):
+        xk = rows(x, sl) if len(slices) > 1 else x
+        yk = product(xk, read.weight[:, :, sl])
+        if read.var is not None:
+            std = torch.sqrt(product(xk * xk, read.var[:, :, sl]).clamp(min=0))
+            yk = yk + std * _vector_noise(read, (purpose, "read"), k, yk, sample_offset)
+        if per_tile:
+            # normalised units: a full-scale device driven by a full-scale input
+            norm = _expand_scale(x_scale, yk) * read.w_max[k].view(1, 1, -1, *([1] * (yk.dim() - 3)))
+            yn = yk / norm
+            if periphery.output_noise > 0:
+                yn = yn + periphery.output_noise * _vector_noise(read, (purpose, "out"), k, yk, sample_offset)
+            if adc.bits is not None:
+                yn = quantise_symmetric(yn, adc.range, adc.bits)
+            yk = yn * norm
+        y = yk if y is None else y + yk
+    assert y is not None
+    return y
+
+
+def _expand_scale(x_scale: torch.Tensor | float, y: torch.Tensor) -> torch.Tensor | float:
+    """Per-vector input scale ``(C, N, 1, ...)`` reshaped to broadcast over ``y``."""
+    if not isinstance(x_scale, torch.Tensor):
+        return x_scale
+    return x_scale.reshape(*x_scale.shape[:2], *([1] * (y.dim() - 2)))
+
+
+def linear_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(C, N, in) @ (C, out, in)^T -> (C, N, out)``, one GEMM per chip."""
+    return torch.bmm(x, w.transpose(1, 2))
+
+
+def linear_rows(x: torch.Tensor, sl: slice) -> torch.Tensor:
+    return x[..., sl]
+
 
 class ChipLayer(nn.Module):
-    """Base of the analog layers: holds the per-chip weights of the current call."""
+    """Base of the analog layers: holds the read and scale of the current call."""
+
+    granule = 1  # crossbar rows that must stay on one tile
 
     def __init__(self, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.weight: torch.Tensor | None = None  # (C, out, fan_in), set for one forward
+        self.read: LayerRead | None = None
+        self.periphery: PeripherySpec | None = None
         self.out_scale: torch.Tensor | None = None  # (C,) or (C, out) digital output scale
+        self.sample_offset = 0
 
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
 
-    def _scale(self, y: torch.Tensor, n_extra: int) -> torch.Tensor:
-        """Multiply a ``(C, N, out, *spatial)`` result by the per-chip output scale."""
-        if self.out_scale is None:
-            return y
-        s = self.out_scale
-        s = s.view(s.shape[0], 1, -1, *([1] * n_extra)) if s.dim() == 2 else s.view(-1, 1, 1, *([1] * n_extra))
-        return y * s
+    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
-    def _weight(self) -> torch.Tensor:
-        if self.weight is None:
-            raise RuntimeError("analog layer called without deployed weights")
-        return self.weight
+    def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
+        raise NotImplementedError
+
+    def feature_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        return tuple(x.shape[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        read, periphery = self.read, self.periphery
+        if read is None or periphery is None:
+            raise RuntimeError("analog layer called without a deployed chip read")
+        c = read.weight.shape[0]
+        x = x.reshape(c, -1, *self.feature_shape(x))
+        y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset)
+        extra = y.dim() - 3
+        if read.neurons.gain is not None:
+            y = y * _per_neuron(read.neurons.gain, extra)
+        if read.neurons.offset is not None:
+            y = y + _per_neuron(read.neurons.offset, extra)
+        if self.out_scale is not None:
+            y = y * _per_neuron(self.out_scale.reshape(c, -1), extra)
+        if self.bias is not None:
+            y = y + self.bias.view(1, 1, -1, *([1] * extra))
+        return y.reshape(-1, *y.shape[2:])
+
+
+def _per_neuron(v: torch.Tensor, extra: int) -> torch.Tensor:
+    """``(C, 1|out)`` -> broadcastable to ``(C, N, out, *spatial)``."""
+    return v.reshape(v.shape[0], 1, v.shape[1], *([1] * extra))
 
 
 class ChipLinear(ChipLayer):
@@ -51,14 +152,11 @@ class ChipLinear(ChipLayer):
     def matrix_shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._weight()
-        c = w.shape[0]
-        y = torch.bmm(x.reshape(c, -1, self.in_features), w.transpose(1, 2))
-        y = self._scale(y, 0)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(-1, self.out_features)
+    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return linear_product(x, w)
+
+    def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
+        return linear_rows(x, sl)
 
 
 @contextmanager
@@ -79,7 +177,8 @@ def _native_cpu_conv() -> Iterator[None]:
 
 
 class ChipConv2d(ChipLayer):
-    """Grouped convolution: chip ``c``'s channels form group ``c``."""
+    """Grouped convolution: chip ``c``'s channels form group ``c``. The crossbar matrix is
+    the unrolled kernel ``(out, in_channels·kh·kw)``; a row tile holds whole channels."""
 
     def __init__(self, layer: nn.Conv2d) -> None:
         super().__init__(layer.bias)
@@ -88,25 +187,22 @@ class ChipConv2d(ChipLayer):
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size = layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.granule = self.kernel_size[0] * self.kernel_size[1]
 
     def matrix_shape(self) -> tuple[int, int]:
-        kh, kw = self.kernel_size
-        return self.out_channels, self.in_channels * kh * kw
+        return self.out_channels, self.in_channels * self.granule
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._weight()
-        c = w.shape[0]
-        _, cin, h, wd = x.shape
-        xg = x.reshape(c, -1, cin, h, wd).transpose(0, 1).reshape(-1, c * cin, h, wd)
-        kernel = w.reshape(c * self.out_channels, self.in_channels, *self.kernel_size)
+    def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
+        return x[:, :, sl.start // self.granule : sl.stop // self.granule]
+
+    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        c, n, cin, h, wd = x.shape
+        xg = x.transpose(0, 1).reshape(n, c * cin, h, wd)
+        kernel = w.reshape(c * self.out_channels, cin, *self.kernel_size)
         with _native_cpu_conv():
             y = F.conv2d(xg, kernel, None, self.stride, self.padding, self.dilation, groups=c)
-        n, _, ho, wo = y.shape
-        y = y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1)  # (C, N, out, H, W)
-        y = self._scale(y, 2)
-        if self.bias is not None:
-            y = y + self.bias.view(1, 1, -1, 1, 1)
-        return y.reshape(-1, self.out_channels, ho, wo)
+        _, _, ho, wo = y.shape
+        return y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1)
 
 
 def to_chip_layer(layer: nn.Module) -> ChipLayer | None:

@@ -10,16 +10,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ChipLayer, to_chip_layer, weight_matrix
+from ..hardware.chip import ChipRead, LayerRead
+from ..hardware.periphery import NeuronDraws, PeripherySpec
+from .layers import ChipLayer, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
+
+Scales = list[torch.Tensor | None] | None
 
 
 class AnalogNetwork:
     """A copy of a trained model whose Linear/Conv2d layers run on chips.
 
-    ``forward(x, weights)`` evaluates inputs ``x`` (N, ...) on every chip whose realised
-    weight matrices are ``weights`` (one ``(C, out, in)`` tensor per analog layer, in
-    model order) and returns logits ``(C, N, classes)``. The weights are an argument,
-    not state: the network never remembers a chip between calls.
+    ``forward(x, read)`` evaluates inputs ``x`` (N, ...) on every chip of a
+    :class:`~mcstudy.hardware.ChipRead` (one read of a block of chips) and returns logits
+    ``(C, N, classes)``. The read is an argument, not state: the network never
+    remembers a chip between calls.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -40,58 +44,61 @@ class AnalogNetwork:
             self.layers.append(chip_layer)
             setattr(parent, name, chip_layer)
 
+    @property
+    def granules(self) -> list[int]:
+        """Crossbar rows of each layer that must share a tile (kh·kw for convolutions)."""
+        return [layer.granule for layer in self.layers]
+
     def to(self, device: torch.device | str) -> "AnalogNetwork":
         self.module.to(device)
         self.nominal = [w.to(device) for w in self.nominal]
         return self
 
     @contextmanager
-    def deployed(
-        self, weights: list[torch.Tensor], out_scales: list[torch.Tensor | None] | None = None
-    ) -> Iterator[int]:
-        """Within the block, the analog layers compute with ``weights``; yields the chip count."""
-        if len(weights) != len(self.layers):
-            raise ValueError(f"{len(weights)} weight tensors for {len(self.layers)} analog layers")
+    def deployed(self, read: ChipRead, out_scales: Scales = None, sample_offset: int = 0) -> Iterator[int]:
+        """Within the block, the analog layers compute with ``read``; yields the chip count."""
+        if len(read.layers) != len(self.layers):
+            raise ValueError(f"a read of {len(read.layers)} layers for {len(self.layers)} analog layers")
         scales = out_scales or [None] * len(self.layers)
         try:
-            for layer, w, s in zip(self.layers, weights, scales):
-                layer.weight, layer.out_scale = w, s
-            yield int(weights[0].shape[0])
+            for layer, lr, s in zip(self.layers, read.layers, scales):
+                layer.read, layer.periphery, layer.out_scale, layer.sample_offset = lr, read.periphery, s, sample_offset
+            yield read.n_chips
         finally:
             for layer in self.layers:
-                layer.weight = layer.out_scale = None
+                layer.read = layer.periphery = layer.out_scale = None
+                layer.sample_offset = 0
 
     @torch.no_grad()
-    def forward(
-        self, x: torch.Tensor, weights: list[torch.Tensor], out_scales: list[torch.Tensor | None] | None = None
-    ) -> torch.Tensor:
-        with self.deployed(weights, out_scales) as c:
+    def forward(self, x: torch.Tensor, read: ChipRead, out_scales: Scales = None, sample_offset: int = 0) -> torch.Tensor:
+        """Logits ``(C, N, classes)``; ``sample_offset`` is the index of ``x[0]`` in its set
+        (per-input-vector noise is keyed by it, so batching never changes a result)."""
+        with self.deployed(read, out_scales, sample_offset) as c:
             n = x.shape[0]
             xc = x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:])
             out = self.module(xc)
         return out.reshape(c, n, *out.shape[1:])
 
     @torch.no_grad()
-    def layer_outputs(self, x: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Raw analog outputs of every analog layer (before scaling and bias) for inputs
-        that are fed directly to each layer: ``x[i]`` is ``(K, fan_in)`` shared by all chips.
-        Used for readouts (drift compensation) without running the network."""
-        return [torch.matmul(xi, w.transpose(1, 2)) for xi, w in zip(x, weights)]
+    def readout(self, inputs: list[torch.Tensor], read: ChipRead) -> list[torch.Tensor]:
+        """Column outputs ``(C, K, out)`` of every layer's crossbar for fixed inputs
+        ``inputs[i]`` ``(K, fan_in)`` applied directly to it (the same on every chip), through
+        the periphery and its noise: a readout of the chip, as calibration circuits do."""
+        out = []
+        for xi, lr in zip(inputs, read.layers):
+            x = xi.unsqueeze(0).expand(read.n_chips, *xi.shape)
+            out.append(crossbar(x, lr, read.periphery, linear_product, linear_rows, purpose="readout"))
+        return out
 
     @torch.no_grad()
     def score(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weights: list[torch.Tensor],
-        out_scales: list[torch.Tensor | None] | None = None,
-        batch: int = 1024,
+        self, x: torch.Tensor, y: torch.Tensor, read: ChipRead, out_scales: Scales = None, batch: int = 1024
     ) -> dict[str, torch.Tensor]:
         """Per-chip accuracy and mean cross-entropy loss over ``(x, y)``, float64 ``(C,)``."""
         correct: torch.Tensor | float = 0.0
         loss: torch.Tensor | float = 0.0
         for a in range(0, x.shape[0], batch):
-            logits = self.forward(x[a : a + batch], weights, out_scales)
+            logits = self.forward(x[a : a + batch], read, out_scales, sample_offset=a)
             yb = y[a : a + batch]
             c, n, k = logits.shape
             correct = correct + (logits.argmax(-1) == yb).sum(1, dtype=torch.float64)
@@ -99,3 +106,18 @@ class AnalogNetwork:
             loss = loss + ce.reshape(c, n).to(torch.float64).sum(1)
         total = float(x.shape[0])
         return {"accuracy": correct / total, "loss": loss / total}  # type: ignore[operator]
+
+    def nominal_read(self, n_chips: int = 1) -> ChipRead:
+        """A read with the trained (float) weights and no periphery: the digital model."""
+        layers = [
+            LayerRead(
+                weight=w.expand(n_chips, *w.shape),
+                var=None,
+                w_max=w.abs().amax().expand(1, w.shape[0]),
+                row_slices=[slice(0, w.shape[1])],
+                neurons=NeuronDraws(None, None),
+                noise=None,
+            )
+            for w in self.nominal
+        ]
+        return ChipRead(layers, PeripherySpec())

@@ -93,14 +93,14 @@ class WorkerContext:
         variant, pop_spec = spec.variants[unit.variant], spec.hardware[unit.hardware]
         net, population = self.networks[variant.name], self.populations[pop_spec.name]
         stream = chip_stream(spec.seed, pop_spec.base, range(unit.start, unit.stop), self.device)
-        chips = population.program(net.nominal, stream)
+        chips = population.program(net.nominal, stream, net.granules)
         states = [proc.prepare(chips, net, self.data) for proc in self.procedures]
         shape = (len(self.procedures), len(spec.times), unit.n_chips)
         metrics = {m: np.full(shape, np.nan, dtype=np.float64) for m in METRICS}
         for ti, t in enumerate(spec.times):
-            weights = chips.read(t)
+            read = chips.read(t)
             for pi, (proc, state) in enumerate(zip(self.procedures, states)):
-                result = proc.evaluate(state, chips, weights, t, net, self.data)
+                result = proc.evaluate(state, chips, read, t, net, self.data)
                 for m in METRICS:
                     metrics[m][pi, ti] = result[m].cpu().numpy()
         draws = {k: v.cpu().numpy() for k, v in chips.draws().items()}
@@ -112,6 +112,6 @@ class WorkerContext:
         out = {}
         with torch_threads(self.threads):
             for name, net in self.networks.items():
-                r = net.score(self.data.x_test, self.data.y_test, [w[None] for w in net.nominal], batch=self.data.batch)
+                r = net.score(self.data.x_test, self.data.y_test, net.nominal_read(), batch=self.data.batch)
                 out[name] = {m: float(r[m][0]) for m in METRICS}
         return out

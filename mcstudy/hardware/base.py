@@ -1,20 +1,23 @@
-"""The interfaces every device model and weight mapping implements, and their registries.
+"""The interface every device model implements, and the device and mapping registries.
 
 A *device model* turns target conductances into a programmed state (every per-device
 draw made once, at programming) and reads that state at a time after programming (read
-noise drawn per read). A *mapping* turns a weight matrix into target conductances and
-conductances back into weights. Both work on tensors with a leading chip dimension and
+noise drawn per read). Device models work on tensors with a leading chip dimension and
 draw only from the random stream they are handed.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..registry import Params, Registry
-from ..rng import Stream
+from ..rng import Stream, draw_normal
+
+if TYPE_CHECKING:
+    from .mapping import Mapping
 
 DeviceState = dict[str, torch.Tensor]
 
@@ -36,31 +39,21 @@ class DeviceModel(ABC):
         random quantity is drawn here, once."""
 
     @abstractmethod
+    def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Conductance ``t`` seconds after programming without read noise, and the read
+        noise's standard deviation (µS; None when the device has none)."""
+
     def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
         """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``."""
+        g, sigma = self.mean_and_sigma(state, t)
+        if sigma is None:
+            return g
+        return (g + sigma * draw_normal(rng, g, "read")).clamp(min=0.0)
 
     def drifts(self) -> bool:
         """Whether conductances change with time (so compensation has work to do)."""
         return True
 
 
-class Mapping(ABC):
-    """Weight matrix <-> device conductances."""
-
-    devices_per_weight: int
-
-    def __init__(self, params: Params) -> None:
-        self.params = params
-
-    @abstractmethod
-    def targets(self, w: torch.Tensor, g_max: float) -> tuple[torch.Tensor, float]:
-        """Target conductances ``(devices_per_weight, out, in)`` in µS for weights
-        ``w`` (out, in), and the scale in µS per unit weight."""
-
-    @abstractmethod
-    def weights(self, g: torch.Tensor, scale: float) -> torch.Tensor:
-        """Effective weights ``(C, out, in)`` from conductances ``(C, devices_per_weight, out, in)``."""
-
-
 DEVICES: Registry[type[DeviceModel]] = Registry("device")
-MAPPINGS: Registry[type[Mapping]] = Registry("mapping")
+MAPPINGS: Registry[type["Mapping"]] = Registry("mapping")

@@ -1,57 +1,142 @@
 """A hardware population and a programmed block of its chips.
 
-``Population.program(weights, stream)`` is the moment of fabrication and programming:
-variation and every per-device draw are fixed then. The returned :class:`ChipBatch`
-is read at any time after programming; each read draws fresh read noise from a
-sub-stream named by the read's tag and time, so "the same chip, later" and "a new
-chip" can never be confused.
+``Population.program(layers, stream)`` is the moment of fabrication and programming:
+variation, mismatch, operating-point drift and every per-device draw are fixed then.
+The returned :class:`ChipBatch` is read at any time after programming; each read draws
+fresh read noise from a sub-stream named by the read's tag and time, so "the same chip,
+later" and "a new chip" can never be confused.
+
+Read noise is drawn per read of the chip (default, as aihwkit does), or, with
+``read_noise: per_vector``, for every input vector: then a read returns the mean
+weights and their variance, and the layer adds Gaussian noise of variance
+``Σ_j σ_ij² x_j²`` to each output — the exact output-space distribution, without
+sampling a noisy weight matrix per input.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from ..registry import Params
 from ..rng import Stream
-from .base import DEVICES, MAPPINGS, DeviceModel, DeviceState, Mapping
+from .base import DEVICES, MAPPINGS, DeviceModel, DeviceState
+from .mapping import Mapping
+from .periphery import NeuronDraws, PeripherySpec, chip_draws, mismatch_gain, neuron_draws
+from .tiles import TileGrid, TileSpec
 from .variation import Variation, apply_variation, chip_level_draws
+
+ReadNoiseMode = Literal["per_read", "per_vector"]
+
+
+@dataclass(frozen=True)
+class LayerRead:
+    """One analog layer of a block of chips as read at one time."""
+
+    weight: torch.Tensor  # (C, out, in) mean effective weights (per_read: one noisy read)
+    var: torch.Tensor | None  # (C, out, in) per-vector read-noise variance of each weight
+    w_max: torch.Tensor  # (row tiles, out) full-scale weight of each physical column
+    row_slices: list[slice]  # inputs of each row of tiles
+    neurons: NeuronDraws
+    noise: Stream | None  # draws per input vector (read noise, output noise)
+
+
+@dataclass(frozen=True)
+class ChipRead:
+    """Every analog layer of a block of chips at one read."""
+
+    layers: list[LayerRead]
+    periphery: PeripherySpec
+
+    @property
+    def n_chips(self) -> int:
+        return int(self.layers[0].weight.shape[0])
+
+    def with_weights(self, weights: list[torch.Tensor]) -> "ChipRead":
+        """The same read with other effective weights (for procedures that retrain)."""
+        return ChipRead([_replace(lr, w) for lr, w in zip(self.layers, weights)], self.periphery)
+
+
+def _replace(read: LayerRead, weight: torch.Tensor) -> LayerRead:
+    return LayerRead(weight, read.var, read.w_max, read.row_slices, read.neurons, read.noise)
 
 
 @dataclass(frozen=True)
 class Population:
-    """The physics of one hardware population: device model, mapping and variation."""
+    """The physics of one hardware population."""
 
     device: DeviceModel
     mapping: Mapping
     variation: Variation
+    tile: TileSpec = TileSpec()
+    periphery: PeripherySpec = PeripherySpec()
+    read_noise: ReadNoiseMode = "per_read"
 
     @classmethod
-    def build(cls, device: str, device_params: Params, mapping: str, mapping_params: Params, variation: Variation) -> "Population":
-        return cls(DEVICES.get(device).obj(device_params), MAPPINGS.get(mapping).obj(mapping_params), variation)
+    def build(
+        cls,
+        device: str,
+        device_params: Params,
+        mapping: str,
+        mapping_params: Params,
+        variation: Variation,
+        tile: TileSpec | None = None,
+        periphery: PeripherySpec | None = None,
+        read_noise: ReadNoiseMode = "per_read",
+    ) -> "Population":
+        return cls(
+            DEVICES.get(device).obj(device_params),
+            MAPPINGS.get(mapping).obj(mapping_params),  # type: ignore[arg-type]
+            variation,
+            tile or TileSpec(),
+            periphery or PeripherySpec(),
+            read_noise,
+        )
 
-    def program(self, weights: list[torch.Tensor], stream: Stream) -> "ChipBatch":
+    def program(self, weights: list[torch.Tensor], stream: Stream, granules: list[int] | None = None) -> "ChipBatch":
         """Fabricate and program the chips of ``stream`` with weight matrices ``weights``
-        (each ``(out, in)``, the same for every chip)."""
+        (each ``(out, in)``, the same for every chip). ``granules[i]`` is the number of
+        crossbar rows that must stay on one tile (kh·kw for a convolution)."""
         g_max = self.device.g_max
         layers: list[_Layer] = []
         for i, w in enumerate(weights):
-            targets, scale = self.mapping.targets(w, g_max)
-            varied = apply_variation(self.variation, targets.to(stream.device), stream.child("variation"), i, g_max)
+            w = w.to(stream.device)
+            grid = TileGrid.build(w.shape[0], w.shape[1], self.tile, granules[i] if granules else 1)
+            tile_max = grid.tile_abs_max(w)
+            w_max = grid.per_weight(tile_max)
+            targets, coeff = self.mapping.targets(w, w_max, g_max)
+            varied = apply_variation(self.variation, targets, stream.child("variation"), i, g_max, grid)
             state = self.device.program(varied, stream.child("program", i))
-            layers.append(_Layer(state=state, scale=scale))
+            periph = stream.child("periphery")
+            layers.append(
+                _Layer(
+                    state=state,
+                    coeff=coeff,
+                    w_max=w_max,
+                    column_w_max=grid.per_column(tile_max),
+                    grid=grid,
+                    gain=mismatch_gain(self.periphery, periph, i, tuple(w.shape)),  # type: ignore[arg-type]
+                    neurons=neuron_draws(self.periphery, periph, i, w.shape[0], float(tile_max.max())),
+                )
+            )
         return ChipBatch(self, stream, layers)
 
     def draw_names(self) -> list[str]:
         """Names of the per-chip draws :meth:`ChipBatch.draws` returns."""
-        return sorted(chip_level_draws(self.variation, Stream(torch.zeros(1, dtype=torch.int64))))
+        return sorted(ChipBatch(self, Stream(torch.zeros(1, dtype=torch.int64)), []).draws())
 
 
 @dataclass(frozen=True)
 class _Layer:
     state: DeviceState
-    scale: float
+    coeff: torch.Tensor
+    w_max: torch.Tensor  # (out, in)
+    column_w_max: torch.Tensor  # (row tiles, out)
+    grid: TileGrid
+    gain: torch.Tensor | None  # (C, out, in) multiplier mismatch
+    neurons: NeuronDraws
 
 
 @dataclass(frozen=True)
@@ -66,18 +151,44 @@ class ChipBatch:
     def n_chips(self) -> int:
         return self.stream.n
 
-    def read(self, t: float, tag: str = "read") -> list[torch.Tensor]:
-        """Effective weights ``(C, out, in)`` of every layer, read ``t`` s after programming.
+    def read(self, t: float, tag: str = "read") -> ChipRead:
+        """Every layer read ``t`` s after programming.
 
         Reads with the same ``tag`` and ``t`` see the same read noise (they are one read);
         a different tag is a different read of the same chips.
         """
-        device, mapping = self.population.device, self.population.mapping
-        return [
-            mapping.weights(device.read(layer.state, t, self.stream.child(tag, float(t), i)), layer.scale)
-            for i, layer in enumerate(self.layers)
-        ]
+        pop = self.population
+        device, mapping, g_max = pop.device, pop.mapping, pop.device.g_max
+        out = []
+        for i, layer in enumerate(self.layers):
+            read_stream = self.stream.child(tag, float(t), i)
+            var = None
+            if pop.read_noise == "per_vector":
+                g, sigma = device.mean_and_sigma(layer.state, t)
+                if sigma is not None:
+                    var = mapping.decode_variance(sigma, layer.coeff, layer.w_max, g_max)
+            else:
+                g = device.read(layer.state, t, read_stream)
+            w = mapping.decode(g, layer.coeff, layer.w_max, g_max)
+            if layer.gain is not None:
+                w = w * layer.gain
+                var = None if var is None else var * layer.gain**2
+            needs_noise = var is not None or pop.periphery.needs_vector_noise
+            out.append(
+                LayerRead(
+                    weight=w,
+                    var=var,
+                    w_max=layer.column_w_max,
+                    row_slices=layer.grid.row_slices(),
+                    neurons=layer.neurons,
+                    noise=read_stream.child("vector") if needs_noise else None,
+                )
+            )
+        return ChipRead(out, pop.periphery)
 
     def draws(self) -> dict[str, torch.Tensor]:
         """Per-chip draws worth keeping in the store, each ``(C,)``."""
-        return chip_level_draws(self.population.variation, self.stream.child("variation"))
+        return {
+            **chip_level_draws(self.population.variation, self.stream.child("variation")),
+            **chip_draws(self.population.periphery, self.stream.child("periphery")),
+        }

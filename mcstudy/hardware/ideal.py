@@ -27,8 +27,8 @@ class IdealDevice(DeviceModel):
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         return {"g": g_target}
 
-    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
-        return state["g"]
+    def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return state["g"], None
 
     def drifts(self) -> bool:
         return False

@@ -1,27 +1,165 @@
-"""Weight <-> conductance mappings (SCIENCE.md §3)."""
+"""Weight <-> conductance mappings (SCIENCE.md §3).
+
+Every mapping works on normalised weights ``u = w / w_max`` in [-1, 1], where
+``w_max`` is the largest |w| of the weight's crossbar tile, and splits them into
+normalised device values ``v_d`` in [0, 1] for its ``D`` devices per weight. The
+shared *encoding* then turns a device value into a conductance:
+
+    G_d = G_min + (G_max − G_min) · a_d · f(Q(v_d))
+
+- ``Q``: n-bit devices have ``2**bits`` levels; the mapper rounds to the nearest level
+  of a linear grid (Obradovic et al.; García-Redondo et al.).
+- ``f(x) = (1 − e^(−βx)) / (1 − e^(−β))``: the nonlinear level-to-conductance curve
+  (β = ``nonlinearity``; 0 is linear). The mapper does not know it.
+- ``G_min = G_max / on_off_ratio``: a finite on/off ratio, so "zero" is not zero.
+- ``a_d = 1 + asymmetry`` on the devices of the negative side, 1 elsewhere.
+
+Reading decodes linearly, as the periphery does: ``w = w_max · Σ_d c_d (G_d − G_min)/(G_max − G_min)``
+with the mapping's coefficients ``c_d`` (the G_min reference is subtracted digitally).
+"""
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
+from typing import Literal
+
 import torch
+from pydantic import Field, PositiveInt
 
-from ..registry import NoParams
-from .base import MAPPINGS, Mapping
+from ..registry import Params
+from .base import MAPPINGS
 
 
-@MAPPINGS.register("differential", NoParams)
+class Encoding(Params):
+    """Conductance encoding shared by every mapping."""
+
+    bits: PositiveInt | None = Field(None, le=16, description="device precision: 2**bits levels (None: analog)")
+    on_off_ratio: float | None = Field(None, gt=1, description="G_max / G_min (None: G_min = 0)")
+    nonlinearity: float = Field(0.0, description="β of the level-to-conductance curve (0: linear)")
+    asymmetry: float = Field(0.0, gt=-1, description="relative scale error of the negative-side devices")
+
+
+class Mapping(ABC):
+    """Splits normalised weights over devices; encodes and decodes conductances."""
+
+    devices_per_weight: int
+    negative_side: tuple[bool, ...]  # which devices carry the negative side (asymmetry)
+
+    def __init__(self, params: Encoding) -> None:
+        self.params = params
+
+    # -- what a mapping defines ---------------------------------------------------
+    @abstractmethod
+    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised weights ``u`` ``(out, in)`` in [-1, 1] (and the raw weights ``w``) ->
+        device values ``(D, out, in)`` in [0, 1], already on the level grid (use
+        :meth:`quantise`), and the decoding coefficients ``c_d`` broadcastable to ``(D, out, in)``."""
+
+    # -- shared encoding ----------------------------------------------------------
+    def g_min(self, g_max: float) -> float:
+        r = self.params.on_off_ratio
+        return 0.0 if r is None else g_max / r
+
+    def quantise(self, v: torch.Tensor) -> torch.Tensor:
+        """Round device values in [0, 1] to the nearest of ``2**bits`` linear levels."""
+        bits = self.params.bits
+        if bits is None:
+            return v
+        steps = 2**bits - 1
+        return torch.round(v * steps) / steps
+
+    def level_curve(self, v: torch.Tensor) -> torch.Tensor:
+        beta = self.params.nonlinearity
+        if beta == 0:
+            return v
+        return (1 - torch.exp(-beta * v)) / (1 - math.exp(-beta))
+
+    def targets(self, w: torch.Tensor, w_max: torch.Tensor, g_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target conductances ``(D, out, in)`` in µS for weights ``w`` with per-weight
+        full scale ``w_max`` (both ``(out, in)``), and the decoding coefficients."""
+        u = (w / w_max.clamp(min=torch.finfo(w.dtype).tiny)).clamp(-1.0, 1.0)
+        v, coeff = self.split(u, w)
+        a = torch.tensor([1.0 + self.params.asymmetry if neg else 1.0 for neg in self.negative_side], dtype=w.dtype, device=w.device)
+        g_min = self.g_min(g_max)
+        return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(v), coeff.to(w)
+
+    def decode(self, g: torch.Tensor, coeff: torch.Tensor, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
+        """Weights ``(C, out, in)`` from conductances ``(C, D, out, in)``."""
+        g_min = self.g_min(g_max)
+        return (coeff * (g - g_min)).sum(1) * (w_max / (g_max - g_min))
+
+    def decode_variance(self, sigma: torch.Tensor, coeff: torch.Tensor, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
+        """Variance of the decoded weight ``(C, out, in)`` for independent device noise ``sigma`` (C, D, out, in) µS."""
+        return ((coeff * sigma) ** 2).sum(1) * (w_max / (g_max - self.g_min(g_max))) ** 2
+
+
+@MAPPINGS.register("differential", Encoding)
 class DifferentialPair(Mapping):
-    """Differential pair: w = (G⁺ − G⁻) / s, one of the two devices at zero.
-
-    The scale s (µS per unit weight) maps the layer's largest |w| to G_max, so the
-    full conductance range is used.
-    """
+    """Differential pair: ``w ∝ G⁺ − G⁻``, the device of the other sign at G_min."""
 
     devices_per_weight = 2
+    negative_side = (False, True)
 
-    def targets(self, w: torch.Tensor, g_max: float) -> tuple[torch.Tensor, float]:
-        w_abs_max = float(w.abs().max())
-        scale = g_max / w_abs_max if w_abs_max > 0 else 1.0
-        return torch.stack((w.clamp(min=0), (-w).clamp(min=0))) * scale, scale
+    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.quantise(torch.stack((u.clamp(min=0), (-u).clamp(min=0))))
+        return v, torch.tensor([1.0, -1.0]).view(2, 1, 1)
 
-    def weights(self, g: torch.Tensor, scale: float) -> torch.Tensor:
-        return (g[:, 0] - g[:, 1]) / scale
+
+class MultiPairParams(Encoding):
+    significance: float = Field(2.0, ge=1, description="F: weight of the most significant pair (Mackin: 2 was best)")
+
+
+@MAPPINGS.register("multi_pair", MultiPairParams)
+class MultiPair(Mapping):
+    """Two pairs: ``w ∝ F·(G⁺ − G⁻) + (g⁺ − g⁻)`` (Mackin et al., Nat. Commun. 2022).
+
+    Naive split, most significant pair first: the MSP carries as much of the weight as
+    it can on its level grid, the LSP the remainder.
+    """
+
+    devices_per_weight = 4
+    negative_side = (False, True, False, True)
+    params: MultiPairParams
+
+    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.params.significance
+        total = u * (f + 1)
+        msp = torch.sign(total) * self.quantise((total.abs() / f).clamp(max=1.0))
+        lsp_value = (total - f * msp).clamp(-1.0, 1.0)
+        lsp = torch.sign(lsp_value) * self.quantise(lsp_value.abs())
+        v = torch.stack((msp.clamp(min=0), (-msp).clamp(min=0), lsp.clamp(min=0), (-lsp).clamp(min=0)))
+        return v, torch.tensor([f, -f, 1.0, -1.0]).view(4, 1, 1) / (f + 1)
+
+
+class UnipolarParams(Encoding):
+    polarity: Literal["auto", "positive", "negative"] = Field(
+        "auto", description="sign of each block; auto: the sign carrying more total |w|"
+    )
+    block_cols: PositiveInt | None = Field(None, description="outputs per single-sign block (None: the whole matrix)")
+
+
+@MAPPINGS.register("unipolar", UnipolarParams)
+class Unipolar(Mapping):
+    """One device per weight; all weights of a matrix (or block of columns) share one sign
+    (García-Redondo et al. 2020). Weights of the other sign are clipped to zero, which a
+    unipolar-trained network avoids. Halves the devices of a differential pair."""
+
+    devices_per_weight = 1
+    negative_side = (False,)
+    params: UnipolarParams
+
+    def block_signs(self, w: torch.Tensor) -> torch.Tensor:
+        """``(out, 1)`` sign of each output's block."""
+        n_out = w.shape[0]
+        if self.params.polarity != "auto":
+            s = 1.0 if self.params.polarity == "positive" else -1.0
+            return torch.full((n_out, 1), s, dtype=w.dtype, device=w.device)
+        size = self.params.block_cols or n_out
+        block = torch.arange(n_out, device=w.device) // size
+        net = torch.zeros(int(block.max()) + 1, dtype=w.dtype, device=w.device).index_add_(0, block, w.sum(1))
+        return torch.where(net[block] >= 0, 1.0, -1.0).to(w.dtype).view(-1, 1)
+
+    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        signs = self.block_signs(w)
+        return self.quantise((u * signs).clamp(min=0)).unsqueeze(0), signs.unsqueeze(0)

@@ -28,10 +28,23 @@ from ..rng import Stream, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
 
 
-class PCMParams(Params):
-    """Constants of the PCM model (SCIENCE.md §2); conductances in µS, times in s."""
+class PCMDriftReadParams(Params):
+    """Constants of PCM drift and 1/f read noise (SCIENCE.md §2); shared with the table device."""
 
     g_max: float = Field(25.0, gt=0, description="largest conductance G_max, µS")
+    t0: float = Field(20.0, gt=0, description="drift reference time after programming, s")
+    read_qs_coeff: float = Field(0.0088, ge=0, description="1/f read-noise amplitude q")
+    read_qs_exponent: float = Field(0.65, description="1/f read-noise exponent e")
+    read_qs_max: float = Field(0.2, ge=0, description="upper bound of Q_s")
+    t_read: float = Field(250e-9, gt=0, description="duration of one read, s")
+    prog_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_prog (0 switches it off)")
+    drift_scale: float = Field(1.0, ge=0, description="multiplies ν (0 switches drift off)")
+    read_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_read (0 switches it off)")
+
+
+class PCMParams(PCMDriftReadParams):
+    """Constants of the PCM model (SCIENCE.md §2); conductances in µS, times in s."""
+
     prog_c0: float = Field(0.26348, description="programming-noise polynomial, constant term, µS")
     prog_c1: float = Field(1.9650, description="programming-noise polynomial, linear term, µS")
     prog_c2: float = Field(-1.1731, description="programming-noise polynomial, quadratic term, µS")
@@ -43,20 +56,12 @@ class PCMParams(Params):
     sigma_nu_intercept: float = -0.0059
     sigma_nu_min: float = Field(0.008, ge=0)
     sigma_nu_max: float = Field(0.045, ge=0)
-    t0: float = Field(20.0, gt=0, description="drift reference time after programming, s")
-    read_qs_coeff: float = Field(0.0088, ge=0, description="1/f read-noise amplitude q")
-    read_qs_exponent: float = Field(0.65, description="1/f read-noise exponent e")
-    read_qs_max: float = Field(0.2, ge=0, description="upper bound of Q_s")
-    t_read: float = Field(250e-9, gt=0, description="duration of one read, s")
-    prog_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_prog (0 switches it off)")
-    drift_scale: float = Field(1.0, ge=0, description="multiplies ν (0 switches drift off)")
-    read_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_read (0 switches it off)")
 
 
 DEFAULT = PCMParams()
 
 
-def _normalised(g: torch.Tensor, p: PCMParams) -> torch.Tensor:
+def _normalised(g: torch.Tensor, p: PCMDriftReadParams) -> torch.Tensor:
     return (g / p.g_max).clamp(0.0, 1.0)
 
 
@@ -77,17 +82,17 @@ def drift_sigma(g_target: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
     return (p.sigma_nu_slope * torch.log(g) + p.sigma_nu_intercept).clamp(p.sigma_nu_min, p.sigma_nu_max)
 
 
-def read_noise_qs(g_prog: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
+def read_noise_qs(g_prog: torch.Tensor, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
     """Relative 1/f read-noise amplitude Q_s for programmed conductances (µS)."""
     return (p.read_qs_coeff / _normalised(g_prog, p).pow(p.read_qs_exponent)).clamp(max=p.read_qs_max)
 
 
-def read_noise_time_factor(t: float, p: PCMParams = DEFAULT) -> float:
+def read_noise_time_factor(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
     """√ln((t + t_read)/(2·t_read)): 4.18 at 20 s, 4.77 at 1 h, 5.09 at 1 day, 5.64 at 1 year."""
     return math.sqrt(max(math.log((t + p.t_read) / (2.0 * p.t_read)), 0.0))
 
 
-def drift_factor(nu: torch.Tensor, t: float, p: PCMParams = DEFAULT) -> torch.Tensor:
+def drift_factor(nu: torch.Tensor, t: float, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
     """(t/t0)^(−ν), with no drift before t0."""
     return torch.pow(max(t, p.t0) / p.t0, -nu)
 
@@ -104,14 +109,25 @@ def program(
     return g_prog, nu
 
 
+def drifted_and_sigma(
+    g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, params: PCMDriftReadParams = DEFAULT
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drifted conductance G_D(t) and the 1/f read-noise σ_read(t), both µS."""
+    g_drift = g_prog * drift_factor(nu, t_seconds, params) if params.drift_scale > 0 else g_prog
+    if params.read_noise_scale == 0:
+        return g_drift, None
+    sigma = g_drift * read_noise_qs(g_prog, params) * (read_noise_time_factor(t_seconds, params) * params.read_noise_scale)
+    return g_drift, sigma
+
+
 def read(
-    g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream | torch.Generator, params: PCMParams = DEFAULT
+    g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream | torch.Generator, params: PCMDriftReadParams = DEFAULT
 ) -> torch.Tensor:
     """Read programmed devices ``t_seconds`` after programming: drift, then 1/f read noise."""
-    g_drift = g_prog * drift_factor(nu, t_seconds, params)
-    sigma = g_drift * read_noise_qs(g_prog, params) * (read_noise_time_factor(t_seconds, params) * params.read_noise_scale)
-    z = draw_normal(rng, g_drift, "read")
-    return (g_drift + sigma * z).clamp(min=0.0)
+    g_drift, sigma = drifted_and_sigma(g_prog, nu, t_seconds, params)
+    if sigma is None:
+        return g_drift
+    return (g_drift + sigma * draw_normal(rng, g_drift, "read")).clamp(min=0.0)
 
 
 @DEVICES.register("pcm", PCMParams)
@@ -128,8 +144,8 @@ class PCMDevice(DeviceModel):
         g_prog, nu = program(g_target, rng, self.params)
         return {"g_prog": g_prog, "nu": nu}
 
-    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
-        return read(state["g_prog"], state["nu"], t, rng, self.params)
+    def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return drifted_and_sigma(state["g_prog"], state["nu"], t, self.params)
 
     def drifts(self) -> bool:
         return self.params.drift_scale > 0

@@ -8,7 +8,8 @@ within-chip part drawn per device:
 - additive, normal: ``G = max(G_T + G_max·(σ_b·z_b + σ_w·z_w), 0)``
 
 Granularity says which devices share one draw: ``device`` (none), ``column`` (one per
-output column of a layer), ``layer`` (one per layer), ``chip`` (one for the whole chip).
+physical crossbar column: an output within a row of tiles), ``tile`` (one per crossbar
+tile), ``layer`` (one per layer), ``chip`` (one for the whole chip).
 The two components come from separate sub-streams of the chip's stream, so switching
 one on or off never changes the other's draws.
 """
@@ -23,7 +24,9 @@ from pydantic import Field
 from ..registry import Params
 from ..rng import Stream
 
-Granularity = Literal["device", "column", "layer", "chip"]
+from .tiles import TileGrid
+
+Granularity = Literal["device", "column", "tile", "layer", "chip"]
 
 
 class VariationComponent(Params):
@@ -48,7 +51,7 @@ class Variation(Params):
 
 
 def component_draw(
-    comp: VariationComponent, stream: Stream, layer: int, shape: tuple[int, int, int]
+    comp: VariationComponent, stream: Stream, layer: int, shape: tuple[int, int, int], grid: TileGrid
 ) -> torch.Tensor:
     """Standard normals for one layer's devices ``shape = (D, out, in)``, broadcastable to
     ``(C, D, out, in)`` and shared according to ``comp.granularity``."""
@@ -57,23 +60,28 @@ def component_draw(
         return stream.normal(1).view(-1, 1, 1, 1)
     if comp.granularity == "layer":
         return stream.child(layer).normal(1).view(-1, 1, 1, 1)
+    if comp.granularity == "tile":
+        return grid.per_weight(stream.child(layer).normal(grid.n_tiles)).unsqueeze(1)
     if comp.granularity == "column":
-        return stream.child(layer).normal(n_out).view(-1, 1, n_out, 1)
+        z = stream.child(layer).normal(grid.n_row_tiles, n_out)  # (C, row tiles, out)
+        return z[:, grid.row_tile_of_input(z.device)].transpose(1, 2).unsqueeze(1)
     return stream.child(layer).normal(d, n_out, n_in)
 
 
 def apply_variation(
-    variation: Variation, g_target: torch.Tensor, stream: Stream, layer: int, g_max: float
+    variation: Variation, g_target: torch.Tensor, stream: Stream, layer: int, g_max: float, grid: TileGrid | None = None
 ) -> torch.Tensor:
     """Targets ``(D, out, in)`` µS -> varied targets ``(C, D, out, in)`` µS for the chips of ``stream``."""
     shape = tuple(g_target.shape)
+    if grid is None:
+        grid = TileGrid(shape[1], shape[2], shape[2], shape[1])
     out = g_target.unsqueeze(0).expand(stream.n, *shape)
     log_gain: torch.Tensor | float = 0.0
     offset: torch.Tensor | float = 0.0
     for name, comp in (("within", variation.within), ("between", variation.between)):
         if comp.sigma == 0:
             continue
-        z = component_draw(comp, stream.child(name), layer, shape) * comp.sigma  # type: ignore[arg-type]
+        z = component_draw(comp, stream.child(name), layer, shape, grid) * comp.sigma  # type: ignore[arg-type]
         if comp.kind == "lognormal":
             log_gain = log_gain + z
         else:

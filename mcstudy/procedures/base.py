@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..analog import AnalogNetwork
-from ..hardware import ChipBatch
+from ..hardware import ChipBatch, ChipRead
 from ..registry import Params, Registry
 
 METRICS: tuple[str, ...] = ("accuracy", "loss")
@@ -44,9 +44,9 @@ class Procedure(ABC):
 
     @abstractmethod
     def evaluate(
-        self, state: Any, chips: ChipBatch, weights: list[torch.Tensor], t: float, net: AnalogNetwork, data: EvalData
+        self, state: Any, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        """Per-chip metrics ``{name: (C,)}`` at time ``t``, given this time's read ``weights``."""
+        """Per-chip metrics ``{name: (C,)}`` at time ``t``, given this time's ``read`` of the chips."""
 
 
 PROCEDURES: Registry[type[Procedure]] = Registry("procedure")

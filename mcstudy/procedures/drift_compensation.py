@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, PositiveInt
 
 from ..analog import AnalogNetwork
-from ..hardware import ChipBatch
+from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..rng import fixed_stream
 from .base import PROCEDURES, EvalData, Procedure
@@ -42,9 +42,9 @@ class DriftCompensation(Procedure):
             for i, w in enumerate(net.nominal)
         ]
 
-    def _readout(self, net: AnalogNetwork, inputs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _readout(self, net: AnalogNetwork, inputs: list[torch.Tensor], read: ChipRead) -> list[torch.Tensor]:
         dims = (1, 2) if self.params.mode == "global" else (1,)
-        return [o.abs().mean(dim=dims) for o in net.layer_outputs(inputs, weights)]
+        return [o.abs().mean(dim=dims) for o in net.readout(inputs, read)]
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         inputs = self._inputs(net)
@@ -55,12 +55,12 @@ class DriftCompensation(Procedure):
         self,
         state: tuple[list[torch.Tensor], list[torch.Tensor]],
         chips: ChipBatch,
-        weights: list[torch.Tensor],
+        read: ChipRead,
         t: float,
         net: AnalogNetwork,
         data: EvalData,
     ) -> dict[str, torch.Tensor]:
         inputs, reference = state
-        current = self._readout(net, inputs, weights)
+        current = self._readout(net, inputs, read)
         alphas: list[torch.Tensor | None] = [r / c.clamp(min=torch.finfo(c.dtype).tiny) for r, c in zip(reference, current)]
-        return net.score(data.x_test, data.y_test, weights, alphas, batch=data.batch)
+        return net.score(data.x_test, data.y_test, read, alphas, batch=data.batch)

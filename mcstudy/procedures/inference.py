@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..analog import AnalogNetwork
-from ..hardware import ChipBatch
+from ..hardware import ChipBatch, ChipRead
 from ..registry import NoParams
 from .base import PROCEDURES, EvalData, Procedure
 
@@ -17,6 +17,6 @@ class Inference(Procedure):
     """Score the test split on each chip as it reads at time t."""
 
     def evaluate(
-        self, state: Any, chips: ChipBatch, weights: list[torch.Tensor], t: float, net: AnalogNetwork, data: EvalData
+        self, state: Any, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        return net.score(data.x_test, data.y_test, weights, batch=data.batch)
+        return net.score(data.x_test, data.y_test, read, batch=data.batch)

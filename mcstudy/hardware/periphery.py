@@ -1,0 +1,124 @@
+"""The circuit around the crossbars: DACs, ADCs, output noise, and the analog neurons'
+operating-point drift and mismatch (SCIENCE.md §1 and §3).
+
+Units. Inputs are normalised by ``x_scale`` — the DAC's fixed range, or each input
+vector's largest |x| with per-vector scaling (aihwkit's "noise management") — and
+weights by the full-scale weight ``w_max`` of their tile, so a crossbar column's
+normalised output is in units of one full-scale device driven by a full-scale input.
+The ADC range, output noise and neuron offsets are in those units.
+
+- DAC: ``bits`` over [−range, range] (or the vector's own range), rounding to the nearest level.
+- ADC: clip to [−range, range] and round to ``bits``; each row of tiles is digitised
+  separately and the partial sums are added digitally.
+- Output noise: Gaussian, fresh for every input vector, before the ADC.
+- Operating-point drift (Jia et al., DAC 2018): a shared shift of the neurons' bias
+  point, ``y = (1 + δ_gain)·y + δ_offset``, one draw per chip, per layer or per neuron.
+- Mismatch (Jia et al.; Pelgrom: σ ∝ 1/√area): per-multiplier gain error
+  ``w·(1 + ε)`` and per-neuron offset, drawn once per device or neuron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+from ..registry import Params
+from ..rng import Stream
+
+
+class DACSpec(Params):
+    bits: PositiveInt | None = Field(None, le=24, description="input DAC bits (None: exact inputs)")
+    range: float = Field(1.0, gt=0, description="input full scale (mode 'fixed')")
+    mode: Literal["per_vector", "fixed"] = Field("per_vector", description="scale by each vector's |x|max, or a fixed range")
+
+
+class ADCSpec(Params):
+    bits: PositiveInt | None = Field(None, le=24, description="output ADC bits (None: exact outputs)")
+    range: float = Field(10.0, gt=0, description="ADC full scale, in full-scale device × full-scale input units")
+
+
+class OpDriftSpec(Params):
+    gain: float = Field(0.0, ge=0, description="σ of the relative gain shift δ_gain")
+    offset: float = Field(0.0, ge=0, description="σ of the offset δ_offset, in full-scale weight × unit input units")
+    granularity: Literal["chip", "layer", "neuron"] = "chip"
+
+
+class MismatchSpec(Params):
+    gain: float = Field(0.0, ge=0, description="σ of each multiplier's relative gain error")
+    offset: float = Field(0.0, ge=0, description="σ of each neuron's offset, in full-scale weight × unit input units")
+
+
+class PeripherySpec(Params):
+    dac: DACSpec = DACSpec()
+    adc: ADCSpec = ADCSpec()
+    output_noise: float = Field(0.0, ge=0, description="σ of additive output noise per input vector (normalised units)")
+    op_drift: OpDriftSpec = OpDriftSpec()
+    mismatch: MismatchSpec = MismatchSpec()
+
+    @property
+    def needs_vector_noise(self) -> bool:
+        return self.output_noise > 0
+
+
+def quantise_symmetric(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """Clip to ±full_scale and round to the nearest of ``2**bits − 1`` symmetric levels."""
+    half = 2 ** (bits - 1) - 1
+    step = full_scale / half
+    return torch.round((x / step).clamp(-half, half)) * step
+
+
+def input_scale(x: torch.Tensor, dac: DACSpec, reduce_dims: tuple[int, ...]) -> torch.Tensor | float:
+    """``x_scale``: the DAC range, or each vector's largest |x| (never zero)."""
+    if dac.mode == "fixed":
+        return dac.range
+    return x.abs().amax(dim=reduce_dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+
+
+@dataclass(frozen=True)
+class NeuronDraws:
+    """Per-chip neuron gain ``(C, 1|out)`` (1 + δ) and offset ``(C, 1|out)`` in weight × input units."""
+
+    gain: torch.Tensor | None
+    offset: torch.Tensor | None
+
+
+def _shared(stream: Stream, granularity: str, layer: int, n_out: int, tag: str) -> torch.Tensor:
+    if granularity == "chip":
+        return stream.child(tag).normal(1)
+    if granularity == "layer":
+        return stream.child(tag, layer).normal(1)
+    return stream.child(tag, layer).normal(n_out)
+
+
+def neuron_draws(spec: PeripherySpec, stream: Stream, layer: int, n_out: int, w_scale: float) -> NeuronDraws:
+    """Operating-point drift and mismatch offsets of one layer's neurons, for every chip of ``stream``."""
+    op, mm = spec.op_drift, spec.mismatch
+    gain = offset = None
+    if op.gain > 0:
+        gain = 1.0 + op.gain * _shared(stream, op.granularity, layer, n_out, "op_gain")
+    if op.offset > 0:
+        offset = op.offset * w_scale * _shared(stream, op.granularity, layer, n_out, "op_offset")
+    if mm.offset > 0:
+        extra = mm.offset * w_scale * stream.child("mismatch_offset", layer).normal(n_out)
+        offset = extra if offset is None else offset + extra
+    return NeuronDraws(gain, offset)
+
+
+def mismatch_gain(spec: PeripherySpec, stream: Stream, layer: int, shape: tuple[int, int]) -> torch.Tensor | None:
+    """Per-multiplier gain ``(C, out, in)`` (1 + ε), or None."""
+    if spec.mismatch.gain == 0:
+        return None
+    return 1.0 + spec.mismatch.gain * stream.child("mismatch_gain", layer).normal(*shape)
+
+
+def chip_draws(spec: PeripherySpec, stream: Stream) -> dict[str, torch.Tensor]:
+    """Per-chip draws worth keeping (chip-granularity operating-point drift)."""
+    out: dict[str, torch.Tensor] = {}
+    if spec.op_drift.granularity == "chip":
+        for name, sigma in (("op_gain", spec.op_drift.gain), ("op_offset", spec.op_drift.offset)):
+            if sigma > 0:
+                out[f"{name}_z"] = stream.child(name).normal(1)[:, 0]
+    return out
