@@ -80,6 +80,13 @@ def _tag_text(t: object) -> str:
     raise TypeError(f"random-stream tags must be str, int or float, not {type(t).__name__}")
 
 
+_ALIGN = 64
+
+
+def _aligned(m: int) -> int:
+    return -(-m // _ALIGN) * _ALIGN
+
+
 def _box_muller(b: torch.Tensor) -> torch.Tensor:
     """Two standard normals from each 64-bit output: ``(..., m) -> (..., m, 2)`` float64."""
     u1 = (_srl(b, 32).to(torch.float64) + 0.5) * (2.0**-32)
@@ -125,16 +132,21 @@ class Stream:
         u = (_srl(self.bits(n), 11).to(torch.float64) + 0.5) * (2.0**-53)
         return u.to(dtype).reshape(self.n, *shape)
 
+    # Normals: the transcendental functions of Box-Muller run on each chip's outputs padded
+    # to a multiple of _ALIGN pairs, so SIMD and scalar code paths never split a chip
+    # differently in a block than alone (see hardware/layout.py).
+
     def normal(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Standard normal numbers, shape ``(C, *shape)`` (Box-Muller on 32-bit halves)."""
         n = math.prod(shape)
-        z = _box_muller(self.bits((n + 1) // 2)).reshape(self.n, -1)
+        z = _box_muller(self.bits(_aligned((n + 1) // 2))).reshape(self.n, -1)
         return z[:, :n].to(dtype).reshape(self.n, *shape)
 
     def normal_range(self, start: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Elements ``start .. start+count-1`` of the flat normal sequence, ``(C, count)``:
         the same numbers as ``normal(start + count)[:, start:]``, without computing the prefix."""
-        first, last = start // 2, (start + count - 1) // 2
+        first = start // 2
+        last = first + _aligned((start + count - 1) // 2 - first + 1) - 1
         counter = (torch.arange(first + 1, last + 2, dtype=torch.int64, device=self.device)) * _GOLDEN_S
         b = mix64(self.keys[:, None] + counter[None, :])
         z = _box_muller(b).reshape(self.n, -1)

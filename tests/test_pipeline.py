@@ -74,7 +74,7 @@ def test_chip_17_is_the_same_draw_for_every_variant(tmp_path: Path, cache_dir: P
         chips = population.program(net.nominal, chip_stream(ctx.spec.seed, "pcm", [17]))
         w = net.nominal[0]
         t, _ = population.mapping.targets(w, w.abs().max().expand_as(w), population.device.g_max)
-        factors.append(chips.layers[0].state["g"][0] / t)
+        factors.append(chips.programmed(0, "g")[0] / t)
         targets.append(t)
         assert set(chips.draws()) == {"between_z"}
     both = (targets[0] > 0) & (targets[1] > 0)

@@ -23,6 +23,7 @@ import torch
 from ..registry import Params
 from ..rng import Stream
 from .base import DEVICES, MAPPINGS, DeviceModel, DeviceState
+from .layout import from_flat, to_flat
 from .mapping import Mapping
 from .periphery import NeuronDraws, PeripherySpec, chip_draws, mismatch_gain, neuron_draws
 from .tiles import TileGrid, TileSpec
@@ -108,11 +109,13 @@ class Population:
             w_max = grid.per_weight(tile_max)
             targets, coeff = self.mapping.targets(w, w_max, g_max)
             varied = apply_variation(self.variation, targets, stream.child("variation"), i, g_max, grid)
-            state = self.device.program(varied, stream.child("program", i))
+            # device physics runs on each chip's values laid out flat and padded (layout.py)
+            state = self.device.program(to_flat(varied), stream.child("program", i))
             periph = stream.child("periphery")
             layers.append(
                 _Layer(
                     state=state,
+                    shape=tuple(targets.shape),
                     coeff=coeff,
                     w_max=w_max,
                     column_w_max=grid.per_column(tile_max),
@@ -130,7 +133,8 @@ class Population:
 
 @dataclass(frozen=True)
 class _Layer:
-    state: DeviceState
+    state: DeviceState  # per-chip flat, padded layout (layout.py)
+    shape: tuple[int, int, int]  # (D, out, in)
     coeff: torch.Tensor
     w_max: torch.Tensor  # (out, in)
     column_w_max: torch.Tensor  # (row tiles, out)
@@ -166,10 +170,10 @@ class ChipBatch:
             if pop.read_noise == "per_vector":
                 g, sigma = device.mean_and_sigma(layer.state, t)
                 if sigma is not None:
-                    var = mapping.decode_variance(sigma, layer.coeff, layer.w_max, g_max)
+                    var = mapping.decode_variance(from_flat(sigma, layer.shape), layer.coeff, layer.w_max, g_max)
             else:
                 g = device.read(layer.state, t, read_stream)
-            w = mapping.decode(g, layer.coeff, layer.w_max, g_max)
+            w = mapping.decode(from_flat(g, layer.shape), layer.coeff, layer.w_max, g_max)
             if layer.gain is not None:
                 w = w * layer.gain
                 var = None if var is None else var * layer.gain**2
@@ -185,6 +189,11 @@ class ChipBatch:
                 )
             )
         return ChipRead(out, pop.periphery)
+
+    def programmed(self, layer: int, key: str) -> torch.Tensor:
+        """A programmed device quantity of one layer (e.g. ``"g_prog"``, ``"nu"``, ``"g"``) as ``(C, D, out, in)``."""
+        lay = self.layers[layer]
+        return from_flat(lay.state[key], lay.shape)
 
     def draws(self) -> dict[str, torch.Tensor]:
         """Per-chip draws worth keeping in the store, each ``(C,)``."""

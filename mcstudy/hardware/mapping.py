@@ -103,7 +103,7 @@ class DifferentialPair(Mapping):
 
     def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.quantise(torch.stack((u.clamp(min=0), (-u).clamp(min=0))))
-        return v, torch.tensor([1.0, -1.0]).view(2, 1, 1)
+        return v, torch.tensor([1.0, -1.0], dtype=torch.float64).view(2, 1, 1)
 
 
 class MultiPairParams(Encoding):
@@ -129,7 +129,7 @@ class MultiPair(Mapping):
         lsp_value = (total - f * msp).clamp(-1.0, 1.0)
         lsp = torch.sign(lsp_value) * self.quantise(lsp_value.abs())
         v = torch.stack((msp.clamp(min=0), (-msp).clamp(min=0), lsp.clamp(min=0), (-lsp).clamp(min=0)))
-        return v, torch.tensor([f, -f, 1.0, -1.0]).view(4, 1, 1) / (f + 1)
+        return v, torch.tensor([f, -f, 1.0, -1.0], dtype=torch.float64).view(4, 1, 1) / (f + 1)
 
 
 class UnipolarParams(Encoding):

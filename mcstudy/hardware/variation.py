@@ -24,6 +24,7 @@ from pydantic import Field
 from ..registry import Params
 from ..rng import Stream
 
+from .layout import per_chip
 from .tiles import TileGrid
 
 Granularity = Literal["device", "column", "tile", "layer", "chip"]
@@ -87,7 +88,7 @@ def apply_variation(
         else:
             offset = offset + z * g_max
     if isinstance(log_gain, torch.Tensor):
-        out = out * torch.exp(log_gain)
+        out = out * per_chip(torch.exp, log_gain.expand(stream.n, *log_gain.shape[1:]))
     if isinstance(offset, torch.Tensor):
         out = (out + offset).clamp(min=0.0)
     return out

@@ -1,0 +1,44 @@
+"""Chip-invariant elementwise evaluation.
+
+PyTorch evaluates elementwise functions such as ``exp``, ``log`` and ``pow`` with SIMD
+code on full vectors and with scalar code on the tail of a tensor, and the two can
+differ in the last bit. If chip ``c``'s values sat at different positions relative to
+the vector boundaries in a block of 64 chips than alone, chip 17 would not be the same
+chip in both (DESIGN.md invariant). Each chip's values are therefore laid out flat and
+padded to a multiple of :data:`ALIGN` elements before any such function runs, so every
+chip always fills whole vectors at the same lanes, whatever the block.
+(``tests/test_hardware.py::test_every_model_draws_only_from_the_chips_stream``)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+ALIGN = 64  # elements: two AVX-512 vectors of float32 and then some
+
+
+def padded(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def to_flat(t: torch.Tensor) -> torch.Tensor:
+    """``(C, *S)`` -> ``(C, padded(prod(S)))`` (padding with ones, harmless to log and pow)."""
+    c, n = t.shape[0], math.prod(t.shape[1:])
+    return F.pad(t.reshape(c, n), (0, padded(n) - n), value=1.0)
+
+
+def from_flat(f: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`to_flat` for per-chip shape ``shape``."""
+    return f[:, : math.prod(shape)].reshape(f.shape[0], *shape)
+
+
+def per_chip(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """``fn(*args)`` for an elementwise ``fn``, evaluated chip-invariantly; arguments are
+    broadcast to their common shape, whose first dimension is the chip."""
+    shape = torch.broadcast_shapes(*(a.shape for a in args))
+    flat = [to_flat(a.expand(shape)) for a in args]
+    return from_flat(fn(*flat), tuple(shape[1:]))
