@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -126,7 +127,7 @@ def render_summary(df: "object", within: float, title: str) -> Table:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     last = None
     for row in df.to_dict("records"):
-        key = (row["variant"], row["hardware"], row["procedure"])
+        key = (escape(str(row["variant"])), escape(str(row["hardware"])), escape(str(row["procedure"])))  # names are user input
         if last is not None and key[:2] != last[:2]:
             table.add_section()
         shown = key if key != last else ("", "", "")

@@ -535,10 +535,10 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
         if unknown:
             continue
         leaves = []
-        for key, registry in (("device", DEVICES), ("mapping", MAPPINGS)):
+        for key, registry, name_key, default in (("device", DEVICES, "name", None), ("mapping", MAPPINGS, "kind", "differential")):
             v = entry.get(key)
-            if isinstance(v, dict) and v.get("name") in registry:
-                leaves += _sweep_leaves(v, registry.get(v["name"]).params, (key,))
+            if isinstance(v, dict) and v.get(name_key, default) in registry:
+                leaves += _sweep_leaves(v, registry.get(v.get(name_key, default)).params, (key,))
         sections = {k: v for k, v in entry.items() if k in _PopulationSections.model_fields}
         leaves += _sweep_leaves(sections, _PopulationSections, ())
         for pname, praw, sweep in _expand(name, entry, leaves, where, problems):
@@ -549,7 +549,7 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
                     device = Component(device.name, device.params.resolve(base_dir))
                 except ValueError as e:
                     problems.append((f"{where}.device.csv", str(e)))
-            mapping = _component(praw.get("mapping", "differential"), MAPPINGS, f"{where}.mapping", "kind", problems)
+            mapping = _component(praw.get("mapping"), MAPPINGS, f"{where}.mapping", "kind", problems, default="differential")
             try:
                 plain = _PopulationSections.model_validate({k: v for k, v in praw.items() if k in _PopulationSections.model_fields})
             except ValidationError as e:

@@ -167,3 +167,53 @@ def test_cli_validate_ok_and_missing_file(tmp_path: Path) -> None:
     assert r.returncode == 2 and "nope.yaml" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("run", QUICKSTART, "--chips", "0")
     assert r.returncode == 2 and "--chips" in r.stderr
+
+
+def test_population_sections_and_sweeps_over_them(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    (tmp_path / "dev.csv").write_text("g,sigma_prog,mu_nu,sigma_nu\n0,0.3,0.1,0.04\n1,1.0,0.05,0.01\n")
+    raw["hardware"] = {
+        "full": {
+            "device": {"name": "pcm"},
+            "mapping": {"kind": "multi_pair", "bits": 4, "on_off_ratio": 10.0, "significance": 2.0},
+            "tile": {"rows": 128, "cols": 64},
+            "periphery": {"adc": {"bits": [6, 8]}, "dac": {"bits": 8}, "op_drift": {"gain": 0.02, "granularity": "layer"}},
+            "read_noise": "per_vector",
+        },
+        "measured": {"device": {"name": "table", "csv": "dev.csv"}},
+        "levels": {"device": "rram", "mapping": {"bits": [2, 4]}},
+    }
+    study = tmp_path / "s.yaml"
+    study.write_text(dump(raw))
+    spec = load_study(study)
+    assert [h.name for h in spec.hardware] == [
+        "full[periphery.adc.bits=6]", "full[periphery.adc.bits=8]", "measured", "levels[mapping.bits=2]", "levels[mapping.bits=4]",
+    ]  # fmt: skip
+    assert spec.hardware[4].mapping.name == "differential" and spec.hardware[4].mapping.params.bits == 4
+    full = spec.hardware[0]
+    assert full.tile.rows == 128 and full.read_noise == "per_vector" and full.mapping.params.bits == 4
+    assert spec.hardware_coords["periphery_adc_bits"][:2] == (6.0, 8.0)
+    measured = spec.hardware[2].device.params
+    assert measured.points.sigma_prog == (0.3, 1.0) and measured.csv == str(tmp_path / "dev.csv")
+    spec.hardware[0].build()  # every section builds into physics
+
+
+@pytest.mark.parametrize(
+    "entry, field",
+    [
+        ({"device": "pcm", "read_noise": "sometimes"}, "hardware.x.read_noise"),
+        ({"device": "pcm", "tile": {"rows": 0}}, "hardware.x.tile.rows"),
+        ({"device": "pcm", "mapping": {"kind": "unipolar", "polarity": "sideways"}}, "hardware.x.mapping.polarity"),
+        ({"device": "pcm", "periphery": {"adc": {"bits": -1}}}, "hardware.x.periphery.adc.bits"),
+        ({"device": {"name": "table", "csv": "missing.csv"}}, "hardware.x.device.csv"),
+        ({"device": "pcm", "wiring": "copper"}, "hardware.x.wiring"),
+    ],
+)
+def test_bad_population_sections(tmp_path: Path, entry: dict, field: str) -> None:
+    raw = quickstart_raw()
+    raw["hardware"] = {"x": entry}
+    study = tmp_path / "s.yaml"
+    study.write_text(dump(raw))
+    with pytest.raises(SpecError) as info:
+        load_study(study)
+    assert field in dict(info.value.problems), info.value.problems
