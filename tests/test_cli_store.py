@@ -81,3 +81,21 @@ def test_missing_data_file_exits_2_before_any_store(tmp_path: Path) -> None:
     r = run_cli("run", study, "--out", tmp_path / "x.zarr")
     assert r.returncode == 2 and "train-images-idx3-ubyte" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_swept_populations_through_the_cli(tmp_path: Path, cache_dir: Path) -> None:
+    raw = yaml.safe_load(small_study(tmp_path, chips=4).read_text())
+    raw["hardware"]["pcm"]["variation"]["within"]["sigma"] = [0.0, 0.1]
+    raw["hardware"]["sram"] = {"device": "sram", "periphery": {"adc": {"bits": 8}}}
+    study = tmp_path / "sweep.yaml"
+    study.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "sweep.zarr"
+    r = run_cli("run", study, "--out", out, "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    names = ["pcm[variation.within.sigma=0]", "pcm[variation.within.sigma=0.1]", "sram"]
+    for name in names:  # user-chosen names are printed literally (brackets are not markup)
+        assert name in r.stdout
+    ds = open_results(out)
+    assert list(ds["hardware"].values) == names
+    np.testing.assert_array_equal(ds["variation_within_sigma"].values, [0.0, 0.1, 0.0])
+    assert list(ds["population"].values) == ["pcm", "pcm", "sram"]
