@@ -40,9 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) a study and write its zarr store")
     run.add_argument("study", type=Path, help="study file (YAML)")
-    run.add_argument("--out", type=Path, help="results store (default: results/<study name>.zarr)")
-    run.add_argument("--executor", choices=["serial", "local"], help="where units run (default: the study's, else local)")
-    run.add_argument("--workers", type=_positive_int, help="worker processes for the local executor")
+    run.add_argument("--out", help="results store: a path or an fsspec URL (default: results/<study name>.zarr)")
+    run.add_argument("--executor", choices=["serial", "local", "ray"], help="where units run (default: the study's, else local)")
+    run.add_argument("--workers", type=_positive_int, help="worker processes (local) or actors (ray)")
+    run.add_argument(
+        "--address", help="Ray cluster for --executor ray: 'local' starts one here (default), 'auto' or HOST:PORT joins one"
+    )
     run.add_argument("--chips", type=_positive_int, help="override the study's chip count")
     run.add_argument("--block-size", type=_positive_int, help="chips per work unit")
     run.add_argument("--overwrite", action="store_true", help="replace a store written by a different study")
@@ -100,6 +103,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         executor=args.executor,
         workers=args.workers,
         block_size=args.block_size,
+        address=args.address,
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
         progress=not args.quiet,

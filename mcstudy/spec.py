@@ -82,8 +82,9 @@ TimeSeconds = Annotated[float, BeforeValidator(parse_time), Field(gt=0)]
 class ExecutionSpec(Params):
     """How the study runs; not part of the study's hash (same numbers on every executor)."""
 
-    executor: Literal["serial", "local"] = "local"
-    workers: PositiveInt | None = Field(None, description="worker processes (default: CPU count)")
+    executor: Literal["serial", "local", "ray"] = "local"
+    address: str | None = Field(None, description="Ray cluster: 'local' (start one), 'auto' or HOST:PORT")
+    workers: PositiveInt | None = Field(None, description="worker processes or Ray actors (default: CPU count)")
     block_size: PositiveInt = Field(64, description="chips per work unit")
     threads_per_worker: PositiveInt = Field(1, description="torch threads in each worker")
     eval_batch: PositiveInt = Field(1024, description="test samples per forward pass")

@@ -17,9 +17,13 @@ different study is refused unless the user asks to overwrite it.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
+import hashlib
 import json
+import os
 import platform
 import shutil
+import socket
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,59 +125,170 @@ def template(
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
-def _open(path: Path) -> xr.Dataset:
-    return xr.open_zarr(path, consolidated=False)
+def is_url(path: str | Path) -> bool:
+    """An fsspec URL (``s3://bucket/x.zarr``, ``file:///...``) rather than a local path."""
+    return "://" in str(path)
+
+
+class Location:
+    """Where a store lives: a local directory or an fsspec URL (with its filesystem
+    package installed, e.g. s3fs for ``s3://``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.raw = str(path)
+        self.url = is_url(path)
+        if self.url:
+            import fsspec
+
+            try:
+                self.fs, self.fs_path = fsspec.core.url_to_fs(self.raw)
+            except (ImportError, ValueError) as e:
+                raise StoreError(f"cannot open store URL {self.raw}: {e}") from None
+
+    def __str__(self) -> str:
+        return self.raw
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.fs_path) if self.url else Path(self.raw).exists()
+
+    def is_zarr(self) -> bool:
+        if self.url:
+            return self.fs.exists(f"{self.fs_path}/zarr.json")
+        return (Path(self.raw) / "zarr.json").is_file()
+
+    def remove(self) -> None:
+        if self.url:
+            self.fs.rm(self.fs_path, recursive=True)
+        else:
+            shutil.rmtree(self.raw)
+
+    def lock_path(self) -> Path:
+        """A local lock file: beside a local store, or in the cache for a URL."""
+        if self.url:
+            from .training import default_cache_dir
+
+            digest = hashlib.sha256(self.raw.encode()).hexdigest()[:24]
+            return default_cache_dir() / "locks" / f"{digest}.lock"
+        p = Path(self.raw)
+        return p.parent / f".{p.name}.lock"
+
+
+def _open(path: str | Path) -> xr.Dataset:
+    return xr.open_zarr(str(path), consolidated=False)
 
 
 def open_results(path: str | Path) -> xr.Dataset:
     """Open a study's results lazily as an xarray Dataset."""
-    p = Path(path)
-    if not p.exists():
-        raise StoreError(f"no results store at {p}")
+    loc = Location(path)
+    if not loc.exists():
+        raise StoreError(f"no results store at {loc}")
     try:
-        ds = _open(p)
+        ds = _open(loc.raw)
     except Exception as e:  # zarr raises several types for "not a store"
-        raise StoreError(f"{p} is not a readable zarr store: {e}") from None
+        raise StoreError(f"{loc} is not a readable zarr store: {e}") from None
     if "spec_hash" not in ds.attrs:
-        raise StoreError(f"{p} is a zarr store but not an mcstudy results store")
+        raise StoreError(f"{loc} is a zarr store but not an mcstudy results store")
     return ds
+
+
+class StoreLock:
+    """One run per store: an exclusive ``flock`` on a lock file next to the store.
+
+    The kernel releases the lock when its process ends, however it ends (SIGKILL
+    included), so a killed run never leaves a lock that blocks the resume.
+    """
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.path = location.lock_path()
+        self._file: Any = None
+
+    def __enter__(self) -> "StoreLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StoreError(
+                f"{self.location} is being written by another mcstudy run ({holder}); "
+                "wait for it to finish, or write to another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        started = _dt.datetime.now().isoformat(timespec="seconds")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
 
 
 class ResultStore:
     """The coordinator's handle on a study's store."""
 
-    def __init__(self, path: Path, block_size: int) -> None:
+    def __init__(self, path: str, block_size: int) -> None:
         self.path = path
         self.block_size = block_size
+
+    @staticmethod
+    def check(location: Location, spec: StudySpec, overwrite: bool) -> int | None:
+        """Whether ``location`` can take this study: returns the block size of an existing
+        store of the same study (to resume), None if a new store will be written; refuses
+        a store of another study (unless ``overwrite``) and anything that is not a store."""
+        if not location.exists():
+            return None
+        if not location.is_zarr():
+            raise StoreError(f"{location} exists and is not an mcstudy results store; choose another --out")
+        existing = open_results(location.raw)
+        old = str(existing.attrs.get("spec_hash"))
+        if old == spec.hash and not overwrite:
+            return int(existing.attrs["block_size"])
+        if not overwrite:
+            raise StoreError(
+                f"{location} holds results of a different study (spec hash {old[:12]}…, this study {spec.hash[:12]}…); "
+                "choose another --out, or pass --overwrite to replace it"
+            )
+        return None
 
     @classmethod
     def open_or_create(
         cls,
-        path: str | Path,
+        location: Location,
         spec: StudySpec,
         block_size: int,
         float_metrics: dict[str, dict[str, float]],
         draw_names: list[str],
         overwrite: bool = False,
     ) -> tuple["ResultStore", bool]:
-        """Open the store of this study to resume it, or create it. Returns ``(store, resumed)``."""
-        p = Path(path)
-        if p.exists():
-            existing = open_results(p) if (p / "zarr.json").exists() else None
-            if existing is None:
-                raise StoreError(f"{p} exists and is not an mcstudy results store; choose another --out")
-            old = existing.attrs.get("spec_hash")
-            if old == spec.hash and not overwrite:
-                return cls(p, int(existing.attrs["block_size"])), True
-            if not overwrite:
-                raise StoreError(
-                    f"{p} holds results of a different study (spec hash {old[:12]}…, this study {spec.hash[:12]}…); "
-                    "choose another --out, or pass --overwrite to replace it"
-                )
-            shutil.rmtree(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        template(spec, block_size, float_metrics, draw_names).to_zarr(p, mode="w-", compute=False, consolidated=False)
-        return cls(p, min(block_size, spec.chips)), False
+        """Open the store of this study to resume it, or create it. Returns ``(store, resumed)``.
+        The caller holds the :class:`StoreLock`."""
+        resume_block = cls.check(location, spec, overwrite)
+        if resume_block is not None:
+            return cls(location.raw, resume_block), True
+        if location.exists():
+            location.remove()
+        ds = template(spec, block_size, float_metrics, draw_names)
+        if location.url:
+            ds.to_zarr(location.raw, mode="w-", compute=False, consolidated=False)
+        else:  # build it aside and rename: a killed run never leaves half a template
+            final = Path(location.raw)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for stale in final.parent.glob(f".{final.name}.creating-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = final.parent / f".{final.name}.creating-{os.getpid()}"
+            ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+            os.rename(tmp, final)
+        return cls(location.raw, min(block_size, spec.chips)), False
 
     def done_mask(self) -> np.ndarray:
         """``(variant, hardware, chip)`` booleans."""

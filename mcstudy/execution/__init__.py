@@ -1,5 +1,6 @@
 """Plan, coordinator and executors."""
 
+from . import ray_executor  # noqa: F401  (registers the ray executor; imports ray lazily)
 from .coordinator import RunOptions, RunReport, run_study
 from .executors import EXECUTORS, Executor
 from .plan import WorkUnit, make_plan

@@ -1,7 +1,9 @@
 """The coordinator: spec -> trained variants -> plan -> executor -> store -> summary.
 
 Data flows one way. Nothing is written to the store until the spec is valid, the data
-loaded and every variant trained; the coordinator is the store's only writer.
+loaded and every variant trained; the coordinator is the store's only writer, holds
+the store's lock for the whole run, and streams each finished unit into the store
+(bounded in flight), so its memory does not grow with the study.
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
 from ..errors import McStudyError
-from ..store import ResultStore
 from ..spec import StudySpec
-from ..training import ModelCache, train_or_load
-from .executors import EXECUTORS
+from ..store import Location, ResultStore, StoreLock
+from ..training import ModelCache, TrainJob, load_trained, save_trained
+from .executors import EXECUTORS, Executor
 from .plan import make_plan
 from .worker import Payload, WorkerContext
 
@@ -30,10 +32,11 @@ from .worker import Payload, WorkerContext
 class RunOptions:
     """How to run a study; command-line flags override the study's ``execution`` section."""
 
-    out: Path
-    executor: Literal["serial", "local"] | None = None
+    out: Path | str
+    executor: Literal["serial", "local", "ray"] | None = None
     workers: int | None = None
     block_size: int | None = None
+    address: str | None = None
     overwrite: bool = False
     cache_dir: Path | None = None
     progress: bool = True
@@ -41,12 +44,13 @@ class RunOptions:
 
 @dataclass
 class RunReport:
-    path: Path
+    path: str
     resumed: bool
     units_total: int
     units_run: int
     seconds: float
     trained: dict[str, str] = field(default_factory=dict)  # variant -> "trained" | "cached"
+    executor: str = ""
 
 
 def run_study(spec: StudySpec, options: RunOptions, console: Console | None = None) -> RunReport:
@@ -61,39 +65,60 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
 
     data = load_dataset(spec.data, spec.seed)
     console.print(f"[bold]{spec.name}[/]: {data.summary()}")
+    location = Location(options.out)
+    with StoreLock(location):
+        ResultStore.check(location, spec, options.overwrite)  # refuse early, before any training
+        workers = 1 if executor_name == "serial" else (options.workers or ex.workers)
+        if executor_name == "local":
+            workers = workers or _cpus()
+        with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address) as executor:
+            states, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
+            payload = Payload.build(spec, states, data)
+            coordinator_ctx = WorkerContext(payload, device="cpu")
+            float_metrics = coordinator_ctx.float_metrics()
+            for name, m in float_metrics.items():
+                console.print(f"  float accuracy of [cyan]{name}[/]: {m['accuracy']:.4f}")
+            draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
+            store, resumed = ResultStore.open_or_create(location, spec, block_size, float_metrics, draw_names, options.overwrite)
+            plan = make_plan(spec, store.block_size)
+            todo = store.pending(plan)
+            if resumed:
+                console.print(f"  resuming {location}: {len(plan) - len(todo)} of {len(plan)} units already done")
+            if todo:
+                executor.start(payload)
+                with _progress(console) as progress:
+                    task = progress.add_task(executor.describe(), total=sum(u.n_chips for u in todo))
+                    for result in executor.run(todo):
+                        store.write(result)
+                        progress.advance(task, result.unit.n_chips)
+            described = executor.describe()
+    return RunReport(str(location), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained, described)
 
-    cache = ModelCache(options.cache_dir)
+
+def _train(
+    spec: StudySpec, data: Dataset, executor: Executor, cache: ModelCache, console: Console
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Every variant's weights: from the cache, or trained by the executor (in parallel
+    where it can) and then cached."""
+    jobs = {v.name: TrainJob(spec.model.name, spec.model.params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
     states: dict[str, dict[str, torch.Tensor]] = {}
-    trained: dict[str, str] = {}
-    for v in spec.variants:
-        with console.status(f"training variant {v.name} ({v.trainer.name})"):
-            tm = train_or_load(spec.model.name, spec.model.params, v.trainer.name, v.trainer.params, data, spec.seed, cache)
-        states[v.name] = tm.state_dict
-        trained[v.name] = "cached" if tm.from_cache else "trained"
-        how = "loaded from cache" if tm.from_cache else f"trained in {tm.seconds:.1f} s"
-        console.print(f"  variant [cyan]{v.name}[/] ({v.trainer.name}): {how}")
-
-    payload = Payload.build(spec, states, data)
-    coordinator_ctx = WorkerContext(payload, device="cpu")
-    float_metrics = coordinator_ctx.float_metrics()
-    for name, m in float_metrics.items():
-        console.print(f"  float accuracy of [cyan]{name}[/]: {m['accuracy']:.4f}")
-    draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
-
-    store, resumed = ResultStore.open_or_create(options.out, spec, block_size, float_metrics, draw_names, options.overwrite)
-    plan = make_plan(spec, store.block_size)
-    todo = store.pending(plan)
-    if resumed:
-        console.print(f"  resuming {options.out}: {len(plan) - len(todo)} of {len(plan)} units already done")
-    n_workers = 1 if executor_name == "serial" else min(options.workers or ex.workers or _cpus(), max(len(todo), 1))
-
-    if todo:
-        with EXECUTORS.get(executor_name).obj(payload, n_workers) as executor, _progress(console) as progress:
-            task = progress.add_task(f"{executor_name} × {n_workers}", total=sum(u.n_chips for u in todo))
-            for result in executor.run(todo):
-                store.write(result)
-                progress.advance(task, result.unit.n_chips)
-    return RunReport(Path(options.out), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained)
+    status: dict[str, str] = {}
+    missing: list[str] = []
+    for name, job in jobs.items():
+        hit = load_trained(job, data, cache)
+        if hit is None:
+            missing.append(name)
+        else:
+            states[name], status[name] = hit.state_dict, "cached"
+            console.print(f"  variant [cyan]{name}[/] ({job.trainer}): loaded from cache")
+    if missing:
+        with console.status(f"training {len(missing)} variant(s) on {executor.name}: {', '.join(missing)}"):
+            results = executor.train([jobs[n] for n in missing], data)
+        for name, result in zip(missing, results):
+            save_trained(result, jobs[name], cache)
+            states[name], status[name] = result.state_dict, "trained"
+            console.print(f"  variant [cyan]{name}[/] ({jobs[name].trainer}): trained in {result.seconds:.1f} s")
+    return {v.name: states[v.name] for v in spec.variants}, status
 
 
 def _cpus() -> int:
@@ -112,4 +137,3 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
-

@@ -1,7 +1,9 @@
-"""Executors run work units and hand results back to the coordinator as they finish.
+"""Executors train the variants and run work units, handing results back to the
+coordinator as they finish.
 
-``serial`` runs in-process; ``local`` uses a pool of spawned processes, each holding
-the payload once. Both give bit-identical numbers (see ``worker.py``).
+``serial`` runs in-process; ``local`` uses a pool of spawned processes, each holding the
+payload once; ``ray`` (``ray_executor.py``) uses Ray actors on a cluster. All give
+bit-identical numbers (see ``worker.py``).
 """
 
 from __future__ import annotations
@@ -12,19 +14,36 @@ from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Iterable, Iterator
 
+from ..data import Dataset
 from ..registry import Registry
+from ..training import TrainedModel, TrainJob, run_train_job
 from .plan import WorkUnit
 from .worker import Payload, UnitResult, WorkerContext
 
 
 class Executor(ABC):
-    def __init__(self, payload: Payload, workers: int) -> None:
-        self.payload = payload
+    """Lifecycle: ``train`` (optional) -> ``start(payload)`` -> ``run(units)`` -> ``close``."""
+
+    name = "executor"
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
         self.workers = workers
+        self.address = address
+
+    def train(self, jobs: list[TrainJob], data: Dataset) -> list[TrainedModel]:
+        """Train variants that are not cached (default: one after another, in this process)."""
+        return [run_train_job(job, data) for job in jobs]
+
+    @abstractmethod
+    def start(self, payload: Payload) -> None:
+        """Hand the payload to the workers, once."""
 
     @abstractmethod
     def run(self, units: Iterable[WorkUnit]) -> Iterator[UnitResult]:
         """Results of ``units``, in completion order."""
+
+    def describe(self) -> str:
+        return f"{self.name} × {self.workers}"
 
     def close(self) -> None:
         pass
@@ -43,11 +62,17 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor")
 class SerialExecutor(Executor):
     """One unit after another in this process."""
 
-    def __init__(self, payload: Payload, workers: int = 1) -> None:
-        super().__init__(payload, 1)
+    name = "serial"
+
+    def __init__(self, workers: int = 1, address: str | None = None) -> None:
+        super().__init__(1)
+        self.context: WorkerContext | None = None
+
+    def start(self, payload: Payload) -> None:
         self.context = WorkerContext(payload)
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[UnitResult]:
+        assert self.context is not None, "start() first"
         for unit in units:
             yield self.context.run(unit)
 
@@ -69,13 +94,19 @@ def _run_unit(unit: WorkUnit) -> UnitResult:
 class LocalExecutor(Executor):
     """A pool of worker processes on this machine (spawned, so no state leaks from the parent)."""
 
-    def __init__(self, payload: Payload, workers: int | None = None) -> None:
-        super().__init__(payload, workers or os.cpu_count() or 1)
+    name = "local"
+
+    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+        super().__init__(workers or os.cpu_count() or 1)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def start(self, payload: Payload) -> None:
         self.pool = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(payload,)
         )
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[UnitResult]:
+        assert self.pool is not None, "start() first"
         pending: set[Future[UnitResult]] = set()
         todo = iter(units)
         limit = 2 * self.workers  # bounded in flight: memory does not grow with the study
@@ -91,4 +122,5 @@ class LocalExecutor(Executor):
                 yield f.result()
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)

@@ -19,7 +19,7 @@ import torch
 
 from ..registry import Params
 
-TRAINING_CODE_VERSION = 1
+TRAINING_CODE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
