@@ -58,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console(stderr: bool = False, quiet: bool = False) -> Console:
+    """A terminal console, or for logs and pipes one that never wraps lines and is wide
+    enough that the summary table is not cut."""
+    c = Console(stderr=stderr, quiet=quiet)
+    return c if c.is_terminal else Console(stderr=stderr, quiet=quiet, width=160, soft_wrap=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Console()
-    if not out.is_terminal:  # logs and pipes: wide enough that the summary table is never cut
-        out = Console(width=160)
-    err = Console(stderr=True)
+    out = console()
+    err = console(stderr=True)
     try:
         if args.command == "validate":
             return _validate(args, out)
@@ -108,7 +113,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
-    report = run_study(spec, options, console=Console(stderr=True, quiet=args.quiet))
+    report = run_study(spec, options, console=console(stderr=True, quiet=args.quiet))
     ds = open_results(path)
     out.print(render_summary(summary_table(ds), ds.attrs.get("yield_within", 0.01), spec.name))
     what = "resumed" if report.resumed else "wrote"

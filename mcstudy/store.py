@@ -148,6 +148,14 @@ class Location:
     def __str__(self) -> str:
         return self.raw
 
+    @property
+    def storage_options(self) -> dict[str, Any] | None:
+        """fsspec options for xarray/zarr (local ``file://`` URLs create their folders)."""
+        if not self.url:
+            return None
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return {"auto_mkdir": True} if protocol in ("file", "local") else {}
+
     def exists(self) -> bool:
         return self.fs.exists(self.fs_path) if self.url else Path(self.raw).exists()
 
@@ -173,8 +181,8 @@ class Location:
         return p.parent / f".{p.name}.lock"
 
 
-def _open(path: str | Path) -> xr.Dataset:
-    return xr.open_zarr(str(path), consolidated=False)
+def _open(location: "Location") -> xr.Dataset:
+    return xr.open_zarr(location.raw, consolidated=False, storage_options=location.storage_options)
 
 
 def open_results(path: str | Path) -> xr.Dataset:
@@ -183,7 +191,7 @@ def open_results(path: str | Path) -> xr.Dataset:
     if not loc.exists():
         raise StoreError(f"no results store at {loc}")
     try:
-        ds = _open(loc.raw)
+        ds = _open(loc)
     except Exception as e:  # zarr raises several types for "not a store"
         raise StoreError(f"{loc} is not a readable zarr store: {e}") from None
     if "spec_hash" not in ds.attrs:
@@ -236,8 +244,8 @@ class StoreLock:
 class ResultStore:
     """The coordinator's handle on a study's store."""
 
-    def __init__(self, path: str, block_size: int) -> None:
-        self.path = path
+    def __init__(self, location: Location, block_size: int) -> None:
+        self.location = location
         self.block_size = block_size
 
     @staticmethod
@@ -274,12 +282,12 @@ class ResultStore:
         The caller holds the :class:`StoreLock`."""
         resume_block = cls.check(location, spec, overwrite)
         if resume_block is not None:
-            return cls(location.raw, resume_block), True
+            return cls(location, resume_block), True
         if location.exists():
             location.remove()
         ds = template(spec, block_size, float_metrics, draw_names)
         if location.url:
-            ds.to_zarr(location.raw, mode="w-", compute=False, consolidated=False)
+            ds.to_zarr(location.raw, mode="w-", compute=False, consolidated=False, storage_options=location.storage_options)
         else:  # build it aside and rename: a killed run never leaves half a template
             final = Path(location.raw)
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -288,11 +296,11 @@ class ResultStore:
             tmp = final.parent / f".{final.name}.creating-{os.getpid()}"
             ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
             os.rename(tmp, final)
-        return cls(location.raw, min(block_size, spec.chips)), False
+        return cls(location, min(block_size, spec.chips)), False
 
     def done_mask(self) -> np.ndarray:
         """``(variant, hardware, chip)`` booleans."""
-        return _open(self.path)["done"].values
+        return _open(self.location)["done"].values
 
     def pending(self, plan: list[WorkUnit]) -> list[WorkUnit]:
         done = self.done_mask()
@@ -304,8 +312,9 @@ class ResultStore:
         region = {"variant": slice(u.variant, u.variant + 1), "hardware": slice(u.hardware, u.hardware + 1), "chip": slice(u.start, u.stop)}
         dims5 = ("variant", "hardware", "procedure", "time", "chip")
         block = xr.Dataset({m: (dims5, result.metrics[m][None, None].astype(np.float32)) for m in METRICS})
-        block.to_zarr(self.path, region=region, consolidated=False)
+        opts = dict(region=region, consolidated=False, storage_options=self.location.storage_options)
+        block.to_zarr(self.location.raw, **opts)
         marks: dict[str, Any] = {"done": (("variant", "hardware", "chip"), np.ones((1, 1, u.n_chips), dtype=bool))}
         for name, values in result.draws.items():
             marks[name] = (("hardware", "chip"), values[None].astype(np.float32))
-        xr.Dataset(marks).to_zarr(self.path, region=region, consolidated=False)
+        xr.Dataset(marks).to_zarr(self.location.raw, **opts)

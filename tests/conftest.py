@@ -6,6 +6,7 @@ Everything a test writes goes under pytest's temporary directories.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,12 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Ray clusters started by the tests use token authentication with a token of their own
+# (nothing is written to ~/.ray).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 QUICKSTART = ROOT / "studies" / "quickstart.yaml"
 
 

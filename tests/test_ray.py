@@ -1,0 +1,174 @@
+"""The Ray executor on real local clusters: same numbers as serial, and studies that
+survive a lost node and a killed actor. No mocks: real Ray on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from mcstudy import load_study, open_results
+from mcstudy.execution import RunOptions, run_study
+
+from .conftest import small_study
+
+
+def _serial_reference(tmp_path: Path, study: Path, cache: Path) -> np.ndarray:
+    out = tmp_path / "serial.zarr"
+    run_study(load_study(study), RunOptions(out, executor="serial", block_size=4, cache_dir=cache, progress=False))
+    return open_results(out)["accuracy"].values
+
+
+def test_ray_with_two_workers_is_identical_to_serial(tmp_path: Path, cache_dir: Path) -> None:
+    study = small_study(tmp_path, chips=12)
+    ref = _serial_reference(tmp_path, study, cache_dir)
+    fresh_cache = tmp_path / "cold-cache"  # variants are trained again, as Ray tasks
+    report = run_study(
+        load_study(study),
+        RunOptions(tmp_path / "ray.zarr", executor="ray", workers=2, block_size=5, cache_dir=fresh_cache, progress=False),
+    )
+    assert report.trained == {"float": "trained", "noise_injection": "trained"}
+    assert not ray.is_initialized()  # the executor shut down the cluster it started
+    ds = open_results(tmp_path / "ray.zarr")
+    np.testing.assert_array_equal(ds["accuracy"].values, ref)
+    assert bool(ds["done"].all())
+
+
+def _done_units(store: Path) -> int:
+    try:
+        return int(open_results(store)["done"].values.sum())
+    except Exception:  # not created yet
+        return 0
+
+
+def _run_in_thread(spec, options: RunOptions) -> tuple[threading.Thread, dict]:  # type: ignore[no-untyped-def]
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["report"] = run_study(spec, options)
+        except BaseException as e:  # surfaced by the test
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def _wait_for_progress(store: Path, total_chips: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = _done_units(store)
+        if 0 < done < total_chips:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the study never reached its middle")
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_study_survives_losing_a_node(tmp_path: Path, cache_dir: Path, cluster: Cluster) -> None:
+    study = small_study(tmp_path, chips=48)
+    ref = _serial_reference(tmp_path, study, cache_dir)
+    first = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    spec = load_study(study)
+    out = tmp_path / "nodes.zarr"
+    thread, box = _run_in_thread(spec, RunOptions(out, executor="ray", workers=2, block_size=2, cache_dir=cache_dir, progress=False))
+    _wait_for_progress(out, 2 * 48)
+    cluster.add_node(num_cpus=1)  # room for the restarted actor
+    cluster.remove_node(first)  # both worker nodes host an actor: this one is lost
+    thread.join(timeout=600)
+    assert "error" not in box, box.get("error")
+    ds = open_results(out)
+    np.testing.assert_array_equal(ds["accuracy"].values, ref)
+    assert bool(ds["done"].all())
+
+
+def _actor_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ray::_UnitWorker" in cmd:
+                pids.append(int(entry))
+    return pids
+
+
+def test_study_survives_a_killed_actor(tmp_path: Path, cache_dir: Path) -> None:
+    study = small_study(tmp_path, chips=48)
+    ref = _serial_reference(tmp_path, study, cache_dir)
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        out = tmp_path / "kill.zarr"
+        spec = load_study(study)
+        thread, box = _run_in_thread(spec, RunOptions(out, executor="ray", workers=2, block_size=2, cache_dir=cache_dir, progress=False))
+        _wait_for_progress(out, 2 * 48)
+        pids = _actor_pids()
+        assert pids, "no actor process found"
+        os.kill(pids[0], signal.SIGKILL)
+        thread.join(timeout=600)
+        assert "error" not in box, box.get("error")
+        ds = open_results(out)
+        np.testing.assert_array_equal(ds["accuracy"].values, ref)
+    finally:
+        ray.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_ray_job_submit_against_a_started_cluster(tmp_path: Path, cache_dir: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    study = small_study(tmp_path, chips=10)
+    ref = _serial_reference(tmp_path, study, cache_dir)
+    gcs, dashboard = _free_port(), _free_port()
+    env = dict(os.environ, MCSTUDY_CACHE=str(cache_dir))
+    start = [
+        "ray", "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+    try:
+        out = tmp_path / "job.zarr"
+        submit = [
+            "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+            "--runtime-env-json", json.dumps({"env_vars": {"MCSTUDY_CACHE": str(cache_dir)}}),
+            "--", sys.executable, str(ROOT / "cluster" / "submit_study.py"), str(study), "--out", str(out), "--workers", "2",
+        ]  # fmt: skip
+        r = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "succeeded" in (r.stdout + r.stderr).lower()
+        ds = open_results(out)
+        np.testing.assert_array_equal(ds["accuracy"].values, ref)
+        assert bool(ds["done"].all())
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
