@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import yaml
@@ -98,5 +99,5 @@ def test_cluster_configs_pass_rays_own_validation(name: str) -> None:
     config = yaml.safe_load((ROOT / "cluster" / name).read_text())
     validate_config(fillout_defaults(config))
     broken = dict(config, head_start_ray_comands=["ray start --head"])  # a misspelt field is caught
-    with pytest.raises(Exception):
+    with pytest.raises(jsonschema.ValidationError, match="head_start_ray_comands"):
         validate_config(fillout_defaults(broken))

@@ -45,8 +45,8 @@ class Executor(ABC):
     def describe(self) -> str:
         return f"{self.name} × {self.workers}"
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 (executors without resources need no cleanup)
+        """Release workers and connections."""
 
     def __enter__(self) -> "Executor":
         return self

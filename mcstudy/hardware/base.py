@@ -29,9 +29,9 @@ class DeviceModel(ABC):
         self.params = params
 
     @property
-    @abstractmethod
     def g_max(self) -> float:
-        """Largest programmable conductance, µS."""
+        """Largest programmable conductance, µS (every device's parameters name it ``g_max``)."""
+        return float(self.params.g_max)  # type: ignore[attr-defined]
 
     @abstractmethod
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:

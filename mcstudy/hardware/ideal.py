@@ -20,9 +20,6 @@ class IdealDevice(DeviceModel):
 
     params: IdealParams
 
-    @property
-    def g_max(self) -> float:
-        return self.params.g_max
 
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         return {"g": g_target}

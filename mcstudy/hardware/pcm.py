@@ -136,9 +136,6 @@ class PCMDevice(DeviceModel):
 
     params: PCMParams
 
-    @property
-    def g_max(self) -> float:
-        return self.params.g_max
 
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         g_prog, nu = program(g_target, rng, self.params)

@@ -40,9 +40,6 @@ class RRAMDevice(DeviceModel):
 
     params: RRAMParams
 
-    @property
-    def g_max(self) -> float:
-        return self.params.g_max
 
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         p = self.params

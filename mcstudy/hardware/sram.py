@@ -30,9 +30,6 @@ class SRAMDevice(DeviceModel):
 
     params: SRAMParams
 
-    @property
-    def g_max(self) -> float:
-        return self.params.g_max
 
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         sigma = self.params.mismatch / math.sqrt(self.params.area)

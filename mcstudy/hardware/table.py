@@ -95,9 +95,6 @@ class TableDevice(DeviceModel):
 
     params: TableParams
 
-    @property
-    def g_max(self) -> float:
-        return self.params.g_max
 
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         p = self.params
