@@ -56,3 +56,15 @@ def test_lenet_chip_is_the_same_alone_and_in_a_block() -> None:
     out_alone = net.forward(x, alone.read(86400.0))
     assert torch.equal(out_block[7], out_alone[0])
     assert not torch.equal(out_block[6], out_block[7])
+
+
+def test_resnet20_runs_on_chips() -> None:
+    from mcstudy.models.zoo import ResNetParams
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", ResNetParams(), (3, 32, 32), 10).eval()
+    assert sum(p.numel() for p in model.parameters()) == 269_722  # ResNet-20, He et al. 2016
+    net = AnalogNetwork(model)
+    assert len(net.layers) == 20  # 19 convolutions and the classifier
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(net.forward(x, net.nominal_read(2))[1], model(x), rtol=1e-4, atol=1e-5)

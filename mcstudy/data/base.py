@@ -16,7 +16,7 @@ class DataSpec(Params):
     """The ``data:`` section of a study file."""
 
     dataset: str = "digits"
-    root: str | None = Field(None, description="directory of local dataset files (mnist, fashion_mnist, emnist)")
+    root: str | None = Field(None, description="directory of local dataset files (mnist, fashion_mnist, emnist, cifar10, har)")
     subset: str | None = Field(None, description="EMNIST split, e.g. 'balanced', 'digits', 'letters'")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="test share, for datasets without an official test split")
     calibration_fraction: float = Field(
@@ -28,7 +28,8 @@ class DataSpec(Params):
 
 @dataclass(frozen=True)
 class RawData:
-    """What a loader returns: inputs scaled to [0, 1], integer labels."""
+    """What a loader returns: float32 inputs (images scaled to [0, 1]; other data as the
+    dataset defines it), integer labels from 0."""
 
     x: np.ndarray  # (N, *input_shape) float32
     y: np.ndarray  # (N,) int64

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from pydantic import Field, PositiveInt
 
 from ..registry import Params
 from .base import MAPPINGS
+
+
+Quantiser = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Encoding(Params):
@@ -51,10 +54,10 @@ class Mapping(ABC):
 
     # -- what a mapping defines ---------------------------------------------------
     @abstractmethod
-    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised weights ``u`` ``(out, in)`` in [-1, 1] (and the raw weights ``w``) ->
-        device values ``(D, out, in)`` in [0, 1], already on the level grid (use
-        :meth:`quantise`), and the decoding coefficients ``c_d`` broadcastable to ``(D, out, in)``."""
+        device values ``(D, out, in)`` in [0, 1], put on the level grid with ``quantise``,
+        and the decoding coefficients ``c_d`` broadcastable to ``(D, out, in)``."""
 
     # -- shared encoding ----------------------------------------------------------
     def g_min(self, g_max: float) -> float:
@@ -75,11 +78,14 @@ class Mapping(ABC):
             return v
         return (1 - torch.exp(-beta * v)) / (1 - math.exp(-beta))
 
-    def targets(self, w: torch.Tensor, w_max: torch.Tensor, g_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def targets(
+        self, w: torch.Tensor, w_max: torch.Tensor, g_max: float, quantise: Quantiser | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target conductances ``(D, out, in)`` in µS for weights ``w`` with per-weight
-        full scale ``w_max`` (both ``(out, in)``), and the decoding coefficients."""
+        full scale ``w_max`` (both ``(out, in)``), and the decoding coefficients. A smooth
+        ``quantise`` (hardware-aware training) makes this differentiable in ``w``."""
         u = (w / w_max.clamp(min=torch.finfo(w.dtype).tiny)).clamp(-1.0, 1.0)
-        v, coeff = self.split(u, w)
+        v, coeff = self.split(u, w, quantise or self.quantise)
         a = torch.tensor([1.0 + self.params.asymmetry if neg else 1.0 for neg in self.negative_side], dtype=w.dtype, device=w.device)
         g_min = self.g_min(g_max)
         return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(v), coeff.to(w)
@@ -88,6 +94,13 @@ class Mapping(ABC):
         """Weights ``(C, out, in)`` from conductances ``(C, D, out, in)``."""
         g_min = self.g_min(g_max)
         return (coeff * (g - g_min)).sum(1) * (w_max / (g_max - g_min))
+
+    def transfer(self, w: torch.Tensor, w_max: torch.Tensor, quantise: Quantiser | None = None) -> torch.Tensor:
+        """The deterministic weight transfer function of ideal devices: the weights
+        ``(out, in)`` that ``w`` becomes after mapping (levels, nonlinearity, on/off ratio,
+        asymmetry) and linear decoding (Obradovic et al.)."""
+        g, coeff = self.targets(w, w_max, 1.0, quantise)
+        return self.decode(g.unsqueeze(0), coeff, w_max, 1.0)[0]
 
     def decode_variance(self, sigma: torch.Tensor, coeff: torch.Tensor, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
         """Variance of the decoded weight ``(C, out, in)`` for independent device noise ``sigma`` (C, D, out, in) µS."""
@@ -101,8 +114,8 @@ class DifferentialPair(Mapping):
     devices_per_weight = 2
     negative_side = (False, True)
 
-    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.quantise(torch.stack((u.clamp(min=0), (-u).clamp(min=0))))
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
+        v = quantise(torch.stack((u.clamp(min=0), (-u).clamp(min=0))))
         return v, torch.tensor([1.0, -1.0], dtype=torch.float64).view(2, 1, 1)
 
 
@@ -122,12 +135,12 @@ class MultiPair(Mapping):
     negative_side = (False, True, False, True)
     params: MultiPairParams
 
-    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.params.significance
         total = u * (f + 1)
-        msp = torch.sign(total) * self.quantise((total.abs() / f).clamp(max=1.0))
+        msp = torch.sign(total) * quantise((total.abs() / f).clamp(max=1.0))
         lsp_value = (total - f * msp).clamp(-1.0, 1.0)
-        lsp = torch.sign(lsp_value) * self.quantise(lsp_value.abs())
+        lsp = torch.sign(lsp_value) * quantise(lsp_value.abs())
         v = torch.stack((msp.clamp(min=0), (-msp).clamp(min=0), lsp.clamp(min=0), (-lsp).clamp(min=0)))
         return v, torch.tensor([f, -f, 1.0, -1.0], dtype=torch.float64).view(4, 1, 1) / (f + 1)
 
@@ -160,6 +173,6 @@ class Unipolar(Mapping):
         net = torch.zeros(int(block.max()) + 1, dtype=w.dtype, device=w.device).index_add_(0, block, w.sum(1))
         return torch.where(net[block] >= 0, 1.0, -1.0).to(w.dtype).view(-1, 1)
 
-    def split(self, u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        signs = self.block_signs(w)
-        return self.quantise((u * signs).clamp(min=0)).unsqueeze(0), signs.unsqueeze(0)
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
+        signs = self.block_signs(w.detach())
+        return quantise((u * signs).clamp(min=0)).unsqueeze(0), signs.unsqueeze(0)

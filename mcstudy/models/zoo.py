@@ -73,3 +73,52 @@ def lenet(params: LeNetParams, input_shape: tuple[int, ...], n_classes: int) -> 
         if i < len(widths) - 2:
             head.append(act())
     return nn.Sequential(*features, *head)
+
+
+class ResNetParams(Params):
+    blocks: PositiveInt = Field(3, description="basic blocks per stage (3: ResNet-20, 5: ResNet-32)")
+    width: PositiveInt = Field(16, description="channels of the first stage (doubles per stage)")
+
+
+class _Shortcut(nn.Module):
+    """He et al.'s option A: subsample and zero-pad channels (no weights, so nothing analog)."""
+
+    def __init__(self, stride: int, extra: int) -> None:
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity() if stride == 1 and c_in == c_out else _Shortcut(stride, c_out - c_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+@MODELS.register("resnet20", ResNetParams)
+def resnet20(params: ResNetParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """CIFAR-style ResNet (He et al., CVPR 2016): 6n+2 layers, 3 stages of n basic blocks
+    (n = 3: ResNet-20), option-A shortcuts; batch norm and the residual additions are digital."""
+    if len(input_shape) != 3:
+        raise ValueError(f"resnet20 needs image inputs (C, H, W), got shape {input_shape}")
+    w = params.width
+    layers: list[nn.Module] = [nn.Conv2d(input_shape[0], w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+    c_in = w
+    for stage in range(3):
+        c_out = w * 2**stage
+        for b in range(params.blocks):
+            layers.append(_BasicBlock(c_in, c_out, 2 if (b == 0 and stage > 0) else 1))
+            c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, n_classes)]
+    return nn.Sequential(*layers)

@@ -12,7 +12,7 @@ from ..data import Dataset
 from ..models import build_model
 from ..registry import Params
 from ..rng import mix64_int, tag_hash
-from . import noise_injection  # noqa: F401  (register)
+from . import hardware_aware, noise_injection, quantized  # noqa: F401  (register)
 from .base import TRAINERS, Trainer, TrainParams, analog_weight_names
 from .cache import ModelCache, default_cache_dir, training_key
 

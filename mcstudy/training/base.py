@@ -1,7 +1,9 @@
 """The training loop every trainer shares, and the trainer registry.
 
-A trainer is a small class that may perturb the weights used in each forward pass
-(``perturb``) and constrain them after each optimiser step (``after_step``); the loop,
+A trainer is a small class that may transform the crossbar weights used in each forward
+pass (``weights``: quantise, inject noise, apply a hardware transfer function), transform
+the inputs of every crossbar layer (``activation``: quantise), constrain the weights after
+each optimiser step (``after_step``) and finish the trained model (``finish``); the loop,
 optimiser, schedule and seeding are common, so trainers differ only in what they are
 about.
 """
@@ -45,13 +47,25 @@ class Trainer:
     def __init__(self, params: TrainParams) -> None:
         self.params = params
 
-    def perturb(self, name: str, w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The weight the forward pass uses for crossbar weight ``name`` (default: itself)."""
-        return w
+    def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
+        """The crossbar weights the forward pass uses (default: themselves). ``progress``
+        runs from 0 to 1 over training (for annealed surrogates)."""
+        return ws
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The input a crossbar layer sees (default: itself)."""
+        return x
+
+    def uses_activation(self) -> bool:
+        return type(self).activation is not Trainer.activation
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, names: list[str]) -> None:
         """Constrain the weights after an optimiser step (default: nothing)."""
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module, names: list[str]) -> None:
+        """Turn the trained model into the one to deploy (default: as trained)."""
 
     def fit(self, model: nn.Module, data: Dataset, seed: int) -> list[float]:
         """Train ``model`` in place; returns the mean training loss of each epoch."""
@@ -72,14 +86,20 @@ class Trainer:
             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         )
         history: list[float] = []
+        hooks = []
+        if self.uses_activation():
+            for m in model.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    hooks.append(m.register_forward_pre_hook(lambda _m, args: (self.activation(args[0]),)))
         model.train()
+        step = 0
         for _ in range(p.epochs):
             order = torch.randperm(len(y), generator=gen)
             losses = []
             for a in range(0, len(y), p.batch_size):
                 idx = order[a : a + p.batch_size]
                 params = dict(model.named_parameters())
-                used = {n: (self.perturb(n, w, gen) if n in names else w) for n, w in params.items()}
+                used = {**params, **self.weights({n: params[n] for n in names}, gen, step / max(total - 1, 1))}
                 loss = F.cross_entropy(functional_call(model, used, (x[idx],)), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -87,8 +107,12 @@ class Trainer:
                 sched.step()
                 self.after_step(model, names)
                 losses.append(loss.item())
+                step += 1
             history.append(float(np.mean(losses)))
+        for h in hooks:
+            h.remove()
         model.eval()
+        self.finish(model, names)
         return history
 
 

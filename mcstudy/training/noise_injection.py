@@ -31,13 +31,13 @@ class NoiseInjection(Trainer):
 
     params: NoiseInjectionParams
 
-    def perturb(self, name: str, w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        z = torch.randn(w.shape, generator=gen)
-        if self.params.mode == "additive":
-            noise = self.params.sigma * w.detach().abs().max() * z
-        else:
-            noise = self.params.sigma * w.detach() * z
-        return w + noise
+    def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, w in ws.items():
+            z = torch.randn(w.shape, generator=gen)
+            scale = w.detach().abs().max() if self.params.mode == "additive" else w.detach()
+            out[name] = w + self.params.sigma * scale * z
+        return out
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, names: list[str]) -> None:

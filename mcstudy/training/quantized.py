@@ -1,0 +1,147 @@
+"""Quantisation-aware training, its variability-aware extension, and post-training
+quantisation (the baseline every paper compares with).
+
+Weights are quantised on the grid an n-bit differential pair can realise: a layer's
+weights take the values ``k·w_max/(2**bits − 1)``, ``|k| ≤ 2**bits − 1``, with ``w_max``
+the layer's largest |w| (``ranges: per_layer``) or the largest over all layers
+(``shared``). Inputs of every crossbar layer are quantised like the periphery's DAC
+(``mcstudy.hardware.periphery``). Gradients pass the rounding straight through (STE;
+Bengio et al. 2013).
+
+Variability-aware training (Deng & Orshansky, DATE 2022) samples fresh within-chip and
+between-chip variation on the quantised weights at every forward pass, with the same
+lognormal model and granularities as the hardware populations:
+``w·exp(σ_w·z_w + σ_b·z_b)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import Field, PositiveInt
+
+from ..hardware.periphery import input_scale, quantise_symmetric, DACSpec
+from ..hardware.variation import Variation
+from .base import TRAINERS, Trainer, TrainParams
+
+
+def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` in the forward pass, the identity's gradient in the backward pass."""
+    return x + (q - x).detach()
+
+
+def weight_ranges(ws: dict[str, torch.Tensor], ranges: str) -> dict[str, torch.Tensor]:
+    """Each layer's full-scale weight (detached): its own largest |w|, or the largest of all."""
+    own = {n: w.detach().abs().max().clamp(min=torch.finfo(w.dtype).tiny) for n, w in ws.items()}
+    if ranges == "shared":
+        top = torch.stack(list(own.values())).max()
+        return {n: top for n in ws}
+    return own
+
+
+def quantise_weight(w: torch.Tensor, w_max: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round to the n-bit differential grid ``k·w_max/(2**bits − 1)`` (clipping at ±w_max)."""
+    step = w_max / (2**bits - 1)
+    return torch.round(w.clamp(-w_max, w_max) / step) * step
+
+
+def quantise_activation(x: torch.Tensor, bits: int, dac: DACSpec) -> torch.Tensor:
+    """Like the periphery's DAC: ``bits`` over each vector's range or a fixed range."""
+    scale = input_scale(x, dac, tuple(range(1, x.dim())))
+    return quantise_symmetric(x, scale, bits)
+
+
+class QATParams(TrainParams):
+    bits: PositiveInt = Field(4, le=16, description="device bits: weights on the n-bit differential grid")
+    activation_bits: PositiveInt | None = Field(None, le=16, description="bits of every crossbar layer's inputs (None: float)")
+    activation_mode: Literal["per_vector", "fixed"] = "per_vector"
+    activation_range: float = Field(1.0, gt=0, description="input full scale (activation_mode 'fixed')")
+    ranges: Literal["per_layer", "shared"] = Field("per_layer", description="one weight range per layer, or one for all")
+
+
+class _Quantising(Trainer):
+    params: QATParams
+
+    def _dac(self) -> DACSpec:
+        p = self.params
+        return DACSpec(bits=p.activation_bits, range=p.activation_range, mode=p.activation_mode)
+
+    def quantised(self, ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ranges = weight_ranges(ws, self.params.ranges)
+        return {n: ste(w, quantise_weight(w, ranges[n], self.params.bits)) for n, w in ws.items()}
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        bits = self.params.activation_bits
+        return x if bits is None else ste(x, quantise_activation(x, bits, self._dac()))
+
+    def uses_activation(self) -> bool:
+        return self.params.activation_bits is not None
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module, names: list[str]) -> None:
+        """Store the weights on their grid, so deployment maps exactly what was trained."""
+        params = dict(model.named_parameters())
+        q = self.quantised({n: params[n] for n in names})
+        for n in names:
+            params[n].copy_(q[n])
+
+
+@TRAINERS.register("quantization_aware", QATParams)
+class QuantizationAware(_Quantising):
+    """n-bit weights and activations in the forward pass, straight-through gradients."""
+
+    def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
+        return self.quantised(ws)
+
+
+@TRAINERS.register("post_training_quantized", QATParams)
+class PostTrainingQuantized(_Quantising):
+    """Float training; the weights are quantised once, after training."""
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def uses_activation(self) -> bool:
+        return False
+
+
+class VATParams(QATParams):
+    variation: Variation = Field(
+        Variation.model_validate({"within": {"sigma": 0.1}, "between": {"sigma": 0.1}}),
+        description="variation sampled at every forward pass (lognormal; device/column/layer/chip granularity)",
+    )
+
+
+@TRAINERS.register("variability_aware", VATParams)
+class VariabilityAware(_Quantising):
+    """Quantisation-aware training with fresh within- and between-chip variation every pass."""
+
+    params: VATParams
+
+    def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
+        q = self.quantised(ws)
+        shared: dict[str, torch.Tensor] = {}
+        out = {}
+        for n, w in q.items():
+            log_gain = torch.zeros((), dtype=w.dtype)
+            for key, comp in (("within", self.params.variation.within), ("between", self.params.variation.between)):
+                if comp.sigma == 0:
+                    continue
+                if comp.kind != "lognormal":
+                    raise ValueError("variability-aware training samples lognormal variation")
+                g = comp.granularity
+                if g == "chip":
+                    if key not in shared:
+                        shared[key] = torch.randn((), generator=gen)
+                    z = shared[key]
+                elif g == "layer":
+                    z = torch.randn((), generator=gen)
+                elif g in ("column", "tile"):
+                    z = torch.randn((w.shape[0],) + (1,) * (w.dim() - 1), generator=gen)
+                else:
+                    z = torch.randn(w.shape, generator=gen)
+                log_gain = log_gain + comp.sigma * z
+            out[n] = w * torch.exp(log_gain)
+        return out

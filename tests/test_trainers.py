@@ -1,0 +1,123 @@
+"""The training recipes' defining properties (SCIENCE.md §4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcstudy.analog import AnalogNetwork
+from mcstudy.data import DataSpec, load_dataset
+from mcstudy.hardware import DEVICES, MAPPINGS, Population, Variation
+from mcstudy.hardware.periphery import DACSpec
+from mcstudy.models import build_model
+from mcstudy.models.zoo import MLPParams
+from mcstudy.rng import chip_stream
+from mcstudy.training import TRAINERS, ModelCache, TrainJob, run_train_job, train_or_load
+from mcstudy.training.hardware_aware import HardwareAware, HWAParams, soft_levels
+from mcstudy.training.quantized import VariabilityAware, VATParams, quantise_weight
+
+DATA = load_dataset(DataSpec(dataset="digits"), seed=0)
+MLP = MLPParams(hidden=(32,))
+WEIGHTS = ("1.weight", "3.weight")
+
+
+def _train(trainer: str, **params: object) -> dict[str, torch.Tensor]:
+    job = TrainJob("mlp", MLP, trainer, TRAINERS.get(trainer).params(epochs=3, **params), 0)
+    return run_train_job(job, DATA).state_dict
+
+
+@pytest.mark.parametrize("trainer", ["quantization_aware", "post_training_quantized", "variability_aware"])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_quantised_weights_lie_on_the_grid(trainer: str, bits: int) -> None:
+    state = _train(trainer, bits=bits)
+    for name in WEIGHTS:
+        w = state[name]
+        k = w / (w.abs().max() / (2**bits - 1))
+        torch.testing.assert_close(k, torch.round(k), rtol=0, atol=1e-4)
+        assert torch.round(k).abs().max() == 2**bits - 1
+
+
+def test_shared_ranges_use_one_grid_for_all_layers() -> None:
+    state = _train("quantization_aware", bits=3, ranges="shared")
+    top = max(state[n].abs().max() for n in WEIGHTS)
+    step = top / 7
+    for name in WEIGHTS:
+        k = state[name] / step
+        torch.testing.assert_close(k, torch.round(k), rtol=0, atol=1e-4)
+
+
+def test_quantised_training_deploys_exactly_on_n_bit_devices() -> None:
+    """A QAT network's weights are reproduced exactly by ideal n-bit differential devices."""
+    state = _train("quantization_aware", bits=3)
+    model = build_model("mlp", MLP, DATA.input_shape, DATA.n_classes)
+    model.load_state_dict(state)
+    net = AnalogNetwork(model)
+    entry = MAPPINGS.get("differential")
+    pop = Population(DEVICES.get("ideal").obj(DEVICES.get("ideal").params()), entry.obj(entry.params(bits=3)), Variation())
+    read = pop.program(net.nominal, chip_stream(0, "q", [0])).read(1.0)
+    for lr, w in zip(read.layers, net.nominal):
+        torch.testing.assert_close(lr.weight[0], w, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_levels_anneal_to_exact_rounding() -> None:
+    v = torch.linspace(0, 1, 1001)
+    exact = torch.round(v * 7) / 7
+    assert (soft_levels(3, 0.0)(v) == exact).all()
+    err = [(soft_levels(3, tau)(v) - exact).abs().mean().item() for tau in (0.3, 0.1, 0.03, 0.01)]
+    assert err == sorted(err, reverse=True) and err[-1] < 3e-3  # the error shrinks with τ
+    x = torch.rand(50, requires_grad=True)
+    soft_levels(3, 0.1)(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # a smooth surrogate has a gradient
+
+
+def test_hardware_aware_forward_is_the_exact_transfer_function_at_the_end() -> None:
+    enc = dict(bits=3, nonlinearity=3.0, on_off_ratio=10.0, asymmetry=0.2)
+    trainer = HardwareAware(HWAParams(**enc))
+    assert trainer.tau(0.0) > 0 and trainer.tau(0.69) > 0 and trainer.tau(0.7) == 0.0 and trainer.tau(1.0) == 0.0
+    state = _train("hardware_aware", **enc)
+    ws = {n: state[n] for n in WEIGHTS}
+    forward = trainer.weights(ws, torch.Generator(), progress=1.0)
+    # the deployed network on ideal devices with the same encoding sees exactly these weights
+    model = build_model("mlp", MLP, DATA.input_shape, DATA.n_classes)
+    model.load_state_dict(state)
+    net = AnalogNetwork(model)
+    entry = MAPPINGS.get("differential")
+    pop = Population(DEVICES.get("ideal").obj(DEVICES.get("ideal").params()), entry.obj(entry.params(**enc)), Variation())
+    read = pop.program(net.nominal, chip_stream(0, "h", [0])).read(1.0)
+    for lr, name in zip(read.layers, WEIGHTS):
+        torch.testing.assert_close(lr.weight[0], forward[name], rtol=1e-5, atol=1e-6)
+    # and the transfer function is really non-ideal: it differs from plain quantisation
+    plain = quantise_weight(ws[WEIGHTS[0]], ws[WEIGHTS[0]].abs().max(), 3)
+    assert (forward[WEIGHTS[0]] - plain).abs().max() > 0.05 * plain.abs().max()
+
+
+def test_variability_aware_samples_fresh_noise_on_quantised_weights() -> None:
+    trainer = VariabilityAware(VATParams(bits=3, variation=Variation.model_validate({"within": {"sigma": 0.2}, "between": {"sigma": 0.3}})))
+    w = torch.randn(40, 30)
+    gen = torch.Generator().manual_seed(0)
+    a = trainer.weights({"a": w, "b": w.clone()}, gen, 0.0)
+    b = trainer.weights({"a": w, "b": w.clone()}, gen, 0.0)
+    assert not torch.equal(a["a"], b["a"])  # fresh every forward pass
+    q = quantise_weight(w, w.abs().max(), 3)
+    ratio = torch.log(a["a"][q != 0] / q[q != 0])
+    assert abs(ratio.std().item() - 0.2) < 0.03  # within-chip spread around the quantised weight
+    # the between-chip part (chip granularity) is shared by both layers of one sample
+    shared = torch.log(a["a"][q != 0] / q[q != 0]).mean() - torch.log(a["b"][q != 0] / q[q != 0]).mean()
+    assert abs(shared.item()) < 0.05
+
+
+def test_every_trainer_parameter_is_part_of_the_cache_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cache = ModelCache(tmp_path)
+    first = train_or_load("mlp", MLP, "quantization_aware", TRAINERS.get("quantization_aware").params(epochs=1, bits=2), DATA, 0, cache)
+    again = train_or_load("mlp", MLP, "quantization_aware", TRAINERS.get("quantization_aware").params(epochs=1, bits=2), DATA, 0, cache)
+    other = train_or_load("mlp", MLP, "quantization_aware", TRAINERS.get("quantization_aware").params(epochs=1, bits=3), DATA, 0, cache)
+    assert not first.from_cache and again.from_cache and not other.from_cache
+
+
+def test_activation_quantisation_matches_the_dac() -> None:
+    from mcstudy.training.quantized import quantise_activation
+
+    x = torch.rand(5, 64) * 3
+    q = quantise_activation(x, 3, DACSpec(bits=3))
+    levels = (q / x.abs().amax(1, keepdim=True) * 3).round()
+    torch.testing.assert_close(q / x.abs().amax(1, keepdim=True) * 3, levels, rtol=0, atol=1e-5)
