@@ -55,14 +55,6 @@ class ChipRead:
     def n_chips(self) -> int:
         return int(self.layers[0].weight.shape[0])
 
-    def with_weights(self, weights: list[torch.Tensor]) -> "ChipRead":
-        """The same read with other effective weights (for procedures that retrain)."""
-        return ChipRead([_replace(lr, w) for lr, w in zip(self.layers, weights)], self.periphery)
-
-
-def _replace(read: LayerRead, weight: torch.Tensor) -> LayerRead:
-    return LayerRead(weight, read.var, read.w_max, read.row_slices, read.neurons, read.noise)
-
 
 @dataclass(frozen=True)
 class Population:
