@@ -118,9 +118,12 @@ def test_activation_quantisation_matches_the_dac() -> None:
     from mcstudy.training.quantized import quantise_activation
 
     x = torch.rand(5, 64) * 3
-    q = quantise_activation(x, 3, DACSpec(bits=3))
+    q = quantise_activation(x, DACSpec(bits=3))
     levels = (q / x.abs().amax(1, keepdim=True) * 3).round()
     torch.testing.assert_close(q / x.abs().amax(1, keepdim=True) * 3, levels, rtol=0, atol=1e-5)
+    # unsigned: all 2**bits levels over [0, max] (a 2-bit DAC gives 0, 1/3, 2/3, 1)
+    u = quantise_activation(torch.tensor([[-0.5, 0.1, 0.4, 0.6, 0.9, 1.0]]), DACSpec(bits=2, signed=False))
+    torch.testing.assert_close(u, torch.tensor([[0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0]]))
 
 
 # -- each aware trainer beats standard training on the non-ideality it targets -----------

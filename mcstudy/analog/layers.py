@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..hardware.chip import LayerRead
-from ..hardware.periphery import PeripherySpec, input_scale, quantise_symmetric
+from ..hardware.periphery import PeripherySpec, input_scale, quantise_input, quantise_symmetric
 
 Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -55,7 +55,7 @@ def crossbar(
     scaled = dac.bits is not None or adc.bits is not None or periphery.output_noise > 0
     x_scale = input_scale(x, dac, feature_dims) if scaled else 1.0
     if dac.bits is not None:
-        x = quantise_symmetric(x, x_scale, dac.bits)
+        x = quantise_input(x, x_scale, dac)
     per_tile = adc.bits is not None or periphery.output_noise > 0
     slices = read.row_slices if per_tile else [slice(0, read.weight.shape[2])]
     y: torch.Tensor | None = None

@@ -33,6 +33,7 @@ class DACSpec(Params):
     bits: PositiveInt | None = Field(None, le=24, description="input DAC bits (None: exact inputs)")
     range: float = Field(1.0, gt=0, description="input full scale (mode 'fixed')")
     mode: Literal["per_vector", "fixed"] = Field("per_vector", description="scale by each vector's |x|max, or a fixed range")
+    signed: bool = Field(True, description="symmetric levels over ±range; false: 2**bits levels over [0, range] for non-negative inputs (after ReLU)")
 
 
 class ADCSpec(Params):
@@ -68,6 +69,16 @@ def quantise_symmetric(x: torch.Tensor, full_scale: torch.Tensor | float, bits: 
     half = 2 ** (bits - 1) - 1
     step = full_scale / half
     return torch.round((x / step).clamp(-half, half)) * step
+
+
+def quantise_input(x: torch.Tensor, full_scale: torch.Tensor | float, dac: DACSpec) -> torch.Tensor:
+    """The DAC: symmetric levels, or (``signed: false``) ``2**bits`` levels over [0, full scale]."""
+    assert dac.bits is not None
+    if dac.signed:
+        return quantise_symmetric(x, full_scale, dac.bits)
+    steps = 2**dac.bits - 1
+    step = full_scale / steps
+    return torch.round((x / step).clamp(0, steps)) * step
 
 
 def input_scale(x: torch.Tensor, dac: DACSpec, reduce_dims: tuple[int, ...]) -> torch.Tensor | float:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveInt
 
-from ..hardware.periphery import input_scale, quantise_symmetric, DACSpec
+from ..hardware.periphery import DACSpec, input_scale, quantise_input
 from ..hardware.variation import Variation
 from .base import TRAINERS, Trainer, TrainParams
 
@@ -47,10 +47,9 @@ def quantise_weight(w: torch.Tensor, w_max: torch.Tensor, bits: int) -> torch.Te
     return torch.round(w.clamp(-w_max, w_max) / step) * step
 
 
-def quantise_activation(x: torch.Tensor, bits: int, dac: DACSpec) -> torch.Tensor:
-    """Like the periphery's DAC: ``bits`` over each vector's range or a fixed range."""
-    scale = input_scale(x, dac, tuple(range(1, x.dim())))
-    return quantise_symmetric(x, scale, bits)
+def quantise_activation(x: torch.Tensor, dac: DACSpec) -> torch.Tensor:
+    """Exactly the periphery's DAC: ``dac.bits`` over each vector's range or a fixed range."""
+    return quantise_input(x, input_scale(x, dac, tuple(range(1, x.dim()))), dac)
 
 
 class QATParams(TrainParams):
@@ -58,6 +57,7 @@ class QATParams(TrainParams):
     activation_bits: PositiveInt | None = Field(None, le=16, description="bits of every crossbar layer's inputs (None: float)")
     activation_mode: Literal["per_vector", "fixed"] = "per_vector"
     activation_range: float = Field(1.0, gt=0, description="input full scale (activation_mode 'fixed')")
+    activation_signed: bool = Field(True, description="as the DAC's 'signed': false for non-negative inputs")
     ranges: Literal["per_layer", "shared"] = Field("per_layer", description="one weight range per layer, or one for all")
 
 
@@ -66,7 +66,7 @@ class _Quantising(Trainer):
 
     def _dac(self) -> DACSpec:
         p = self.params
-        return DACSpec(bits=p.activation_bits, range=p.activation_range, mode=p.activation_mode)
+        return DACSpec(bits=p.activation_bits, range=p.activation_range, mode=p.activation_mode, signed=p.activation_signed)
 
     def quantised(self, ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ranges = weight_ranges(ws, self.params.ranges)
@@ -74,7 +74,7 @@ class _Quantising(Trainer):
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.params.activation_bits
-        return x if bits is None else ste(x, quantise_activation(x, bits, self._dac()))
+        return x if bits is None else ste(x, quantise_activation(x, self._dac()))
 
     def uses_activation(self) -> bool:
         return self.params.activation_bits is not None
