@@ -64,7 +64,11 @@ def _strings(values: list[str]) -> np.ndarray:
 
 
 def template(
-    spec: StudySpec, block_size: int, float_metrics: dict[str, dict[str, float]], draw_names: list[str]
+    spec: StudySpec,
+    block_size: int,
+    float_metrics: dict[str, dict[str, float]],
+    draw_names: list[str],
+    extra_attrs: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """The study's dataset with every coordinate and attribute and lazy empty data."""
     V, H, P, T, C = len(spec.variants), len(spec.hardware), len(spec.procedures), len(spec.times), spec.chips
@@ -121,6 +125,7 @@ def template(
         "versions": json.dumps(package_versions(), sort_keys=True),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mcstudy_format": FORMAT_VERSION,
+        **(extra_attrs or {}),
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
@@ -277,6 +282,7 @@ class ResultStore:
         float_metrics: dict[str, dict[str, float]],
         draw_names: list[str],
         overwrite: bool = False,
+        extra_attrs: dict[str, Any] | None = None,
     ) -> tuple["ResultStore", bool]:
         """Open the store of this study to resume it, or create it. Returns ``(store, resumed)``.
         The caller holds the :class:`StoreLock`."""
@@ -285,7 +291,7 @@ class ResultStore:
             return cls(location, resume_block), True
         if location.exists():
             location.remove()
-        ds = template(spec, block_size, float_metrics, draw_names)
+        ds = template(spec, block_size, float_metrics, draw_names, extra_attrs)
         if location.url:
             ds.to_zarr(location.raw, mode="w-", compute=False, consolidated=False, storage_options=location.storage_options)
         else:  # build it aside and rename: a killed run never leaves half a template

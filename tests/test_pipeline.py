@@ -120,3 +120,21 @@ def test_drift_lowers_accuracy_and_compensation_recovers_it(sanity: xr.Dataset) 
     comp = mean.sel(procedure="global_compensation")
     assert (plain.sel(time=year) <= plain.sel(time=hour)).all()
     assert (comp.sel(time=year) > plain.sel(time=year)).all()
+
+
+def test_a_searched_architecture_is_deployed_and_recorded(tmp_path: Path, cache_dir: Path) -> None:
+    path = small_study(tmp_path, chips=4)
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = {
+        "unipolar": {"trainer": "uniform_unipolar", "epochs": 3, "bits": 3, "widths": [[16], [24]], "max_candidates": 1},
+    }
+    raw["hardware"] = {"rram": {"device": "rram", "mapping": {"kind": "unipolar", "bits": 3}}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "arch.zarr"
+    run_study(load_study(path), RunOptions(out, executor="serial", cache_dir=cache_dir, progress=False))
+    ds = open_results(out)
+    import json
+
+    chosen = json.loads(ds.attrs["variant_models"])["unipolar"]
+    assert chosen["model"] == "mlp" and chosen["hidden"] in ([16], [24])
+    assert bool(ds["done"].all()) and float(ds["accuracy"].mean()) > 0.3

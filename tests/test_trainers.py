@@ -180,3 +180,32 @@ def test_hardware_aware_beats_standard_and_plain_qat_on_a_nonlinear_device(stand
     hwa = _mean_accuracy(_trained("hardware_aware", **encoding), pop, 1)
     assert hwa - _mean_accuracy(standard_state, pop, 1) > 0.05
     assert hwa > _mean_accuracy(_trained("quantization_aware", bits=2), pop, 1)
+
+
+def test_uniform_unipolar_search_reports_candidates_and_deploys_its_choice(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    params = TRAINERS.get("uniform_unipolar").params(
+        epochs=4, bits=3, activation_bits=4, activation_signed=False, activation_range=4.0, widths=((16,), (24,)), max_candidates=2
+    )
+    result = run_train_job(TrainJob("mlp", MLPParams(hidden=(32,)), "uniform_unipolar", params, 0), DATA)
+    assert len(result.report) == 4  # 2 widths × 2 polarity patterns
+    best = max(result.report, key=lambda r: r["calibration_accuracy"])
+    assert result.model_params.hidden == tuple(int(h) for h in best["hidden"].split("-"))
+    for row in result.report:  # one device and one ADC column per weight / output: half a differential pair
+        hidden = int(row["hidden"])
+        assert row["devices"] == 64 * hidden + hidden * 10
+        assert row["adcs"] == hidden + 10
+    # every matrix has one sign, and all layers share one weight grid
+    weights = [result.state_dict[n] for n in ("1.weight", "3.weight")]
+    for w, s in zip(weights, best["polarity"]):
+        assert (w >= 0).all() if s == "+" else (w <= 0).all()
+    step = max(w.abs().max() for w in weights) / 7
+    for w in weights:
+        torch.testing.assert_close(w / step, torch.round(w / step), rtol=0, atol=1e-4)
+    # the chosen architecture survives the cache
+    cache = ModelCache(tmp_path)
+    from mcstudy.training import load_trained, save_trained
+
+    job = TrainJob("mlp", MLPParams(hidden=(32,)), "uniform_unipolar", params, 0)
+    save_trained(result, job, cache)
+    again = load_trained(job, DATA, cache)
+    assert again is not None and again.model_params == result.model_params and again.report == result.report

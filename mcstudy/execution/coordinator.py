@@ -8,6 +8,7 @@ the store's lock for the whole run, and streams each finished unit into the stor
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -16,13 +17,16 @@ from typing import Literal
 
 import torch
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..data import Dataset, load_dataset
 from ..errors import McStudyError
 from ..spec import StudySpec
 from ..store import Location, ResultStore, StoreLock
-from ..training import ModelCache, TrainJob, load_trained, save_trained
+from ..registry import Params
+from ..training import ModelCache, TrainedModel, TrainJob, load_trained, save_trained
 from .executors import EXECUTORS, Executor
 from .plan import make_plan
 from .worker import Payload, WorkerContext
@@ -72,14 +76,16 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         if executor_name == "local":
             workers = workers or _cpus()
         with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address) as executor:
-            states, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
-            payload = Payload.build(spec, states, data)
+            states, arch, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
+            payload = Payload.build(spec, states, data, arch)
             coordinator_ctx = WorkerContext(payload, device="cpu")
             float_metrics = coordinator_ctx.float_metrics()
             for name, m in float_metrics.items():
-                console.print(f"  float accuracy of [cyan]{name}[/]: {m['accuracy']:.4f}")
+                console.print(f"  float accuracy of [cyan]{escape(name)}[/]: {m['accuracy']:.4f}")
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
-            store, resumed = ResultStore.open_or_create(location, spec, block_size, float_metrics, draw_names, options.overwrite)
+            models = {v.name: {"model": spec.model.name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
+            extra = {"variant_models": json.dumps(models, sort_keys=True)}
+            store, resumed = ResultStore.open_or_create(location, spec, block_size, float_metrics, draw_names, options.overwrite, extra)
             plan = make_plan(spec, store.block_size)
             todo = store.pending(plan)
             if resumed:
@@ -97,11 +103,11 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
 
 def _train(
     spec: StudySpec, data: Dataset, executor: Executor, cache: ModelCache, console: Console
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
-    """Every variant's weights: from the cache, or trained by the executor (in parallel
-    where it can) and then cached."""
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Params], dict[str, str]]:
+    """Every variant's weights and architecture: from the cache, or trained by the
+    executor (in parallel where it can) and then cached."""
     jobs = {v.name: TrainJob(spec.model.name, spec.model.params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
-    states: dict[str, dict[str, torch.Tensor]] = {}
+    done: dict[str, TrainedModel] = {}
     status: dict[str, str] = {}
     missing: list[str] = []
     for name, job in jobs.items():
@@ -109,16 +115,31 @@ def _train(
         if hit is None:
             missing.append(name)
         else:
-            states[name], status[name] = hit.state_dict, "cached"
-            console.print(f"  variant [cyan]{name}[/] ({job.trainer}): loaded from cache")
+            done[name], status[name] = hit, "cached"
+            console.print(f"  variant [cyan]{escape(name)}[/] ({job.trainer}): loaded from cache")
     if missing:
         with console.status(f"training {len(missing)} variant(s) on {executor.name}: {', '.join(missing)}"):
             results = executor.train([jobs[n] for n in missing], data)
         for name, result in zip(missing, results):
             save_trained(result, jobs[name], cache)
-            states[name], status[name] = result.state_dict, "trained"
-            console.print(f"  variant [cyan]{name}[/] ({jobs[name].trainer}): trained in {result.seconds:.1f} s")
-    return {v.name: states[v.name] for v in spec.variants}, status
+            done[name], status[name] = result, "trained"
+            console.print(f"  variant [cyan]{escape(name)}[/] ({jobs[name].trainer}): trained in {result.seconds:.1f} s")
+    for name, result in done.items():
+        if result.report:
+            console.print(report_table(name, result.report))
+    states = {v.name: done[v.name].state_dict for v in spec.variants}
+    arch = {v.name: done[v.name].model_params or spec.model.params for v in spec.variants}
+    return states, arch, status
+
+
+def report_table(variant: str, rows: list[dict[str, object]]) -> Table:
+    """A trainer's report (e.g. the candidates of an architecture search) as a table."""
+    table = Table(title=f"variant {escape(variant)}: training report")
+    for key in rows[0]:
+        table.add_column(str(key), justify="right")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row.values()))
+    return table
 
 
 def _cpus() -> int:

@@ -20,6 +20,7 @@ from ..analog import AnalogNetwork
 from ..data import Dataset
 from ..models import build_model
 from ..procedures import METRICS, PROCEDURES, EvalData
+from ..registry import Params
 from ..rng import chip_stream
 from ..spec import StudySpec
 from .plan import WorkUnit
@@ -31,6 +32,7 @@ class Payload:
 
     spec: StudySpec
     states: dict[str, dict[str, torch.Tensor]]  # variant name -> state dict
+    model_params: dict[str, Params]  # variant name -> architecture (the study's, or a trainer's choice)
     input_shape: tuple[int, ...]
     n_classes: int
     x_test: np.ndarray
@@ -39,8 +41,15 @@ class Payload:
     y_cal: np.ndarray
 
     @classmethod
-    def build(cls, spec: StudySpec, states: dict[str, dict[str, torch.Tensor]], data: Dataset) -> "Payload":
-        return cls(spec, states, data.input_shape, data.n_classes, data.x_test, data.y_test, data.x_cal, data.y_cal)
+    def build(
+        cls,
+        spec: StudySpec,
+        states: dict[str, dict[str, torch.Tensor]],
+        data: Dataset,
+        model_params: dict[str, Params] | None = None,
+    ) -> "Payload":
+        arch = {v.name: (model_params or {}).get(v.name) or spec.model.params for v in spec.variants}
+        return cls(spec, states, arch, data.input_shape, data.n_classes, data.x_test, data.y_test, data.x_cal, data.y_cal)
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,7 @@ class WorkerContext:
         self.threads = spec.execution.threads_per_worker
         self.networks: dict[str, AnalogNetwork] = {}
         for v in spec.variants:
-            model = build_model(spec.model.name, spec.model.params, payload.input_shape, payload.n_classes)
+            model = build_model(spec.model.name, payload.model_params[v.name], payload.input_shape, payload.n_classes)
             model.load_state_dict(payload.states[v.name])
             self.networks[v.name] = AnalogNetwork(model).to(self.device)
         self.populations = {h.name: h.build() for h in spec.hardware}

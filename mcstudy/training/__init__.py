@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..data import Dataset
-from ..models import build_model
+from ..models import MODELS, build_model
 from ..registry import Params
 from ..rng import mix64_int, tag_hash
-from . import hardware_aware, noise_injection, quantized  # noqa: F401  (register)
-from .base import TRAINERS, Trainer, TrainParams, analog_weight_names
+from . import hardware_aware, noise_injection, quantized, uniform_unipolar  # noqa: F401  (register)
+from .base import TRAINERS, Trainer, TrainOutcome, TrainParams, analog_weight_names, init_model
 from .cache import ModelCache, default_cache_dir, training_key
 
 __all__ = [
-    "TRAINERS", "ModelCache", "TrainJob", "TrainedModel", "Trainer", "TrainParams",
+    "TRAINERS", "ModelCache", "TrainJob", "TrainOutcome", "TrainedModel", "Trainer", "TrainParams", "init_model",
     "analog_weight_names", "default_cache_dir", "load_trained", "run_train_job", "save_trained", "train_or_load", "training_key",
 ]  # fmt: skip
 
@@ -31,6 +32,8 @@ class TrainedModel:
     history: list[float] = field(default_factory=list)
     from_cache: bool = False
     seconds: float = 0.0
+    model_params: Params | None = None  # the architecture, when the trainer chose it (a search)
+    report: list[dict[str, Any]] = field(default_factory=list)  # what the trainer wants shown (candidates)
 
 
 def training_seed(seed: int) -> int:
@@ -56,18 +59,15 @@ class TrainJob:
 def run_train_job(job: TrainJob, data: Dataset) -> TrainedModel:
     """Train one variant from scratch (no cache), with :data:`TRAIN_THREADS` torch threads."""
     t0 = time.perf_counter()
-    tseed = training_seed(job.seed)
     before = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tseed)
-            net = build_model(job.model, job.model_params, data.input_shape, data.n_classes)
-        history = TRAINERS.get(job.trainer).obj(job.trainer_params).fit(net, data, tseed)
+        outcome = TRAINERS.get(job.trainer).obj(job.trainer_params).run(job.model, job.model_params, data, training_seed(job.seed))
     finally:
         torch.set_num_threads(before)
-    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    return TrainedModel(job.key(data), state, history, from_cache=False, seconds=time.perf_counter() - t0)
+    state = {k: v.detach().clone() for k, v in outcome.model.state_dict().items()}
+    chosen = None if outcome.model_params == job.model_params else outcome.model_params
+    return TrainedModel(job.key(data), state, outcome.history, False, time.perf_counter() - t0, chosen, outcome.report)
 
 
 def load_trained(job: TrainJob, data: Dataset, cache: ModelCache) -> TrainedModel | None:
@@ -76,13 +76,25 @@ def load_trained(job: TrainJob, data: Dataset, cache: ModelCache) -> TrainedMode
     if hit is None:
         return None
     state, info = hit
-    if not _compatible(build_model(job.model, job.model_params, data.input_shape, data.n_classes), state):
+    chosen = None
+    if info.get("model_params") is not None:
+        try:
+            chosen = MODELS.get(job.model).params.model_validate(info["model_params"], strict=False)
+        except Exception:  # a foreign or corrupt record: retrain
+            return None
+    if not _compatible(build_model(job.model, chosen or job.model_params, data.input_shape, data.n_classes), state):
         return None
-    return TrainedModel(job.key(data), state, info.get("history", []), from_cache=True, seconds=0.0)
+    return TrainedModel(job.key(data), state, info.get("history", []), True, 0.0, chosen, info.get("report", []))
 
 
 def save_trained(trained: TrainedModel, job: TrainJob, cache: ModelCache) -> None:
-    cache.save(trained.key, trained.state_dict, {"model": job.model, "trainer": job.trainer, "history": trained.history, "seconds": trained.seconds})
+    chosen = None if trained.model_params is None else trained.model_params.model_dump(mode="json")
+    cache.save(
+        trained.key,
+        trained.state_dict,
+        {"model": job.model, "trainer": job.trainer, "history": trained.history, "seconds": trained.seconds,
+         "model_params": chosen, "report": trained.report},
+    )  # fmt: skip
 
 
 def train_or_load(

@@ -11,7 +11,8 @@ about.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from pydantic import Field, PositiveInt
 from torch.func import functional_call
 
 from ..data import Dataset
+from ..models import build_model
 from ..registry import Params, Registry
 
 
@@ -36,9 +38,27 @@ class TrainParams(Params):
     schedule: Literal["constant", "cosine"] = "cosine"
 
 
+def init_model(model: str, model_params: Params, data: Dataset, seed: int) -> nn.Module:
+    """A freshly initialised model; its initial weights depend on ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model, model_params, data.input_shape, data.n_classes)
+
+
 def analog_weight_names(model: nn.Module) -> list[str]:
     """Names of the parameters that live on crossbars: Linear and Conv2d weights."""
     return [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+@dataclass
+class TrainOutcome:
+    """A trained model, its architecture's parameters, the loss per epoch, and a report
+    (e.g. the candidates of a search) to show the user."""
+
+    model: nn.Module
+    model_params: Params
+    history: list[float]
+    report: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
@@ -46,6 +66,12 @@ class Trainer:
 
     def __init__(self, params: TrainParams) -> None:
         self.params = params
+
+    def run(self, model: str, model_params: Params, data: Dataset, seed: int) -> TrainOutcome:
+        """Build the model (initial weights from ``seed``) and train it. A trainer that
+        searches architectures overrides this."""
+        net = init_model(model, model_params, data, seed)
+        return TrainOutcome(net, model_params, self.fit(net, data, seed))
 
     def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
         """The crossbar weights the forward pass uses (default: themselves). ``progress``

@@ -52,6 +52,17 @@ def quantise_activation(x: torch.Tensor, dac: DACSpec) -> torch.Tensor:
     return quantise_input(x, input_scale(x, dac, tuple(range(1, x.dim()))), dac)
 
 
+def fake_quant_activation(x: torch.Tensor, dac: DACSpec) -> torch.Tensor:
+    """The DAC in the forward pass; in the backward pass the gradient flows inside the
+    DAC's range and is zero where the input is clipped (a straight-through estimator
+    that does not pretend clipped inputs still matter)."""
+    scale = input_scale(x.detach(), dac, tuple(range(1, x.dim())))
+    top = torch.as_tensor(scale, dtype=x.dtype)
+    clipped = torch.minimum(x, top)
+    clipped = torch.maximum(clipped, -top) if dac.signed else clipped.clamp(min=0)
+    return ste(clipped, quantise_input(clipped.detach(), scale, dac))
+
+
 class QATParams(TrainParams):
     bits: PositiveInt = Field(4, le=16, description="device bits: weights on the n-bit differential grid")
     activation_bits: PositiveInt | None = Field(None, le=16, description="bits of every crossbar layer's inputs (None: float)")
@@ -74,7 +85,7 @@ class _Quantising(Trainer):
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.params.activation_bits
-        return x if bits is None else ste(x, quantise_activation(x, self._dac()))
+        return x if bits is None else fake_quant_activation(x, self._dac())
 
     def uses_activation(self) -> bool:
         return self.params.activation_bits is not None
