@@ -54,7 +54,6 @@ class RunReport:
     units_run: int
     seconds: float
     trained: dict[str, str] = field(default_factory=dict)  # variant -> "trained" | "cached"
-    executor: str = ""
 
 
 def run_study(spec: StudySpec, options: RunOptions, console: Console | None = None) -> RunReport:
@@ -97,8 +96,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                     for result in executor.run(todo):
                         store.write(result)
                         progress.advance(task, result.unit.n_chips)
-            described = executor.describe()
-    return RunReport(str(location), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained, described)
+    return RunReport(str(location), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained)
 
 
 def _train(

@@ -27,8 +27,8 @@ class Executor(ABC):
     name = "executor"
 
     def __init__(self, workers: int, address: str | None = None) -> None:
+        """``address`` names a cluster; executors that run on this machine ignore it."""
         self.workers = workers
-        self.address = address
 
     def train(self, jobs: list[TrainJob], data: Dataset) -> list[TrainedModel]:
         """Train variants that are not cached (default: one after another, in this process)."""

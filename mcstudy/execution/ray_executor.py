@@ -48,20 +48,13 @@ class _UnitWorker:
             self.context = WorkerContext(ray.get(payload_box[0]))
         return self.context.run(unit)
 
-    def pid(self) -> int:
-        return os.getpid()
-
-
-def _train(job: TrainJob, data: Dataset) -> TrainedModel:
-    return run_train_job(job, data)
-
 
 @lru_cache(maxsize=1)
 def _remotes() -> tuple[Any, Any]:
     import ray
 
     worker = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(_UnitWorker)
-    train = ray.remote(num_cpus=1, max_retries=3)(_train)
+    train = ray.remote(num_cpus=1, max_retries=3)(run_train_job)
     return worker, train
 
 
@@ -118,12 +111,6 @@ class RayExecutor(Executor):
         worker, _ = _remotes()
         self._payload_ref = ray.put(payload)
         self.actors = [worker.remote() for _ in range(self.workers)]
-
-    def pids(self) -> list[int]:
-        """Process ids of the actors (for tests and diagnostics)."""
-        import ray
-
-        return ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[UnitResult]:
         import ray

@@ -30,7 +30,7 @@ from ..hardware import DEVICES, MAPPINGS, PeripherySpec, Population, Variation
 from ..hardware.periphery import DACSpec
 from ..registry import Params
 from ..rng import chip_stream
-from .base import TRAINERS, TrainOutcome, init_model
+from .base import TRAINERS, TrainOutcome, analog_weight_names, init_model
 from .quantized import QATParams, QuantizationAware
 
 
@@ -88,7 +88,7 @@ class UniformUnipolar(QuantizationAware):
         trainer = UniformUnipolar(self.params)
         trainer.signs = signs
         if signs:  # start inside the constraint
-            trainer.after_step(net, [n for n, _ in _crossbar_weights(net)])
+            trainer.after_step(net, analog_weight_names(net))
         history = trainer.fit(net, data, seed)
         return net, history
 
@@ -112,12 +112,10 @@ class UniformUnipolar(QuantizationAware):
     def _counts(self, trained: tuple[nn.Module, list[float]], unipolar: bool) -> tuple[int, int]:
         per = 1 if unipolar else 2
         devices = adcs = 0
-        for _, w in _crossbar_weights(trained[0]):
+        params = dict(trained[0].named_parameters())
+        for w in (params[n] for n in analog_weight_names(trained[0])):
             out, fan_in = w.shape[0], w[0].numel()
             devices += out * fan_in * per
             adcs += out * per * math.ceil(fan_in / self.params.tile_rows)
         return devices, adcs
 
-
-def _crossbar_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [(f"{n}.weight", m.weight) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
