@@ -35,7 +35,7 @@ from .errors import SpecError
 from .hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
 from .hardware.chip import ReadNoiseMode
 from .models import MODELS
-from .procedures import PROCEDURES
+from .procedures import PROCEDURES, study_metrics
 from .registry import Params, Registry
 from .training import TRAINERS
 
@@ -205,6 +205,11 @@ class StudySpec:
     def hash(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Per-chip metrics the study records (see ``procedures.study_metrics``)."""
+        return study_metrics([p.kind.name for p in self.procedures])
 
     def variant(self, name: str) -> VariantSpec:
         return next(v for v in self.variants if v.name == name)

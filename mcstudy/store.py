@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import StoreError
-from .procedures import METRICS
+from .procedures import METRIC_ATTRS, METRICS
 from .spec import StudySpec, format_time
 
 if TYPE_CHECKING:  # the store does not depend on how results were produced
@@ -42,12 +42,6 @@ if TYPE_CHECKING:  # the store does not depend on how results were produced
 
 FORMAT_VERSION = 1
 _PACKAGES = ("mcstudy", "torch", "numpy", "xarray", "zarr", "dask", "pydantic", "scikit-learn", "ray")
-
-_METRIC_ATTRS = {
-    "accuracy": {"long_name": "test accuracy", "units": "1"},
-    "loss": {"long_name": "mean cross-entropy loss on the test split", "units": "nat"},
-}
-
 
 def package_versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
@@ -75,13 +69,14 @@ def template(
     b = min(block_size, C)
     dims5 = ("variant", "hardware", "procedure", "time", "chip")
     data_vars: dict[str, Any] = {}
-    for m in METRICS:
+    for m in spec.metrics:
         arr = da.full((V, H, P, T, C), np.nan, dtype=np.float32, chunks=(1, 1, P, T, b))
-        data_vars[m] = xr.Variable(dims5, arr, attrs=_METRIC_ATTRS[m])
+        data_vars[m] = xr.Variable(dims5, arr, attrs=METRIC_ATTRS[m])
+    for m in METRICS:
         data_vars[f"float_{m}"] = xr.Variable(
             ("variant",),
             np.array([float_metrics[v.name][m] for v in spec.variants], dtype=np.float32),  # as the chips' metrics
-            attrs={**_METRIC_ATTRS[m], "long_name": f"float (digital) model's {_METRIC_ATTRS[m]['long_name']}"},
+            attrs={**METRIC_ATTRS[m], "long_name": f"float (digital) model's {METRIC_ATTRS[m]['long_name']}"},
         )
     data_vars["done"] = xr.Variable(
         ("variant", "hardware", "chip"),
@@ -317,7 +312,7 @@ class ResultStore:
         u = result.unit
         region = {"variant": slice(u.variant, u.variant + 1), "hardware": slice(u.hardware, u.hardware + 1), "chip": slice(u.start, u.stop)}
         dims5 = ("variant", "hardware", "procedure", "time", "chip")
-        block = xr.Dataset({m: (dims5, result.metrics[m][None, None].astype(np.float32)) for m in METRICS})
+        block = xr.Dataset({m: (dims5, v[None, None].astype(np.float32)) for m, v in result.metrics.items()})
         opts = dict(region=region, consolidated=False, storage_options=self.location.storage_options)
         block.to_zarr(self.location.raw, **opts)
         marks: dict[str, Any] = {"done": (("variant", "hardware", "chip"), np.ones((1, 1, u.n_chips), dtype=bool))}

@@ -8,7 +8,12 @@ eval mode, residual additions) work on that unchanged; analog layers view it as
 An analog layer's pipeline (``crossbar``): DAC on the inputs -> for each row of
 crossbar tiles: the analog product (+ per-input-vector read noise and output noise)
 -> ADC -> digital sum of the tiles -> neuron gain and offset (operating-point drift,
-mismatch) -> digital output scale (drift compensation) -> digital bias.
+mismatch) -> digital output scale and shift (drift compensation, self-tuning, in-situ
+trims) -> digital bias.
+
+Everything here is differentiable (the converters' rounding passes gradients straight
+through when a gradient is needed), so on-chip learning can back-propagate through a
+chip's own forward pass.
 """
 
 from __future__ import annotations
@@ -95,18 +100,26 @@ def linear_rows(x: torch.Tensor, sl: slice) -> torch.Tensor:
     return x[..., sl]
 
 
+Calibrate = Callable[[int, torch.Tensor], tuple[torch.Tensor | None, torch.Tensor | None]]
+"""``(layer index, analog output (C, N, out, *spatial)) -> (scale, shift)``, each ``(C, 1|out)`` or None."""
+
+
 class ChipLayer(nn.Module):
-    """Base of the analog layers: holds the read and scale of the current call."""
+    """Base of the analog layers: holds the read, digital trims and options of the current call."""
 
     granule = 1  # crossbar rows that must stay on one tile
 
     def __init__(self, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.index = 0  # position among the network's analog layers
         self.read: LayerRead | None = None
         self.periphery: PeripherySpec | None = None
         self.out_scale: torch.Tensor | None = None  # (C,) or (C, out) digital output scale
+        self.out_shift: torch.Tensor | None = None  # (C,) or (C, out) digital output shift
+        self.calibrate: Calibrate | None = None  # sets out_scale/out_shift from this call's output
         self.sample_offset = 0
+        self.purpose = "eval"
 
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -126,14 +139,18 @@ class ChipLayer(nn.Module):
             raise RuntimeError("analog layer called without a deployed chip read")
         c = read.weight.shape[0]
         x = x.reshape(c, -1, *self.feature_shape(x))
-        y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset)
+        y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose)
         extra = y.dim() - 3
         if read.neurons.gain is not None:
             y = y * _per_neuron(read.neurons.gain, extra)
         if read.neurons.offset is not None:
             y = y + _per_neuron(read.neurons.offset, extra)
+        if self.calibrate is not None:
+            self.out_scale, self.out_shift = self.calibrate(self.index, y)
         if self.out_scale is not None:
             y = y * _per_neuron(self.out_scale.reshape(c, -1), extra)
+        if self.out_shift is not None:
+            y = y + _per_neuron(self.out_shift.reshape(c, -1), extra)
         if self.bias is not None:
             y = y + self.bias.view(1, 1, -1, *([1] * extra))
         return y.reshape(-1, *y.shape[2:])

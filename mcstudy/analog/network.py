@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..hardware.chip import ChipRead, LayerRead
 from ..hardware.periphery import NeuronDraws, PeripherySpec
-from .layers import ChipLayer, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
+from .layers import Calibrate, ChipLayer, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
 
 Scales = list[torch.Tensor | None] | None
 
@@ -41,6 +41,7 @@ class AnalogNetwork:
                 self._swap(child)
                 continue
             self.nominal.append(weight_matrix(child).clone())
+            chip_layer.index = len(self.layers)
             self.layers.append(chip_layer)
             setattr(parent, name, chip_layer)
 
@@ -55,29 +56,56 @@ class AnalogNetwork:
         return self
 
     @contextmanager
-    def deployed(self, read: ChipRead, out_scales: Scales = None, sample_offset: int = 0) -> Iterator[int]:
-        """Within the block, the analog layers compute with ``read``; yields the chip count."""
-        if len(read.layers) != len(self.layers):
-            raise ValueError(f"a read of {len(read.layers)} layers for {len(self.layers)} analog layers")
-        scales = out_scales or [None] * len(self.layers)
+    def deployed(
+        self,
+        read: ChipRead,
+        out_scales: Scales = None,
+        sample_offset: int = 0,
+        out_shifts: Scales = None,
+        purpose: str = "eval",
+        calibrate: Calibrate | None = None,
+    ) -> Iterator[int]:
+        """Within the block, the analog layers compute with ``read`` and the digital output
+        trims ``out_scales``/``out_shifts`` (per layer, each ``(C, 1|out)`` or None); yields the
+        chip count. ``purpose`` names the input set (its per-vector noise is its own);
+        ``calibrate``, if given, sets each layer's trims from that layer's own output."""
+        n = len(self.layers)
+        if len(read.layers) != n:
+            raise ValueError(f"a read of {len(read.layers)} layers for {n} analog layers")
+        scales, shifts = out_scales or [None] * n, out_shifts or [None] * n
         try:
-            for layer, lr, s in zip(self.layers, read.layers, scales):
-                layer.read, layer.periphery, layer.out_scale, layer.sample_offset = lr, read.periphery, s, sample_offset
+            for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
+                layer.read, layer.periphery, layer.out_scale, layer.out_shift = lr, read.periphery, a, b
+                layer.sample_offset, layer.purpose, layer.calibrate = sample_offset, purpose, calibrate
             yield read.n_chips
         finally:
             for layer in self.layers:
-                layer.read = layer.periphery = layer.out_scale = None
-                layer.sample_offset = 0
+                layer.read = layer.periphery = layer.out_scale = layer.out_shift = layer.calibrate = None
+                layer.sample_offset, layer.purpose = 0, "eval"
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, read: ChipRead, out_scales: Scales = None, sample_offset: int = 0) -> torch.Tensor:
-        """Logits ``(C, N, classes)``; ``sample_offset`` is the index of ``x[0]`` in its set
+    def logits(
+        self,
+        x: torch.Tensor,
+        read: ChipRead,
+        out_scales: Scales = None,
+        sample_offset: int = 0,
+        out_shifts: Scales = None,
+        purpose: str = "eval",
+        calibrate: Calibrate | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(C, N, classes)``, differentiable with respect to the read's weights and
+        the trims (for on-chip learning); ``sample_offset`` is the index of ``x[0]`` in its set
         (per-input-vector noise is keyed by it, so batching never changes a result)."""
-        with self.deployed(read, out_scales, sample_offset) as c:
+        with self.deployed(read, out_scales, sample_offset, out_shifts, purpose, calibrate) as c:
             n = x.shape[0]
             xc = x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:])
             out = self.module(xc)
         return out.reshape(c, n, *out.shape[1:])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, read: ChipRead, out_scales: Scales = None, sample_offset: int = 0, out_shifts: Scales = None) -> torch.Tensor:
+        """:meth:`logits` without gradients."""
+        return self.logits(x, read, out_scales, sample_offset, out_shifts)
 
     @torch.no_grad()
     def readout(self, inputs: list[torch.Tensor], read: ChipRead) -> list[torch.Tensor]:
@@ -92,13 +120,19 @@ class AnalogNetwork:
 
     @torch.no_grad()
     def score(
-        self, x: torch.Tensor, y: torch.Tensor, read: ChipRead, out_scales: Scales = None, batch: int = 1024
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        read: ChipRead,
+        out_scales: Scales = None,
+        batch: int = 1024,
+        out_shifts: Scales = None,
     ) -> dict[str, torch.Tensor]:
         """Per-chip accuracy and mean cross-entropy loss over ``(x, y)``, float64 ``(C,)``."""
         correct: torch.Tensor | float = 0.0
         loss: torch.Tensor | float = 0.0
         for a in range(0, x.shape[0], batch):
-            logits = self.forward(x[a : a + batch], read, out_scales, sample_offset=a)
+            logits = self.forward(x[a : a + batch], read, out_scales, sample_offset=a, out_shifts=out_shifts)
             yb = y[a : a + batch]
             c, n, k = logits.shape
             correct = correct + (logits.argmax(-1) == yb).sum(1, dtype=torch.float64)

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..data import Dataset, load_dataset
-from ..errors import McStudyError
+from ..errors import McStudyError, SpecError
 from ..spec import StudySpec
 from ..store import Location, ResultStore, StoreLock
 from ..registry import Params
@@ -78,6 +78,9 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
             states, arch, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
             payload = Payload.build(spec, states, data, arch)
             coordinator_ctx = WorkerContext(payload, device="cpu")
+            problems = coordinator_ctx.problems()
+            if problems:
+                raise SpecError(problems, spec.source_path or None)
             float_metrics = coordinator_ctx.float_metrics()
             for name, m in float_metrics.items():
                 console.print(f"  float accuracy of [cyan]{escape(name)}[/]: {m['accuracy']:.4f}")

@@ -92,6 +92,14 @@ class WorkerContext:
 
         self.data = EvalData(t(payload.x_test), t(payload.y_test), t(payload.x_cal), t(payload.y_cal), spec.execution.eval_batch)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """``(field path, message)`` for every procedure that cannot run on a variant's network."""
+        out = []
+        for p, proc in zip(self.spec.procedures, self.procedures):
+            for v, net in self.networks.items():
+                out += [(f"procedures.{p.name}", f"{msg} (variant {v!r})") for msg in proc.problems(net, self.data)]
+        return out
+
     def run(self, unit: WorkUnit) -> UnitResult:
         with torch_threads(self.threads):
             return self._run(unit)
@@ -105,12 +113,12 @@ class WorkerContext:
         chips = population.program(net.nominal, stream, net.granules)
         states = [proc.prepare(chips, net, self.data) for proc in self.procedures]
         shape = (len(self.procedures), len(spec.times), unit.n_chips)
-        metrics = {m: np.full(shape, np.nan, dtype=np.float64) for m in METRICS}
+        metrics = {m: np.full(shape, np.nan, dtype=np.float64) for m in spec.metrics}
         for ti, t in enumerate(spec.times):
             read = chips.read(t)
             for pi, (proc, state) in enumerate(zip(self.procedures, states)):
                 result = proc.evaluate(state, chips, read, t, net, self.data)
-                for m in METRICS:
+                for m in (*METRICS, *proc.extra_metrics):
                     metrics[m][pi, ti] = result[m].cpu().numpy()
         draws = {k: v.cpu().numpy() for k, v in chips.draws().items()}
         return UnitResult(unit, metrics, draws, time.perf_counter() - t0)

@@ -64,11 +64,19 @@ class PeripherySpec(Params):
         return self.output_noise > 0
 
 
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """``torch.round``; when ``x`` needs a gradient (on-chip learning back-propagates through
+    the converters) the gradient passes straight through. Without gradients it is exactly
+    ``torch.round``, so evaluation is unchanged."""
+    r = torch.round(x)
+    return x + (r - x).detach() if x.requires_grad else r
+
+
 def quantise_symmetric(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int) -> torch.Tensor:
     """Clip to ±full_scale and round to the nearest of ``2**bits − 1`` symmetric levels."""
     half = 2 ** (bits - 1) - 1
     step = full_scale / half
-    return torch.round((x / step).clamp(-half, half)) * step
+    return round_ste((x / step).clamp(-half, half)) * step
 
 
 def quantise_input(x: torch.Tensor, full_scale: torch.Tensor | float, dac: DACSpec) -> torch.Tensor:
@@ -78,7 +86,7 @@ def quantise_input(x: torch.Tensor, full_scale: torch.Tensor | float, dac: DACSp
         return quantise_symmetric(x, full_scale, dac.bits)
     steps = 2**dac.bits - 1
     step = full_scale / steps
-    return torch.round((x / step).clamp(0, steps)) * step
+    return round_ste((x / step).clamp(0, steps)) * step
 
 
 def input_scale(x: torch.Tensor, dac: DACSpec, reduce_dims: tuple[int, ...]) -> torch.Tensor | float:

@@ -20,6 +20,18 @@ from ..hardware import ChipBatch, ChipRead
 from ..registry import Params, Registry
 
 METRICS: tuple[str, ...] = ("accuracy", "loss")
+"""Metrics every procedure records; a procedure may declare more (``Procedure.extra_metrics``)."""
+
+METRIC_ATTRS: dict[str, dict[str, str]] = {
+    "accuracy": {"long_name": "test accuracy", "units": "1"},
+    "loss": {"long_name": "mean cross-entropy loss on the test split", "units": "nat"},
+    "accuracy_before": {"long_name": "test accuracy of the chip as read, before the procedure", "units": "1"},
+    "learn_memory_bits": {"long_name": "memory of the procedure's trainable state and learning buffers", "units": "bit"},
+    "learn_energy_pj": {"long_name": "multiply energy of the procedure's learning stage (Horowitz 2014, 45 nm)", "units": "pJ"},
+    "float_memory_bits": {"long_name": "the same learning stage's memory in 32-bit float", "units": "bit"},
+    "float_energy_pj": {"long_name": "the same learning stage's multiply energy in 32-bit float", "units": "pJ"},
+}
+"""Attributes (long name, units) of every metric a procedure may record."""
 
 
 @dataclass(frozen=True)
@@ -35,8 +47,15 @@ class EvalData:
 
 
 class Procedure(ABC):
+    extra_metrics: tuple[str, ...] = ()  # per-chip metrics beyond METRICS (names in METRIC_ATTRS)
+
     def __init__(self, params: Params) -> None:
         self.params = params
+
+    def problems(self, net: AnalogNetwork, data: EvalData) -> list[str]:
+        """What makes this procedure unusable with this network and data (checked before
+        anything is written)."""
+        return []
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> Any:
         """Work done once per block right after programming; the result is passed to ``evaluate``."""
@@ -50,3 +69,26 @@ class Procedure(ABC):
 
 
 PROCEDURES: Registry[type[Procedure]] = Registry("procedure")
+
+
+def study_metrics(kinds: list[str]) -> tuple[str, ...]:
+    """The metrics a study with procedures of these kinds records: METRICS, then every
+    procedure's extra metrics in order of first appearance (NaN where one does not apply)."""
+    names = list(METRICS)
+    for kind in kinds:
+        names += [m for m in PROCEDURES.get(kind).obj.extra_metrics if m not in names]
+    return tuple(names)
+
+
+@torch.no_grad()
+def layer_outputs(net: AnalogNetwork, x: torch.Tensor, read: ChipRead, purpose: str) -> list[torch.Tensor]:
+    """Every analog layer's output ``(C, N, out, *spatial)`` for inputs ``x``, after the
+    neurons and before any digital trim or bias (what an on-chip monitor can see)."""
+    seen: list[torch.Tensor] = []
+
+    def keep(_: int, y: torch.Tensor) -> tuple[None, None]:
+        seen.append(y)
+        return None, None
+
+    net.logits(x, read, purpose=purpose, calibrate=keep)
+    return seen

@@ -1,0 +1,120 @@
+"""Self-tuning of layer activations on every chip (Deng & Orshansky, DATE 2022).
+
+At each drift time each chip runs a small calibration batch (from the calibration
+split), measures every analog layer's output statistics — mean and standard deviation,
+per layer or per output channel — and sets that layer's digital output trim so that
+they match the nominal model's statistics on the same batch:
+
+    a = σ_nominal / σ_chip,   b = μ_nominal − a·μ_chip   (``mode: scale_shift``)
+    a = σ_nominal / σ_chip,   b = 0                      (``mode: scale``)
+
+Layers are tuned in order, each seeing the already-tuned layers before it (one pass).
+The nominal statistics are those of the trained (digital) network, computed once and
+stored with the deployed model. Statistics are taken after the neurons and before the
+digital bias, which does not change the standard deviation and shifts the mean by a
+known constant. A pure per-chip gain (between-chip variation of a whole chip or layer)
+is cancelled exactly; an ideal chip is left unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field, PositiveInt
+
+from ..analog import AnalogNetwork
+from ..hardware import ChipBatch, ChipRead
+from ..registry import Params
+from .base import PROCEDURES, EvalData, Procedure, layer_outputs
+from .costs import LearningCost
+
+Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std, each (C, 1|out)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The nominal model's per-layer statistics and its output values per input."""
+
+    stats: list[Stats]
+    outputs: int
+
+
+class SelfTuningParams(Params):
+    mode: Literal["scale", "scale_shift"] = Field("scale_shift", description="rescale only, or rescale and shift")
+    granularity: Literal["layer", "channel"] = Field("channel", description="one trim per layer, or per output channel")
+    samples: PositiveInt = Field(128, description="calibration inputs per tuning (from the calibration split)")
+    record_before: bool = Field(True, description="also score the chip before tuning (accuracy_before)")
+
+
+def _stats(y: torch.Tensor, granularity: str) -> Stats:
+    """Mean and (population) standard deviation of ``y`` ``(C, N, out, *spatial)`` per chip."""
+    c, n, out = y.shape[:3]
+    v = y.reshape(c, n, out, -1).transpose(1, 2).reshape(c, out, -1)  # (C, out, N·spatial)
+    if granularity == "layer":
+        v = v.reshape(c, 1, -1)
+    v = v.to(torch.float64)
+    return v.mean(-1).to(y.dtype), v.std(-1, correction=0).to(y.dtype)
+
+
+@PROCEDURES.register("self_tuning", SelfTuningParams)
+class SelfTuning(Procedure):
+    """Match each layer's output statistics on a calibration batch to the nominal model's."""
+
+    params: SelfTuningParams
+    extra_metrics = ("accuracy_before", "learn_memory_bits", "learn_energy_pj", "float_memory_bits", "float_energy_pj")
+
+    def _batch(self, data: EvalData) -> torch.Tensor:
+        return data.x_cal[: self.params.samples]
+
+    def problems(self, net: AnalogNetwork, data: EvalData) -> list[str]:
+        if data.x_cal.shape[0] == 0:
+            return ["self_tuning needs calibration samples: set data.calibration_fraction above 0"]
+        return []
+
+    def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> Reference:
+        """The nominal model's statistics, layer by layer (the same for every chip)."""
+        x = self._batch(data)
+        ys = layer_outputs(net, x, net.nominal_read(), "self_tuning")
+        return Reference([_stats(y, self.params.granularity) for y in ys], sum(y[0, 0].numel() for y in ys))
+
+    def trims(self, reference: Reference, read: ChipRead, net: AnalogNetwork, data: EvalData) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Each layer's scale and shift ``(C, 1|out)`` for the chips of ``read``."""
+        p = self.params
+        scales: list[torch.Tensor] = []
+        shifts: list[torch.Tensor | None] = []
+
+        def tune(i: int, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            mu, sd = _stats(y, p.granularity)
+            mu_ref, sd_ref = reference.stats[i]
+            a = torch.where(sd > 0, sd_ref / sd.clamp(min=torch.finfo(sd.dtype).tiny), torch.ones_like(sd))
+            b = mu_ref - a * mu if p.mode == "scale_shift" else None
+            scales.append(a)
+            shifts.append(b)
+            return a, b
+
+        with torch.no_grad():
+            net.logits(self._batch(data), read, purpose="self_tuning", calibrate=tune)
+        return scales, shifts
+
+    def cost(self, reference: Reference, n: int) -> LearningCost:
+        """Statistics of every output over ``n`` inputs (one square per output value for
+        the variance) and a division and a multiply per trim; state: the nominal
+        statistics and the trims."""
+        values = sum(int(mu.numel()) for mu, _ in reference.stats)
+        trims = values * (2 if self.params.mode == "scale_shift" else 1)
+        return LearningCost(state_values=2 * values + trims, multiplies=n * reference.outputs + 2 * trims)
+
+    def evaluate(
+        self, state: Reference, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
+    ) -> dict[str, torch.Tensor]:
+        c = read.n_chips
+        before = net.score(data.x_test, data.y_test, read, batch=data.batch)["accuracy"] if self.params.record_before else None
+        scales, shifts = self.trims(state, read, net, data)
+        out = net.score(data.x_test, data.y_test, read, scales, data.batch, shifts)
+        out["accuracy_before"] = before if before is not None else torch.full((c,), float("nan"), dtype=torch.float64)
+        n = self._batch(data).shape[0]
+        for k, v in self.cost(state, n).figures(None).items():
+            out[k] = torch.full((c,), v, dtype=torch.float64)
+        return out

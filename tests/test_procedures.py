@@ -1,0 +1,279 @@
+"""On-chip procedures: self-tuning, in-situ transfer learning, their costs, and tolerance."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from mcstudy.analog import AnalogNetwork
+from mcstudy.analysis import tolerance, tolerance_gain
+from mcstudy.data import DataSpec, load_dataset
+from mcstudy.errors import McStudyError
+from mcstudy.hardware import DEVICES, MAPPINGS, PeripherySpec, Population, Variation
+from mcstudy.models import build_model
+from mcstudy.models.zoo import MLPParams
+from mcstudy.procedures import PROCEDURES, EvalData
+from mcstudy.procedures.costs import HOROWITZ_PJ, multiply_energy_pj
+from mcstudy.procedures.insitu_transfer import InsituTransfer, InsituTransferParams
+from mcstudy.procedures.self_tuning import SelfTuning, SelfTuningParams
+from mcstudy.rng import chip_stream
+from mcstudy.training import TRAINERS, TrainJob, run_train_job
+
+DATA = load_dataset(DataSpec(dataset="digits", calibration_fraction=0.3), seed=0)
+MLP = MLPParams(hidden=(32,))
+
+
+@pytest.fixture(scope="module")
+def net() -> AnalogNetwork:
+    job = TrainJob("mlp", MLP, "standard", TRAINERS.get("standard").params(epochs=15), 0)
+    model = build_model("mlp", MLP, DATA.input_shape, DATA.n_classes)
+    model.load_state_dict(run_train_job(job, DATA).state_dict)
+    return AnalogNetwork(model)
+
+
+def _data(test_x: np.ndarray | None = None) -> EvalData:
+    t = torch.from_numpy
+    x_test = t(DATA.x_test if test_x is None else test_x)
+    return EvalData(x_test, t(DATA.y_test), t(DATA.x_cal), t(DATA.y_cal))
+
+
+def _population(variation: dict | None = None, periphery: dict | None = None) -> Population:
+    device, mapping = DEVICES.get("ideal"), MAPPINGS.get("differential")
+    return Population(
+        device.obj(device.params()), mapping.obj(mapping.params()),
+        Variation.model_validate(variation or {}), periphery=PeripherySpec.model_validate(periphery or {}),
+    )  # fmt: skip
+
+
+# -- self-tuning --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,granularity", [("scale", "layer"), ("scale_shift", "channel"), ("scale_shift", "layer")])
+def test_self_tuning_cancels_a_pure_per_chip_gain(net: AnalogNetwork, mode: str, granularity: str) -> None:
+    # a lognormal between-chip factor of every layer, nothing else: a pure gain per chip layer
+    pop = _population({"between": {"sigma": 0.4, "granularity": "layer"}})
+    chips = pop.program(net.nominal, chip_stream(1, "gain", range(6)), net.granules)
+    read, data = chips.read(20.0), _data()
+    proc = SelfTuning(SelfTuningParams(mode=mode, granularity=granularity))
+    scales, shifts = proc.trims(proc.prepare(chips, net, data), read, net, data)
+    x = data.x_test[:200]
+    nominal = net.forward(x, net.nominal_read(1))[0]
+    raw = net.forward(x, read)
+    tuned = net.forward(x, read, scales, out_shifts=shifts)
+    assert (raw - nominal).abs().amax() > 0.05  # the gain matters ...
+    torch.testing.assert_close(tuned, nominal.expand_as(tuned), rtol=1e-4, atol=1e-4)  # ... and is gone
+    gains = [chips.read(20.0).layers[i].weight[:, 0, 0] / net.nominal[i][0, 0] for i in range(len(net.layers))]
+    for a, g in zip(scales, gains):
+        torch.testing.assert_close(a.mean(1), 1 / g, rtol=1e-4, atol=1e-5)
+
+
+def test_self_tuning_leaves_an_ideal_chip_unchanged(net: AnalogNetwork) -> None:
+    chips = _population().program(net.nominal, chip_stream(1, "ideal", range(3)), net.granules)
+    data = _data()
+    proc = SelfTuning(SelfTuningParams())
+    state = proc.prepare(chips, net, data)
+    scales, shifts = proc.trims(state, chips.read(20.0), net, data)
+    for a, b in zip(scales, shifts):
+        torch.testing.assert_close(a, torch.ones_like(a), rtol=1e-5, atol=1e-5)
+        assert b is not None and b.abs().amax() < 1e-4
+    out = proc.evaluate(state, chips, chips.read(20.0), 20.0, net, data)
+    torch.testing.assert_close(out["accuracy"], out["accuracy_before"])
+
+
+# -- in-situ transfer learning --------------------------------------------------------------
+
+DRIFT = {"op_drift": {"gain": 0.3, "offset": 0.8, "granularity": "neuron"}}
+
+
+def test_insitu_transfer_recovers_a_chip_with_strong_operating_point_drift(net: AnalogNetwork) -> None:
+    chips = _population(periphery=DRIFT).program(net.nominal, chip_stream(2, "drift", range(6)), net.granules)
+    data = _data()
+    proc = InsituTransfer(InsituTransferParams(bits=8))
+    out = proc.evaluate(proc.prepare(chips, net, data), chips, chips.read(20.0), 20.0, net, data)
+    gain = out["accuracy"] - out["accuracy_before"]
+    # measured: 75 % -> 88 % on average (+10 pp) on these chips; every chip must gain
+    assert out["accuracy_before"].mean() < 0.9
+    assert gain.mean() > 0.05 and (gain > 0).all()
+
+
+def test_insitu_transfer_state_is_on_its_fixed_point_grid_and_ignores_the_test_split(net: AnalogNetwork) -> None:
+    chips = _population(periphery=DRIFT).program(net.nominal, chip_stream(2, "drift", range(3)), net.granules)
+    read = chips.read(20.0)
+    params = InsituTransferParams(bits=4, epochs=2, headroom=1.0)
+    proc = InsituTransfer(params)
+    state = proc.prepare(chips, net, _data())
+    tuned, scales, shifts = proc.learn(chips, read, 20.0, net, _data(), state)
+    # the same learning with a scrambled test split: nothing it learns may change
+    garbage = np.random.default_rng(0).normal(size=DATA.x_test.shape).astype(np.float32)
+    tuned2, scales2, shifts2 = proc.learn(chips, read, 20.0, net, _data(garbage), state)
+    last = len(net.layers) - 1
+    assert torch.equal(tuned.layers[last].weight, tuned2.layers[last].weight)
+    assert all(torch.equal(a, b) for a, b in zip(scales, scales2) if a is not None)
+    assert all(torch.equal(a, b) for a, b in zip(shifts, shifts2) if a is not None)
+    # weights on each neuron's 4-bit grid, within its range; gains on theirs
+    w0 = net.nominal[last]
+    step = w0.abs().amax(1, keepdim=True) / 7
+    k = tuned.layers[last].weight / step
+    torch.testing.assert_close(k, torch.round(k), rtol=0, atol=1e-4)
+    assert k.abs().amax() <= 7 + 1e-4
+    assert not torch.equal(tuned.layers[last].weight[0], w0)  # it did learn
+    for a in scales:
+        assert a is not None
+        g = (a - 1) / (0.5 / 7)
+        torch.testing.assert_close(g, torch.round(g), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["self_tuning", "insitu_transfer"])
+def test_procedures_on_a_block_equal_the_same_procedures_chip_by_chip(net: AnalogNetwork, kind: str) -> None:
+    pop = _population({"within": {"sigma": 0.1}, "between": {"sigma": 0.2}}, {**DRIFT, "mismatch": {"gain": 0.1}, "dac": {"bits": 6}})
+    entry = PROCEDURES.get(kind)
+    proc = entry.obj(entry.params(epochs=2) if kind == "insitu_transfer" else entry.params())
+    data = _data()
+
+    def run(chips_idx: list[int]) -> dict[str, torch.Tensor]:
+        chips = pop.program(net.nominal, chip_stream(4, "block", chips_idx), net.granules)
+        return proc.evaluate(proc.prepare(chips, net, data), chips, chips.read(3600.0), 3600.0, net, data)
+
+    block = run([0, 1, 2, 3])
+    for c in range(4):
+        alone = run([c])
+        for m, v in block.items():
+            assert torch.equal(v[c : c + 1], alone[m]), (m, c)
+
+
+# -- costs ------------------------------------------------------------------------------------
+
+
+def test_horowitz_energies() -> None:
+    assert multiply_energy_pj(8) == pytest.approx(0.2)
+    assert multiply_energy_pj(32) == pytest.approx(3.1)
+    assert multiply_energy_pj(None) == HOROWITZ_PJ[("float", 32)] == 3.7
+    assert multiply_energy_pj(4) == pytest.approx(0.2 * 0.5 ** (math.log(15.5) / math.log(4)))
+
+
+def test_learning_costs_match_a_hand_computation() -> None:
+    # one analog layer 64 -> 10 (logistic regression on digits), last layer retrained, no trims
+    torch.manual_seed(0)
+    model = build_model("mlp", MLPParams(hidden=()), DATA.input_shape, DATA.n_classes)
+    lone = AnalogNetwork(model)
+    chips = _population().program(lone.nominal, chip_stream(0, "cost", range(2)), lone.granules)
+    data = _data()
+    n, epochs, batch = 100, 3, 32
+    proc = InsituTransfer(InsituTransferParams(bits=8, samples=n, epochs=epochs, batch_size=batch))
+    out = proc.evaluate(proc.prepare(chips, lone, data), chips, chips.read(20.0), 20.0, lone, data)
+    params = 64 * 10 + 10  # weights + offsets
+    multiplies = epochs * n * 64 * 10 + epochs * math.ceil(n / batch) * 2 * params  # weight gradients + updates
+    state = 2 * params + batch * 64  # values and gradients, one minibatch of inputs
+    assert out["learn_memory_bits"][0] == state * 8
+    assert out["float_memory_bits"][0] == state * 32
+    assert out["learn_energy_pj"][0].item() == pytest.approx(multiplies * 0.2)
+    assert out["float_energy_pj"][0].item() == pytest.approx(multiplies * 3.7)
+    # self-tuning of the same layer: 10 channels, mean and std over 128 inputs, scale and shift
+    st = SelfTuning(SelfTuningParams())
+    out = st.evaluate(st.prepare(chips, lone, data), chips, chips.read(20.0), 20.0, lone, data)
+    assert out["learn_memory_bits"][0] == (2 * 10 + 20) * 32
+    assert out["learn_energy_pj"][0].item() == pytest.approx((128 * 10 + 2 * 20) * 3.7)
+
+
+# -- tolerance ----------------------------------------------------------------------------------
+
+
+def _synthetic(values: list[float], slopes: dict[str, float]) -> xr.Dataset:
+    """A store-like dataset whose mean accuracy loss is slope × value for each procedure."""
+    procs = list(slopes)
+    acc = np.zeros((1, len(values) + 1, len(procs), 1, 4), dtype=np.float32)
+    for p, s in enumerate(slopes.values()):
+        for h, v in enumerate(values):
+            acc[0, h, p, 0, :] = 0.9 - s * v
+        acc[0, -1, p, 0, :] = 0.9  # another population, not swept
+    return xr.Dataset(
+        {"accuracy": (("variant", "hardware", "procedure", "time", "chip"), acc), "float_accuracy": ("variant", np.array([0.9], dtype=np.float32))},
+        coords={
+            "variant": ["v"], "procedure": procs, "time": [20.0], "chip": np.arange(4),
+            "hardware": [f"h{i}" for i in range(len(values) + 1)],
+            "population": ("hardware", ["sweep"] * len(values) + ["other"]),
+            "periphery_mismatch_gain": ("hardware", [*values, 0.0]),
+        },
+    )  # fmt: skip
+
+
+def test_tolerance_interpolates_the_threshold_crossing() -> None:
+    ds = _synthetic([0.3, 0.1, 0.2, 0.4], {"inference": 0.1, "insitu": 0.04, "robust": 0.001})
+    tol = tolerance(ds, "periphery.mismatch.gain", threshold=0.01)
+    t = tol["tolerance"].sel(variant="v", population="sweep", time=20.0)
+    assert float(t.sel(procedure="inference")) == pytest.approx(0.1, rel=1e-3)  # 0.1 × 0.1 = 0.01 exactly at 0.1
+    assert float(t.sel(procedure="insitu")) == pytest.approx(0.25, rel=1e-3)  # between 0.2 and 0.3
+    assert float(t.sel(procedure="robust")) == pytest.approx(0.4) and bool(tol["censored"].sel(procedure="robust").item())
+    assert float(tolerance_gain(tol, "insitu").sel(population="sweep").item()) == pytest.approx(1.5, rel=1e-3)
+    strict = tolerance(ds, "periphery.mismatch.gain", threshold=0.001)
+    assert np.isnan(float(strict["tolerance"].sel(procedure="inference").item()))  # over it at the first value
+    rel = tolerance(ds, "periphery.mismatch.gain", threshold=0.01 / 0.9, relative=True)
+    assert float(rel["tolerance"].sel(procedure="inference").item()) == pytest.approx(0.1, rel=1e-3)
+
+
+def test_tolerance_names_what_is_wrong() -> None:
+    ds = _synthetic([0.1, 0.2], {"inference": 0.1})
+    with pytest.raises(McStudyError, match="no swept hardware parameter 'variation.within.sigma'"):
+        tolerance(ds, "variation.within.sigma")
+    with pytest.raises(McStudyError, match="no procedure 'self_tuning'"):
+        tolerance_gain(tolerance(ds, "periphery.mismatch.gain"), "self_tuning")
+
+
+# -- through the pipeline --------------------------------------------------------------------
+
+
+def test_on_chip_procedures_in_a_study_same_numbers_everywhere(tmp_path, cache_dir) -> None:  # type: ignore[no-untyped-def]
+    from mcstudy import load_study, open_results
+    from mcstudy.execution import RunOptions, run_study
+
+    from .conftest import small_study
+
+    hardware = {
+        "pcm": {
+            "device": "pcm", "mapping": "differential",
+            "variation": {"within": {"sigma": 0.05}, "between": {"sigma": 0.2, "granularity": "layer"}},
+            "periphery": {"op_drift": {"offset": 0.3, "granularity": "layer"}},
+        }
+    }  # fmt: skip
+    procedures = {
+        "inference": {},
+        "tuned": {"kind": "self_tuning", "samples": 64},
+        "insitu": {"kind": "insitu_transfer", "epochs": 2, "samples": 64},
+    }
+    spec = load_study(small_study(tmp_path, chips=6, times=["20s", "1d"], hardware=hardware, procedures=procedures))
+    assert spec.metrics[:3] == ("accuracy", "loss", "accuracy_before")
+    runs = {
+        "serial-b6": RunOptions(tmp_path / "a.zarr", executor="serial", block_size=6, cache_dir=cache_dir, progress=False),
+        "local2-b4": RunOptions(tmp_path / "b.zarr", executor="local", workers=2, block_size=4, cache_dir=cache_dir, progress=False),
+    }
+    stores = {}
+    for name, opts in runs.items():
+        run_study(spec, opts)
+        stores[name] = open_results(opts.out).load()
+    ref = stores["serial-b6"]
+    for m in spec.metrics:
+        np.testing.assert_array_equal(stores["local2-b4"][m].values, ref[m].values, err_msg=m)
+    # inference records no before/cost figures; the procedures' "before" is inference's own read
+    assert np.isnan(ref["accuracy_before"].sel(procedure="inference").values).all()
+    for p in ("tuned", "insitu"):
+        np.testing.assert_array_equal(ref["accuracy_before"].sel(procedure=p).values, ref["accuracy"].sel(procedure="inference").values)
+    # both procedures help on average against between-chip variation and operating-point drift
+    mean = ref["accuracy"].mean(("variant", "hardware", "time", "chip"))
+    assert float(mean.sel(procedure="tuned")) > float(mean.sel(procedure="inference"))
+    assert float(mean.sel(procedure="insitu")) > float(mean.sel(procedure="inference"))
+    assert (ref["learn_energy_pj"].sel(procedure="insitu") < ref["float_energy_pj"].sel(procedure="insitu")).all()
+
+
+def test_a_procedure_that_cannot_run_on_the_network_is_refused_before_anything_is_written(tmp_path, cache_dir) -> None:  # type: ignore[no-untyped-def]
+    from .conftest import run_cli, small_study
+
+    study = small_study(tmp_path, chips=4, procedures={"insitu": {"kind": "insitu_transfer", "layers": 7}})
+    out = tmp_path / "never.zarr"
+    r = run_cli("run", study, "--out", out, "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2, r.stderr
+    assert "procedures.insitu: layers is 7 but the network has 3 analog layers" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
