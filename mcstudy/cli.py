@@ -1,4 +1,4 @@
-"""The ``mcstudy`` command: ``run`` and ``validate``.
+"""The ``mcstudy`` command: ``run``, ``validate``, ``report`` and ``export``.
 
 A user's mistake (bad study file, missing data, unusable store, bad flag) prints a
 message and exits with code 2; only a bug in mcstudy shows a traceback.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -55,7 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a study file without running it")
     val.add_argument("study", type=Path, help="study file (YAML)")
     val.add_argument("--chips", type=_positive_int, help="override the study's chip count")
+
+    rep = sub.add_parser("report", help="write an HTML report (figures, tables with confidence intervals, provenance) of a store")
+    rep.add_argument("store", help="results store: a path or an fsspec URL")
+    rep.add_argument("--out", type=Path, help="report directory (default: <store>-report beside a local store, else ./<study>-report)")
+    rep.add_argument("--confidence", type=_fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
+
+    exp = sub.add_parser("export", help="export a store's per-chip results")
+    exp.add_argument("store", help="results store: a path or an fsspec URL")
+    exp.add_argument("--parquet", type=Path, required=True, help="Parquet file to write: one row per variant, hardware, procedure, time and chip")
     return parser
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
 
 
 def console(stderr: bool = False, quiet: bool = False) -> Console:
@@ -72,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args, out)
+        if args.command == "report":
+            return _report(args, out)
+        if args.command == "export":
+            return _export(args, out)
         return _run(args, out, err)
     except McStudyError as e:
         err.print(f"[bold red]mcstudy: error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
@@ -93,6 +117,45 @@ def _validate(args: argparse.Namespace, out: Console) -> int:
         highlight=False,
     )
     return 0
+
+
+def _report(args: argparse.Namespace, out: Console) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    from .analysis import write_report
+    from .store import Location, open_results
+
+    ds = open_results(args.store)
+    target = args.out
+    if target is None:
+        if Location(args.store).url:
+            target = Path(f"{ds.attrs.get('study_name', 'mcstudy')}-report")
+        else:
+            local = Path(args.store).resolve()
+            target = local.with_name(local.name.removesuffix(".zarr") + "-report")
+    with out.status("writing the report") if out.is_terminal else _nothing():
+        page = write_report(ds, target, confidence=args.confidence)
+    out.print(f"wrote {page} (open it in a browser)", highlight=False)
+    return 0
+
+
+def _export(args: argparse.Namespace, out: Console) -> int:
+    from .analysis import export_parquet
+    from .store import open_results
+
+    if args.parquet.is_dir():
+        raise McStudyError(f"--parquet {args.parquet} is a directory; give a file name")
+    if not args.parquet.parent.exists():
+        raise McStudyError(f"--parquet: the directory {args.parquet.parent} does not exist")
+    rows = export_parquet(open_results(args.store), args.parquet)
+    out.print(f"wrote {rows:,} rows to {args.parquet}", highlight=False)
+    return 0
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:

@@ -209,3 +209,29 @@ def test_uniform_unipolar_search_reports_candidates_and_deploys_its_choice(tmp_p
     save_trained(result, job, cache)
     again = load_trained(job, DATA, cache)
     assert again is not None and again.model_params == result.model_params and again.report == result.report
+
+
+def test_uniform_unipolar_blocks_have_one_sign_and_deploy_exactly() -> None:
+    params = TRAINERS.get("uniform_unipolar").params(
+        epochs=4, warmup_epochs=2, bits=3, activation_bits=4, activation_signed=False, activation_range=4.0, sign="block", block_cols=4,
+        ranges="per_layer",  # the crossbar's own range per layer, so deployment is exact
+    )
+    result = run_train_job(TrainJob("mlp", MLPParams(hidden=(16,)), "uniform_unipolar", params, 0), DATA)
+    assert [r["polarity"] for r in result.report] == ["blocks of 4"]
+    signs_seen = set()
+    for name in WEIGHTS:
+        w = result.state_dict[name]
+        for b in range(0, w.shape[0], 4):
+            block = w[b : b + 4]
+            assert (block >= 0).all() or (block <= 0).all(), (name, b)
+            signs_seen.add(bool((block >= 0).all()))
+    assert signs_seen == {True, False}  # the blocks do not all share one sign
+    # deployed on a unipolar crossbar with the same blocks, the chip computes the trained weights
+    model = build_model("mlp", MLPParams(hidden=(16,)), DATA.input_shape, DATA.n_classes)
+    model.load_state_dict(result.state_dict)
+    net = AnalogNetwork(model)
+    entry = MAPPINGS.get("unipolar")
+    pop = Population(DEVICES.get("ideal").obj(DEVICES.get("ideal").params()), entry.obj(entry.params(bits=3, block_cols=4)), Variation())
+    read = pop.program(net.nominal, chip_stream(0, "u", range(1)), net.granules).read(20.0)
+    for lr, w in zip(read.layers, net.nominal):
+        torch.testing.assert_close(lr.weight[0], w, rtol=1e-5, atol=1e-6)

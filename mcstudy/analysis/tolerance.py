@@ -73,11 +73,9 @@ def tolerance(
         loss = mean_loss.isel(hardware=order).load()
         lim = limit.load()
 
-        def one(l: np.ndarray, thr: float) -> tuple[float, bool]:
-            return crossing(np.sort(values), l, float(thr))
-
+        xs = np.sort(values)
         tol, cens = xr.apply_ufunc(
-            np.vectorize(one, signature="(h),()->(),()"),
+            np.vectorize(lambda l, thr, xs=xs: crossing(xs, l, float(thr)), signature="(h),()->(),()"),
             loss,
             lim,
             input_core_dims=[["hardware"], []],

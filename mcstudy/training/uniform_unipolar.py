@@ -3,11 +3,15 @@
 Every layer shares one weight range and one activation range (``ranges: shared``,
 ``activation_mode: fixed``), so one analog block design serves every layer. With
 ``sign: layer`` every weight matrix is constrained to one sign, so each weight needs a
-single device (a unipolar crossbar) instead of a differential pair. The trainer searches
-layer widths and per-layer polarities: each candidate is trained (quantisation-aware,
-sign-projected after every step) and scored under a device model on the *calibration*
-split — never the test split — and the best candidate is the variant. Every candidate's
-accuracy, device count and ADC count are reported.
+single device (a unipolar crossbar) instead of a differential pair; with ``sign: block``
+every sub-matrix of ``block_cols`` output columns has its own sign (deploy it with the
+``unipolar`` mapping's matching ``block_cols``), chosen from a short unconstrained
+warm-up as the sign carrying more of the block's weight — the rule the mapping itself
+uses. The trainer searches layer widths and, for ``sign: layer``, per-layer polarities:
+each candidate is trained (quantisation-aware, sign-projected after every step) and
+scored under a device model on the *calibration* split — never the test split — and the
+best candidate is the variant. Every candidate's accuracy, device count and ADC count
+are reported.
 
 Counting: devices = Σ weights × devices per weight (1 unipolar, 2 differential); ADCs =
 Σ crossbar columns, one ADC per column: out × devices per weight × row tiles (of
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,7 +41,11 @@ from .quantized import QATParams, QuantizationAware
 class UniformUnipolarParams(QATParams):
     ranges: Literal["per_layer", "shared"] = "shared"
     activation_mode: Literal["per_vector", "fixed"] = "fixed"
-    sign: Literal["none", "layer"] = Field("layer", description="one sign per weight matrix, or unconstrained (differential)")
+    sign: Literal["none", "layer", "block"] = Field(
+        "layer", description="one sign per weight matrix, per block of block_cols output columns, or unconstrained (differential)"
+    )
+    block_cols: PositiveInt = Field(8, description="output columns per single-sign sub-matrix (sign: block)")
+    warmup_epochs: PositiveInt = Field(5, description="unconstrained epochs that choose each block's sign (sign: block)")
     widths: tuple[tuple[PositiveInt, ...], ...] = Field((), description="hidden widths to search (empty: the study's model)")
     max_candidates: PositiveInt = Field(16, description="stop enumerating polarity patterns beyond this many candidates")
     score_device: Literal["ideal", "pcm", "rram", "sram"] = "ideal"
@@ -51,13 +59,15 @@ class UniformUnipolar(QuantizationAware):
     """Shared weight and activation ranges, single-sign matrices, and a search over widths and polarities."""
 
     params: UniformUnipolarParams
-    signs: tuple[int, ...] = ()
+    signs: Sequence[torch.Tensor] = ()  # per analog layer: (out,) ±1, the sign of each output's weights
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, names: list[str]) -> None:
         params = dict(model.named_parameters())
         for name, s in zip(names, self.signs):
-            params[name].clamp_(min=0) if s > 0 else params[name].clamp_(max=0)
+            w = params[name]
+            s = s.view(-1, *([1] * (w.dim() - 1)))
+            w.copy_(torch.where(s > 0, w.clamp(min=0), w.clamp(max=0)))
 
     def run(self, model: str, model_params: Params, data: Dataset, seed: int) -> TrainOutcome:
         p = self.params
@@ -66,14 +76,21 @@ class UniformUnipolar(QuantizationAware):
         report: list[dict[str, Any]] = []
         for arch in archs:
             net = init_model(model, arch, data, seed)
-            n_layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in net.modules())
-            patterns = [()] if p.sign == "none" else list(itertools.product((1, -1), repeat=n_layers))
-            for signs in patterns[: p.max_candidates]:
-                trained = self._candidate(model, arch, data, seed, tuple(signs))
+            outs = [int(dict(net.named_parameters())[n].shape[0]) for n in analog_weight_names(net)]
+            if p.sign == "none":
+                patterns: list[tuple[str, list[torch.Tensor]]] = [("differential", [])]
+            elif p.sign == "layer":
+                patterns = [
+                    ("".join("+" if s > 0 else "-" for s in signs), [torch.full((o,), float(s)) for o, s in zip(outs, signs)])
+                    for signs in itertools.product((1, -1), repeat=len(outs))
+                ]
+            else:
+                patterns = [(f"blocks of {p.block_cols}", self._block_signs(model, arch, data, seed))]
+            for polarity, signs in patterns[: p.max_candidates]:
+                trained = self._candidate(model, arch, data, seed, signs)
                 accuracy = self._score(trained, data, unipolar=bool(signs))
                 devices, adcs = self._counts(trained, unipolar=bool(signs))
-                row = {"hidden": "-".join(map(str, getattr(arch, "hidden", ()))) or "-",
-                       "polarity": "".join("+" if s > 0 else "-" for s in signs) or "differential",
+                row = {"hidden": "-".join(map(str, getattr(arch, "hidden", ()))) or "-", "polarity": polarity,
                        "calibration_accuracy": accuracy, "devices": devices, "adcs": adcs}  # fmt: skip
                 report.append(row)
                 key = (accuracy, -devices)
@@ -83,7 +100,17 @@ class UniformUnipolar(QuantizationAware):
         trained, arch = best[2]
         return TrainOutcome(trained[0], arch, trained[1], report)
 
-    def _candidate(self, model: str, arch: Params, data: Dataset, seed: int, signs: tuple[int, ...]) -> tuple[nn.Module, list[float]]:
+    def _block_signs(self, model: str, arch: Params, data: Dataset, seed: int) -> list[torch.Tensor]:
+        """Each output's block sign, from a short unconstrained warm-up (the mapping's rule)."""
+        p = self.params
+        net = init_model(model, arch, data, seed)
+        QuantizationAware(p.model_copy(update={"epochs": p.warmup_epochs})).fit(net, data, seed)
+        mapping = MAPPINGS.get("unipolar")
+        rule = mapping.obj(mapping.params(bits=p.bits, block_cols=p.block_cols))
+        params = dict(net.named_parameters())
+        return [rule.block_signs(params[n].detach().reshape(params[n].shape[0], -1)).view(-1) for n in analog_weight_names(net)]
+
+    def _candidate(self, model: str, arch: Params, data: Dataset, seed: int, signs: list[torch.Tensor]) -> tuple[nn.Module, list[float]]:
         net = init_model(model, arch, data, seed)
         trainer = UniformUnipolar(self.params)
         trainer.signs = signs
@@ -96,9 +123,10 @@ class UniformUnipolar(QuantizationAware):
         p = self.params
         mapping = MAPPINGS.get("unipolar" if unipolar else "differential")
         device = DEVICES.get(p.score_device)
+        blocks = {"block_cols": p.block_cols} if unipolar and p.sign == "block" else {}
         return Population(
             device.obj(device.params()),
-            mapping.obj(mapping.params(bits=p.bits)),
+            mapping.obj(mapping.params(bits=p.bits, **blocks)),
             Variation.model_validate({"within": {"sigma": p.score_sigma}}),
             periphery=PeripherySpec(dac=DACSpec(bits=p.activation_bits, range=p.activation_range, mode=p.activation_mode)),
         )

@@ -1,0 +1,225 @@
+"""Statistics over the chips of a store, with confidence intervals.
+
+Every function takes the store's dataset (lazy is fine: it reduces over ``chip`` one
+(variant, hardware, procedure, time) cell at a time, with dask where the store is
+chunked) and returns an ``xarray.Dataset`` over the remaining dimensions.
+
+- yield with Wilson score intervals (Wilson, JASA 1927);
+- quantiles with percentile-bootstrap intervals (Efron & Tibshirani 1993, ch. 13);
+- paired comparisons on the same chips: mean difference with a Student-t interval, and
+  the share of chips where one side wins with a Wilson interval;
+- the number of chips a study needs for a requested interval half-width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from scipy import stats as _st
+
+from ..errors import McStudyError
+
+SLACK = 1e-6  # float32 rounding of accuracies; far below one test sample
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise McStudyError(f"confidence must be between 0 and 1; got {confidence}")
+    return float(_st.norm.ppf(0.5 + confidence / 2))
+
+
+def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion ``successes / n`` (arrays broadcast).
+    NaN where ``n`` is 0."""
+    k, m = np.asarray(successes, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    z = _z(confidence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / m
+        centre = (p + z * z / (2 * m)) / (1 + z * z / m)
+        half = z / (1 + z * z / m) * np.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
+    return centre - half, centre + half
+
+
+def _threshold(ds: xr.Dataset, metric: str, within: float | None, absolute: float | None) -> xr.DataArray | float:
+    if absolute is not None:
+        return absolute
+    within = float(ds.attrs.get("yield_within", 0.01)) if within is None else within
+    return ds[f"float_{metric}"] - within
+
+
+def chip_yield_ci(
+    ds: xr.Dataset,
+    within: float | None = None,
+    absolute: float | None = None,
+    confidence: float = 0.95,
+    metric: str = "accuracy",
+) -> xr.Dataset:
+    """Share of chips whose ``metric`` is at least ``absolute``, or (default) within
+    ``within`` of the float model's (the store's ``yield_within``, 0.01 = 1 pp), with its
+    Wilson interval. Chips not yet evaluated are left out. Variables: ``yield``, ``lower``,
+    ``upper``, ``chips``, ``passing``."""
+    acc = ds[metric]
+    ok = (acc >= _threshold(ds, metric, within, absolute) - SLACK) & acc.notnull()
+    n = acc.notnull().sum("chip").compute()
+    k = ok.sum("chip").compute()
+    lo, hi = wilson_interval(k.values, n.values, confidence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = k / n
+    out = xr.Dataset({"yield": frac, "lower": (k.dims, lo), "upper": (k.dims, hi), "chips": n, "passing": k})
+    out.attrs = {"confidence": confidence, "metric": metric, "threshold": "absolute" if absolute is not None else "relative to float"}
+    return out
+
+
+def _bootstrap_quantiles(x: np.ndarray, qs: np.ndarray, n_boot: int, alpha: float, seed: int) -> np.ndarray:
+    """(len(qs), 3): estimate, lower, upper for one cell's chips (NaN-free)."""
+    x = x[~np.isnan(x)]
+    out = np.full((len(qs), 3), np.nan)
+    if x.size == 0:
+        return out
+    out[:, 0] = np.quantile(x, qs)
+    rng = np.random.default_rng(seed)
+    boot = np.empty((n_boot, len(qs)))
+    for a in range(0, n_boot, 256):  # bounded memory: 256 resamples at a time
+        b = min(256, n_boot - a)
+        idx = rng.integers(0, x.size, size=(b, x.size))
+        boot[a : a + b] = np.quantile(x[idx], qs, axis=1).T
+    out[:, 1] = np.quantile(boot, alpha / 2, axis=0)
+    out[:, 2] = np.quantile(boot, 1 - alpha / 2, axis=0)
+    return out
+
+
+def quantiles_ci(
+    ds: xr.Dataset,
+    q: tuple[float, ...] = (0.5, 0.05, 0.01),
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    metric: str = "accuracy",
+) -> xr.Dataset:
+    """Quantiles of ``metric`` over chips (default median, 5th and 1st percentile) with
+    percentile-bootstrap intervals (``n_boot`` resamples of the chips, fixed ``seed``).
+    Variables ``estimate``, ``lower``, ``upper`` with a ``quantile`` dimension."""
+    _z(confidence)
+    qs = np.asarray(q, dtype=np.float64)
+    if ((qs < 0) | (qs > 1)).any():
+        raise McStudyError(f"quantiles must lie in [0, 1]; got {list(q)}")
+    acc = ds[metric]
+    if acc.chunks is not None:
+        acc = acc.chunk({"chip": -1})
+    res = xr.apply_ufunc(
+        lambda x: _bootstrap_quantiles(x, qs, n_boot, 1 - confidence, seed),
+        acc,
+        input_core_dims=[["chip"]],
+        output_core_dims=[["quantile", "bound"]],
+        vectorize=True,
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"quantile": len(qs), "bound": 3}},
+    ).compute()
+    res = res.assign_coords(quantile=qs)
+    out = xr.Dataset({name: res.isel(bound=i, drop=True) for i, name in enumerate(("estimate", "lower", "upper"))})
+    out.attrs = {"confidence": confidence, "n_boot": n_boot, "seed": seed, "metric": metric}
+    return out
+
+
+def paired_difference(
+    ds: xr.Dataset,
+    dim: str,
+    a: str,
+    b: str,
+    confidence: float = 0.95,
+    metric: str = "accuracy",
+) -> xr.Dataset:
+    """``a − b`` along ``dim`` (``"variant"``, ``"procedure"`` or ``"hardware"``), chip by
+    chip — every chip of a store is common to all variants and procedures, so each
+    difference is paired. Variables: ``mean`` with ``lower``/``upper`` (Student-t),
+    ``wins`` (share of chips where ``a`` is higher) with ``wins_lower``/``wins_upper``
+    (Wilson), ``ties``, ``chips``."""
+    if dim not in ds[metric].dims or dim == "chip":
+        raise McStudyError(f"cannot pair along {dim!r}; choose one of variant, hardware, procedure, time")
+    names = [str(v) for v in ds[dim].values]
+    for name in (a, b):
+        if name not in names:
+            raise McStudyError(f"no {dim} {name!r}; have {', '.join(names)}")
+    d = ds[metric].sel({dim: a}, drop=True) - ds[metric].sel({dim: b}, drop=True)
+    out = _t_interval(d, confidence)
+    n = out["chips"]
+    wins = (d > SLACK).sum("chip").compute()
+    ties = (abs(d) <= SLACK).sum("chip").compute()
+    lo, hi = wilson_interval(wins.values, n.values, confidence)
+    dims = n.dims
+    out = out.assign(wins=wins / n, wins_lower=(dims, lo), wins_upper=(dims, hi), ties=ties / n)
+    out.attrs = {"dim": dim, "a": a, "b": b, "confidence": confidence, "metric": metric}
+    return out
+
+
+def chips_needed(
+    ds: xr.Dataset,
+    half_width: float,
+    statistic: str = "yield",
+    q: float = 0.05,
+    within: float | None = None,
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    metric: str = "accuracy",
+) -> xr.DataArray:
+    """Chips needed for a confidence interval of ``half_width`` on each cell's yield
+    (``statistic="yield"``; the smallest n whose Wilson interval at the pilot's yield is
+    that narrow) or quantile ``q`` (``"quantile"``; the pilot's bootstrap half-width
+    scaled by 1/√n), from a pilot store."""
+    if half_width <= 0:
+        raise McStudyError(f"half_width must be positive; got {half_width}")
+    if statistic == "yield":
+        y = chip_yield_ci(ds, within=within, confidence=confidence, metric=metric)["yield"]
+
+        def need(p: float) -> float:
+            if np.isnan(p):
+                return np.nan
+            n = 1
+            while True:  # Wilson half-width shrinks monotonically in n; double, then bisect
+                lo, hi = wilson_interval(p * n, n, confidence)
+                if (hi - lo) / 2 <= half_width:
+                    break
+                n *= 2
+            low = n // 2
+            while n - low > 1:
+                mid = (low + n) // 2
+                lo, hi = wilson_interval(p * mid, mid, confidence)
+                if (hi - lo) / 2 <= half_width:
+                    n = mid
+                else:
+                    low = mid
+            return float(n)
+
+        out = xr.apply_ufunc(np.vectorize(need), y)
+    elif statistic == "quantile":
+        res = quantiles_ci(ds, (q,), confidence, n_boot, metric=metric).isel(quantile=0, drop=True)
+        n = ds[metric].notnull().sum("chip")
+        pilot_half = (res["upper"] - res["lower"]) / 2
+        out = np.ceil(n * (pilot_half / half_width) ** 2)
+    else:
+        raise McStudyError(f"statistic must be 'yield' or 'quantile'; got {statistic!r}")
+    out.attrs = {"long_name": f"chips for a ±{half_width} {int(confidence * 100)} % interval on the {statistic}", "units": "chips"}
+    return out.rename("chips_needed")
+
+
+def _t_interval(x: xr.DataArray, confidence: float) -> xr.Dataset:
+    """Mean over ``chip`` with its Student-t interval."""
+    _z(confidence)
+    n = x.notnull().sum("chip").compute()
+    mean = x.mean("chip").compute()
+    sd = x.std("chip", ddof=1).compute()
+    t = _st.t.ppf(0.5 + confidence / 2, np.maximum(n.values - 1, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = t * sd.values / np.sqrt(n.values)
+    return xr.Dataset({"mean": mean, "lower": (mean.dims, mean.values - half), "upper": (mean.dims, mean.values + half), "chips": n})
+
+
+def mean_ci(ds: xr.Dataset, confidence: float = 0.95, metric: str = "accuracy") -> xr.Dataset:
+    """Mean of ``metric`` over chips with its Student-t interval (``mean``, ``lower``, ``upper``, ``chips``)."""
+    return _t_interval(ds[metric], confidence)
+
+
+__all__ = ["chip_yield_ci", "chips_needed", "mean_ci", "paired_difference", "quantiles_ci", "wilson_interval"]
