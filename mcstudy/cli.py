@@ -57,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("study", type=Path, help="study file (YAML)")
     val.add_argument("--chips", type=_positive_int, help="override the study's chip count")
 
+    opt = sub.add_parser("optimize-programming", help="search a weight-programming strategy for a population (Mackin et al.)")
+    opt.add_argument("study", type=Path, help="study file (YAML)")
+    opt.add_argument("--population", required=True, help="a multi_pair hardware population of the study")
+    opt.add_argument("--variant", help="whose trained network's weights to use (default: the first variant)")
+    opt.add_argument("--out", type=Path, required=True, help="strategy file to write (JSON)")
+    opt.add_argument("--workers", type=_positive_int, help="processes evaluating candidates (default: the population's programming.workers)")
+    opt.add_argument("--cache-dir", type=Path, help="trained-model cache (default: $MCSTUDY_CACHE or ~/.cache/mcstudy)")
+
+    ben = sub.add_parser("bench", help="measure throughput against the float forward and a one-chip-at-a-time loop")
+    ben.add_argument("--quick", action="store_true", help="shorter measurements and smaller studies")
+    ben.add_argument("--json", type=Path, help="write the figures as JSON")
+    ben.add_argument("--block-size", type=_positive_int, default=32, help="chips per block of the batched path (default 32)")
+
     rep = sub.add_parser("report", help="write an HTML report (figures, tables with confidence intervals, provenance) of a store")
     rep.add_argument("store", help="results store: a path or an fsspec URL")
     rep.add_argument("--out", type=Path, help="report directory (default: <store>-report beside a local store, else ./<study>-report)")
@@ -96,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args, out)
         if args.command == "export":
             return _export(args, out)
+        if args.command == "bench":
+            return _bench(args, out, err)
+        if args.command == "optimize-programming":
+            return _optimize_programming(args, out, err)
         return _run(args, out, err)
     except McStudyError as e:
         err.print(f"[bold red]mcstudy: error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
@@ -150,6 +167,76 @@ def _export(args: argparse.Namespace, out: Console) -> int:
         raise McStudyError(f"--parquet: the directory {args.parquet.parent} does not exist")
     rows = export_parquet(open_results(args.store), args.parquet)
     out.print(f"wrote {rows:,} rows to {args.parquet}", highlight=False)
+    return 0
+
+
+def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from . import bench
+
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.exists()):
+        raise McStudyError(f"--json {args.json}: give a file in an existing directory")
+    result = bench.run(quick=args.quick, block=args.block_size, log=lambda line: err.print(line, highlight=False))
+    for table in bench.tables(result):
+        out.print(table)
+    if args.json is not None:
+        bench.to_json(result, args.json)
+        out.print(f"wrote {args.json}", highlight=False)
+    return 0
+
+
+def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) -> int:
+    import dataclasses
+
+    from .analog import AnalogNetwork
+    from .data import load_dataset
+    from .models import build_model
+    from .programming import optimize_strategy
+    from .programming.study import objective_for
+    from .spec import ProgrammingSpec, load_study
+    from .training import ModelCache, train_or_load
+    from .spec import format_time
+
+    spec = load_study(args.study)
+    names = [h.name for h in spec.hardware]
+    if args.population not in names:
+        raise McStudyError(f"--population {args.population!r} is not a hardware population of {args.study}; have {', '.join(names)}")
+    pop = spec.population(args.population)
+    if pop.mapping.name != "multi_pair":
+        raise McStudyError(f"--population {args.population!r} has mapping {pop.mapping.name!r}; a programming strategy needs 'multi_pair'")
+    variants = [v.name for v in spec.variants]
+    vname = args.variant or variants[0]
+    if vname not in variants:
+        raise McStudyError(f"--variant {vname!r} is not a variant of {args.study}; have {', '.join(variants)}")
+    if args.out.is_dir() or not args.out.parent.exists():
+        raise McStudyError(f"--out {args.out}: give a file in an existing directory")
+    prog = pop.programming if pop.programming is not None and pop.programming.strategy == "optimize" else ProgrammingSpec()
+    prog = prog.model_copy(update={"strategy": "optimize", **({"workers": args.workers} if args.workers else {})})
+    pop = dataclasses.replace(pop, programming=prog, strategy=None)
+    variant = spec.variant(vname)
+    data = load_dataset(spec.data, spec.seed)
+    model_spec = spec.model_of(variant)
+    trained = train_or_load(model_spec.name, model_spec.params, variant.trainer.name, variant.trainer.params, data, spec.seed, ModelCache(args.cache_dir))
+    model = build_model(model_spec.name, trained.model_params or model_spec.params, data.input_shape, data.n_classes)
+    model.load_state_dict(trained.state_dict)
+    objective = objective_for(AnalogNetwork(model), pop, spec.times)
+    with err.status(f"searching ({prog.maxiter} generations at most, {prog.workers} worker(s))") if err.is_terminal else _nothing():
+        result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)
+    result.strategy.save(
+        args.out, objective=result.objective, naive_objective=result.naive_objective, errors=result.errors,
+        naive_errors=result.naive_errors, times=list(spec.times), study=spec.name, population=pop.name, variant=vname,
+    )  # fmt: skip
+    table = Table(title=f"weight error after global drift compensation: {escape(vname)} on {escape(pop.name)}")
+    for col in ("time", "naive", "optimised", "ratio"):
+        table.add_column(col, justify="right")
+    for t, a, b in zip(spec.times, result.naive_errors, result.errors):
+        table.add_row(format_time(t), f"{a:.4f}", f"{b:.4f}", f"{b / a:.2f}")
+    out.print(table)
+    s = result.strategy
+    out.print(
+        f"wrote {args.out}: F = {s.significance:.3f}, scale = {s.scale:.3f}, {len(s.knots)} knots; "
+        f"{result.evaluations} evaluations, {result.iterations} generations",
+        highlight=False,
+    )
     return 0
 
 

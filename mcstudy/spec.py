@@ -16,6 +16,7 @@ stream (keyed by the population's name in the file), so curves along a sweep are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -31,11 +32,12 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, ValidationError
 
 from .data import DATASETS, DataSpec
-from .errors import SpecError
+from .errors import McStudyError, SpecError
 from .hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
 from .hardware.chip import ReadNoiseMode
 from .models import MODELS
 from .procedures import PROCEDURES, study_metrics
+from .programming import Strategy, StrategyMapping
 from .registry import Params, Registry
 from .training import TRAINERS
 
@@ -131,6 +133,11 @@ class VariantSpec:
     name: str
     trainer: Component
     sweep: tuple[tuple[str, float], ...] = ()
+    model: Component | None = None  # the variant's own model (``model:`` in its entry); None: the study's
+
+    def canonical(self) -> dict[str, Any]:
+        out = self.trainer.canonical()
+        return out if self.model is None else {**out, "model": self.model.canonical()}
 
 
 @dataclass(frozen=True)
@@ -144,15 +151,29 @@ class PopulationSpec:
     periphery: PeripherySpec = PeripherySpec()
     read_noise: ReadNoiseMode = "per_read"
     sweep: tuple[tuple[str, float], ...] = ()
+    programming: "ProgrammingSpec | None" = None
+    strategy: Strategy | None = None  # loaded from the study's strategy file
+    chips_of: str | None = None
 
-    def build(self) -> Population:
-        return Population.build(
+    @property
+    def chip_key(self) -> str:
+        """The name its chips are drawn under: its own (as written), or ``chips_of``'s."""
+        return self.chips_of or self.base
+
+    def build(self, strategy: Strategy | None = None) -> Population:
+        """The population's physics; ``strategy`` (or the one the study names) programs
+        its multi-pair weights."""
+        pop = Population.build(
             self.device.name, self.device.params, self.mapping.name, self.mapping.params,
             self.variation, self.tile, self.periphery, self.read_noise,
         )  # fmt: skip
+        chosen = strategy or self.strategy or (Strategy.naive() if self.programming and self.programming.strategy == "naive" else None)
+        if chosen is None:
+            return pop
+        return dataclasses.replace(pop, mapping=StrategyMapping(chosen, self.mapping.params))  # type: ignore[arg-type]
 
     def canonical(self) -> dict[str, Any]:
-        return {
+        out = {
             "base": self.base,
             "device": self.device.canonical(),
             "mapping": self.mapping.canonical(),
@@ -161,6 +182,13 @@ class PopulationSpec:
             "periphery": self.periphery.model_dump(mode="json"),
             "read_noise": self.read_noise,
         }
+        if self.programming is not None and self.programming.strategy != "default":
+            out["programming"] = self.programming.model_dump(mode="json")
+            if self.strategy is not None:  # the file's content, not its path, decides the numbers
+                out["programming"]["strategy"] = self.strategy.to_dict()
+        if self.chips_of is not None:
+            out["chips_of"] = self.chips_of
+        return out
 
 
 @dataclass(frozen=True)
@@ -196,7 +224,7 @@ class StudySpec:
             "times": list(self.times),
             "data": self.data.model_dump(mode="json"),
             "model": self.model.canonical(),
-            "variants": {v.name: v.trainer.canonical() for v in self.variants},
+            "variants": {v.name: v.canonical() for v in self.variants},
             "hardware": {h.name: h.canonical() for h in self.hardware},
             "procedures": {p.name: p.kind.canonical() for p in self.procedures},
         }
@@ -213,6 +241,10 @@ class StudySpec:
 
     def variant(self, name: str) -> VariantSpec:
         return next(v for v in self.variants if v.name == name)
+
+    def model_of(self, variant: VariantSpec) -> Component:
+        """The model a variant trains: its own ``model:`` entry, else the study's."""
+        return variant.model or self.model
 
     def population(self, name: str) -> PopulationSpec:
         return next(h for h in self.hardware if h.name == name)
@@ -244,12 +276,17 @@ def parse_study(text: str, source: str = "<string>", base_dir: Path | None = Non
 
     data = _check_data(top.data, base_dir, problems)
     model = _component(top.model, MODELS, "model", "name", problems)
-    variants = _expand_named(top.variants, "variants", "trainer", TRAINERS, problems)
+    own_models, variant_entries = _variant_models(top.variants, problems)
+    variants = _expand_named(variant_entries, "variants", "trainer", TRAINERS, problems)
     hardware = _expand_hardware(top.hardware, problems, base_dir)
     procedures = [
         ProcedureSpec(name, comp)
         for name, comp in _named(top.procedures, "procedures", "kind", PROCEDURES, problems).items()
     ]
+    bases = {h.base for h in hardware}
+    for h in hardware:
+        if h.chips_of is not None and (h.chips_of not in bases or h.chips_of == h.base):
+            problems.append((f"hardware.{h.base}.chips_of", f"must name another hardware population; got {h.chips_of!r}; have {', '.join(sorted(bases - {h.base}))}"))
     times = tuple(sorted(top.times))
     if len(set(times)) != len(times):
         problems.append(("times", f"duplicate times; got {[format_time(t) for t in top.times]}"))
@@ -264,7 +301,7 @@ def parse_study(text: str, source: str = "<string>", base_dir: Path | None = Non
         times=times,
         data=data,
         model=model,
-        variants=tuple(VariantSpec(n, c, s) for n, c, s in variants),
+        variants=tuple(VariantSpec(n, c, s, own_models.get(n.split("[")[0])) for n, c, s in variants),
         hardware=tuple(hardware),
         procedures=tuple(procedures),
         execution=top.execution,
@@ -493,6 +530,21 @@ def _expand(
     return out
 
 
+def _variant_models(raw: dict[str, Any], problems: list[tuple[str, str]]) -> tuple[dict[str, Component], dict[str, Any]]:
+    """Variants may name their own model (``model: {name: lstm, hidden: 32}``): those
+    models, and the variant entries without them."""
+    models: dict[str, Component] = {}
+    entries: dict[str, Any] = {}
+    for name, entry in raw.items():
+        if isinstance(entry, dict) and "model" in entry:
+            entry = dict(entry)
+            comp = _component(entry.pop("model"), MODELS, f"variants.{name}.model", "name", problems)
+            if comp is not None:
+                models[name] = comp
+        entries[name] = entry
+    return models, entries
+
+
 def _expand_named(
     raw: dict[str, Any], section: str, key: str, registry: Registry[Any], problems: list[tuple[str, str]]
 ) -> list[tuple[str, Component, tuple[tuple[str, float], ...]]]:
@@ -514,6 +566,29 @@ def _expand_named(
     return out
 
 
+def _programming_shorthand(v: Any) -> Any:
+    return {"strategy": v} if isinstance(v, str) else v
+
+
+class ProgrammingSpec(Params):
+    """How weights are split over the four devices of a ``multi_pair`` population
+    (Mackin et al.): the mapping's own split (``default``), the ``naive`` strategy,
+    ``optimize`` (searched once per variant and cached), or a saved strategy file."""
+
+    strategy: str = Field("default", description="default | naive | optimize | path to a strategy JSON file")
+    knots: int = Field(5, ge=2, le=16, description="knots of the piecewise-linear functions (optimize)")
+    samples: PositiveInt = Field(4096, description="weights sampled from the network for the objective (optimize)")
+    maxiter: PositiveInt = Field(60, description="differential-evolution generations at most (optimize)")
+    popsize: PositiveInt = Field(12, description="population size per parameter (optimize)")
+    tol: float = Field(1e-3, gt=0, description="relative convergence tolerance (optimize)")
+    workers: PositiveInt = Field(1, description="processes evaluating candidates in parallel (optimize)")
+    seed: int = Field(0, description="seed of the weight sample, the objective's noise and the search")
+
+    @property
+    def file(self) -> bool:
+        return self.strategy not in ("default", "naive", "optimize")
+
+
 class _PopulationSections(Params):
     """The plain (non-registry) sections of a hardware population."""
 
@@ -521,6 +596,8 @@ class _PopulationSections(Params):
     tile: TileSpec = TileSpec()
     periphery: PeripherySpec = PeripherySpec()
     read_noise: ReadNoiseMode = "per_read"
+    programming: Annotated[ProgrammingSpec, BeforeValidator(_programming_shorthand)] = ProgrammingSpec()
+    chips_of: str | None = Field(None, description="program the chips of this other population (paired comparisons)")
 
 
 _POPULATION_KEYS = ("device", "mapping", *_PopulationSections.model_fields)
@@ -561,10 +638,22 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
             except ValidationError as e:
                 problems.extend(_pydantic_problems(e, _PopulationSections, where))
                 continue
+            strategy = None
+            if plain.programming.strategy != "default" and mapping is not None and mapping.name != "multi_pair":
+                problems.append((f"{where}.programming", f"a programming strategy needs mapping kind 'multi_pair' (four devices); got {mapping.name!r}"))
+            elif plain.programming.file:
+                path = Path(plain.programming.strategy).expanduser()
+                if not path.is_absolute() and base_dir is not None:
+                    path = (base_dir / path).resolve()
+                try:
+                    strategy = Strategy.load(path)
+                except McStudyError as e:
+                    problems.append((f"{where}.programming.strategy", str(e)))
             if len(problems) == n_before and device is not None and mapping is not None:
                 out.append(
                     PopulationSpec(
-                        pname, name, device, mapping, plain.variation, plain.tile, plain.periphery, plain.read_noise, sweep
+                        pname, name, device, mapping, plain.variation, plain.tile, plain.periphery, plain.read_noise, sweep,
+                        plain.programming, strategy, plain.chips_of,
                     )
                 )
     return out

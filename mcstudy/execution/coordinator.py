@@ -8,6 +8,8 @@ the store's lock for the whole run, and streams each finished unit into the stor
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -78,6 +80,15 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
             states, arch, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
             payload = Payload.build(spec, states, data, arch)
             coordinator_ctx = WorkerContext(payload, device="cpu")
+            if any(h.programming is not None and h.programming.strategy == "optimize" for h in spec.hardware):
+                from ..programming.study import study_strategies
+
+                with _status(console, "optimising weight programming"):
+                    strategies = study_strategies(
+                        list(spec.hardware), coordinator_ctx.networks, spec.times, ModelCache(options.cache_dir).root,
+                        lambda line: console.print(escape(line), highlight=False),
+                    )  # fmt: skip
+                payload = dataclasses.replace(payload, strategies=strategies)
             problems = coordinator_ctx.problems()
             if problems:
                 raise SpecError(problems, spec.source_path or None)
@@ -85,8 +96,12 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
             for name, m in float_metrics.items():
                 console.print(f"  float accuracy of [cyan]{escape(name)}[/]: {m['accuracy']:.4f}")
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
-            models = {v.name: {"model": spec.model.name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
+            models = {v.name: {"model": spec.model_of(v).name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
             extra = {"variant_models": json.dumps(models, sort_keys=True)}
+            if payload.strategies:
+                extra["programming_strategies"] = json.dumps(
+                    {h: {v: s.to_dict() for v, s in per.items()} for h, per in payload.strategies.items()}, sort_keys=True
+                )
             store, resumed = ResultStore.open_or_create(location, spec, block_size, float_metrics, draw_names, options.overwrite, extra)
             plan = make_plan(spec, store.block_size)
             todo = store.pending(plan)
@@ -102,12 +117,17 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
     return RunReport(str(location), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained)
 
 
+def _status(console: Console, text: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner on a terminal; nothing in a log or a pipe."""
+    return console.status(text) if console.is_terminal else contextlib.nullcontext()
+
+
 def _train(
     spec: StudySpec, data: Dataset, executor: Executor, cache: ModelCache, console: Console
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Params], dict[str, str]]:
     """Every variant's weights and architecture: from the cache, or trained by the
     executor (in parallel where it can) and then cached."""
-    jobs = {v.name: TrainJob(spec.model.name, spec.model.params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
+    jobs = {v.name: TrainJob(spec.model_of(v).name, spec.model_of(v).params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
     done: dict[str, TrainedModel] = {}
     status: dict[str, str] = {}
     missing: list[str] = []
@@ -119,7 +139,7 @@ def _train(
             done[name], status[name] = hit, "cached"
             console.print(f"  variant [cyan]{escape(name)}[/] ({job.trainer}): loaded from cache")
     if missing:
-        with console.status(f"training {len(missing)} variant(s) on {executor.name}: {', '.join(missing)}"):
+        with _status(console, f"training {len(missing)} variant(s) on {executor.name}: {', '.join(missing)}"):
             results = executor.train([jobs[n] for n in missing], data)
         for name, result in zip(missing, results):
             save_trained(result, jobs[name], cache)
@@ -129,7 +149,7 @@ def _train(
         if result.report:
             console.print(report_table(name, result.report))
     states = {v.name: done[v.name].state_dict for v in spec.variants}
-    arch = {v.name: done[v.name].model_params or spec.model.params for v in spec.variants}
+    arch = {v.name: done[v.name].model_params or spec.model_of(v).params for v in spec.variants}
     return states, arch, status
 
 

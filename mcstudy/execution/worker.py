@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -20,6 +20,7 @@ from ..analog import AnalogNetwork
 from ..data import Dataset
 from ..models import build_model
 from ..procedures import METRICS, PROCEDURES, EvalData
+from ..programming import Strategy
 from ..registry import Params
 from ..rng import chip_stream
 from ..spec import StudySpec
@@ -39,6 +40,7 @@ class Payload:
     y_test: np.ndarray
     x_cal: np.ndarray
     y_cal: np.ndarray
+    strategies: dict[str, dict[str, Strategy]] = field(default_factory=dict)  # hardware -> variant -> optimised strategy
 
     @classmethod
     def build(
@@ -47,9 +49,13 @@ class Payload:
         states: dict[str, dict[str, torch.Tensor]],
         data: Dataset,
         model_params: dict[str, Params] | None = None,
+        strategies: dict[str, dict[str, Strategy]] | None = None,
     ) -> "Payload":
-        arch = {v.name: (model_params or {}).get(v.name) or spec.model.params for v in spec.variants}
-        return cls(spec, states, arch, data.input_shape, data.n_classes, data.x_test, data.y_test, data.x_cal, data.y_cal)
+        arch = {v.name: (model_params or {}).get(v.name) or spec.model_of(v).params for v in spec.variants}
+        return cls(
+            spec, states, arch, data.input_shape, data.n_classes, data.x_test, data.y_test, data.x_cal, data.y_cal,
+            strategies or {},
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -81,10 +87,14 @@ class WorkerContext:
         self.threads = spec.execution.threads_per_worker
         self.networks: dict[str, AnalogNetwork] = {}
         for v in spec.variants:
-            model = build_model(spec.model.name, payload.model_params[v.name], payload.input_shape, payload.n_classes)
+            model = build_model(spec.model_of(v).name, payload.model_params[v.name], payload.input_shape, payload.n_classes)
             model.load_state_dict(payload.states[v.name])
             self.networks[v.name] = AnalogNetwork(model).to(self.device)
         self.populations = {h.name: h.build() for h in spec.hardware}
+        # populations whose strategy was optimised for each variant's network
+        self.variant_populations = {
+            (v, h): spec.population(h).build(strategy) for h, per in payload.strategies.items() for v, strategy in per.items()
+        }
         self.procedures = [PROCEDURES.get(p.kind.name).obj(p.kind.params) for p in spec.procedures]
 
         def t(a: np.ndarray) -> torch.Tensor:
@@ -108,8 +118,9 @@ class WorkerContext:
         t0 = time.perf_counter()
         spec = self.spec
         variant, pop_spec = spec.variants[unit.variant], spec.hardware[unit.hardware]
-        net, population = self.networks[variant.name], self.populations[pop_spec.name]
-        stream = chip_stream(spec.seed, pop_spec.base, range(unit.start, unit.stop), self.device)
+        net = self.networks[variant.name]
+        population = self.variant_populations.get((variant.name, pop_spec.name)) or self.populations[pop_spec.name]
+        stream = chip_stream(spec.seed, pop_spec.chip_key, range(unit.start, unit.stop), self.device)
         chips = population.program(net.nominal, stream, net.granules)
         states = [proc.prepare(chips, net, self.data) for proc in self.procedures]
         shape = (len(self.procedures), len(spec.times), unit.n_chips)

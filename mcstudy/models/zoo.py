@@ -1,4 +1,5 @@
-"""Small models for the embedded datasets: an MLP and a LeNet-5-style CNN."""
+"""Small models for the embedded datasets: an MLP, a LeNet-5-style CNN (2-D images or
+1-D sequences), a CIFAR-style ResNet and an LSTM for sequences."""
 
 from __future__ import annotations
 
@@ -49,19 +50,31 @@ def lenet(params: LeNetParams, input_shape: tuple[int, ...], n_classes: int) -> 
 
     The first convolution is same-padded; the second is a valid convolution when the
     feature map is large enough (28x28 inputs give the classic 16x5x5) and same-padded
-    otherwise (8x8 digits).
+    otherwise (8x8 digits). Sequences ``(C, L)`` (MNIST-1D) get the same network with
+    1 × k kernels and 1 × 2 pooling (Conv2d on a ``(C, 1, L)`` view, so it deploys on
+    the same analog convolution).
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"lenet needs image inputs (C, H, W), got shape {input_shape}")
-    c_in, h, _ = input_shape
+    if len(input_shape) not in (2, 3):
+        raise ValueError(f"lenet needs image (C, H, W) or sequence (C, L) inputs, got shape {input_shape}")
     k = params.kernel
     act = _ACTIVATIONS[params.activation]
     c1, c2 = params.channels
-    h1 = h // 2
-    pad2 = 0 if h1 >= 2 * k else k // 2
+    if len(input_shape) == 3:
+        c_in, h, _ = input_shape
+        pad2 = 0 if h // 2 >= 2 * k else k // 2
+        front: list[nn.Module] = []
+        kernel, pad1, pool = (k, k), (k // 2, k // 2), (2, 2)
+        pad2_ = (pad2, pad2)
+    else:
+        c_in, length = input_shape
+        pad2 = 0 if length // 2 >= 2 * k else k // 2
+        front = [nn.Unflatten(1, (c_in, 1))]
+        kernel, pad1, pool = (1, k), (0, k // 2), (1, 2)
+        pad2_ = (0, pad2)
     features = nn.Sequential(
-        nn.Conv2d(c_in, c1, k, padding=k // 2), act(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, k, padding=pad2), act(), nn.MaxPool2d(2),
+        *front,
+        nn.Conv2d(c_in, c1, kernel, padding=pad1), act(), nn.MaxPool2d(pool),
+        nn.Conv2d(c1, c2, kernel, padding=pad2_), act(), nn.MaxPool2d(pool),
         nn.Flatten(),
     )  # fmt: skip
     with torch.no_grad():
@@ -122,3 +135,46 @@ def resnet20(params: ResNetParams, input_shape: tuple[int, ...], n_classes: int)
             c_in = c_out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, n_classes)]
     return nn.Sequential(*layers)
+
+
+class LSTMParams(Params):
+    hidden: PositiveInt = Field(32, description="hidden units per LSTM layer")
+    layers: PositiveInt = Field(1, description="stacked LSTM layers")
+    step: PositiveInt = Field(4, description="input values per time step: the sequence is read in chunks of this many")
+
+
+class LSTMClassifier(nn.Module):
+    """An LSTM (Hochreiter & Schmidhuber 1997) built from ``nn.Linear`` gate matrices, so
+    each layer's input-to-gates and hidden-to-gates matrices are crossbars on a chip; the
+    gate nonlinearities and the cell state are digital. The last hidden state feeds a
+    linear classifier. Inputs ``(N, C, L)`` or ``(N, L)`` are read as ``L·C / step`` steps."""
+
+    def __init__(self, n_in: int, params: LSTMParams, n_classes: int) -> None:
+        super().__init__()
+        if n_in % params.step:
+            raise ValueError(f"lstm step {params.step} does not divide the input length {n_in}")
+        self.step, self.hidden = params.step, params.hidden
+        h = params.hidden
+        self.ih = nn.ModuleList(nn.Linear(params.step if i == 0 else h, 4 * h) for i in range(params.layers))
+        self.hh = nn.ModuleList(nn.Linear(h, 4 * h, bias=False) for _ in range(params.layers))
+        self.head = nn.Linear(h, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = x.reshape(x.shape[0], -1, self.step)
+        n = seq.shape[0]
+        hs = [seq.new_zeros(n, self.hidden) for _ in self.ih]
+        cs = [seq.new_zeros(n, self.hidden) for _ in self.ih]
+        for t in range(seq.shape[1]):
+            inp = seq[:, t]
+            for i, (ih, hh) in enumerate(zip(self.ih, self.hh)):
+                gi, gf, gg, go = (ih(inp) + hh(hs[i])).chunk(4, dim=1)
+                cs[i] = torch.sigmoid(gf) * cs[i] + torch.sigmoid(gi) * torch.tanh(gg)
+                hs[i] = torch.sigmoid(go) * torch.tanh(cs[i])
+                inp = hs[i]
+        return self.head(hs[-1])
+
+
+@MODELS.register("lstm", LSTMParams)
+def lstm(params: LSTMParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """A small LSTM classifier for sequences (MNIST-1D)."""
+    return LSTMClassifier(math.prod(input_shape), params, n_classes)

@@ -1,0 +1,195 @@
+"""A weight-programming strategy over two conductance pairs (Mackin et al., Nat. Commun. 2022).
+
+A weight ``w`` with normalised magnitude ``u = |w| / w_max`` in [0, 1] is stored on four
+devices, ``F·(G⁺ − G⁻) + (g⁺ − g⁻)``, all in units of G_max. A strategy is four
+piecewise-linear functions of ``u`` through the same knots — the target conductances
+of G⁺, G⁻, g⁺ and g⁻ — plus the significance factor F and the weight-to-conductance
+scale ``s``; negative weights use the mirror image (the + and − devices swapped).
+
+Exactness: the strategy always encodes ``F·(G⁺ − G⁻) + (g⁺ − g⁻) = s·(F + 1)·u``, so the
+weight read back from ideal (noise-free) conductances is the target. It is built into
+the parameterisation: G⁺, G⁻ and g⁻ are free at the knots and g⁺ follows; because all
+four are piecewise linear through the same knots, g⁺ lies in [0, 1] everywhere exactly
+when it does at the knots, and :meth:`Strategy.from_vector` moves G⁺, G⁻, g⁻ (in that
+order) until it does. Every vector the search proposes is therefore a valid strategy.
+
+The naive strategy is the plain differential pair: G⁺ = u, the other three at their
+minimum, F = 1, s = ½.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import McStudyError
+
+F_RANGE = (1.0, 8.0)
+SCALE_RANGE = (0.1, 1.0)
+FORMAT = "mcstudy.programming-strategy/1"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Target conductances (in units of G_max) of (G⁺, G⁻, g⁺, g⁻) at ``knots`` of |w| / w_max."""
+
+    knots: tuple[float, ...]
+    g_plus: tuple[float, ...]
+    g_minus: tuple[float, ...]
+    l_plus: tuple[float, ...]
+    l_minus: tuple[float, ...]
+    significance: float
+    scale: float
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise McStudyError("invalid programming strategy: " + "; ".join(problems))
+
+    # -- validity -----------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        out = []
+        k = np.asarray(self.knots)
+        if len(k) < 2 or k[0] != 0.0 or k[-1] != 1.0 or (np.diff(k) <= 0).any():
+            out.append(f"knots must rise strictly from 0 to 1; got {list(self.knots)}")
+        for name in ("g_plus", "g_minus", "l_plus", "l_minus"):
+            v = np.asarray(getattr(self, name))
+            if len(v) != len(k):
+                out.append(f"{name} has {len(v)} values for {len(k)} knots")
+            elif ((v < -1e-9) | (v > 1 + 1e-9)).any():
+                out.append(f"{name} must lie in [0, 1] (units of G_max); got {v.tolist()}")
+        if not F_RANGE[0] <= self.significance <= F_RANGE[1]:
+            out.append(f"significance F must lie in {list(F_RANGE)}; got {self.significance}")
+        if not SCALE_RANGE[0] <= self.scale <= SCALE_RANGE[1]:
+            out.append(f"scale must lie in {list(SCALE_RANGE)}; got {self.scale}")
+        if not out:
+            err = np.abs(self._encoded() - self.scale * (self.significance + 1) * k).max()
+            if err > 1e-6:
+                out.append(f"F·(G⁺ − G⁻) + (g⁺ − g⁻) must equal scale·(F + 1)·|w| at every knot (off by {err:.2g})")
+        return out
+
+    def _encoded(self) -> np.ndarray:
+        f = self.significance
+        gp, gm, lp, lm = (np.asarray(getattr(self, n)) for n in ("g_plus", "g_minus", "l_plus", "l_minus"))
+        return f * (gp - gm) + (lp - lm)
+
+    # -- use ----------------------------------------------------------------------------
+
+    def coefficients(self) -> torch.Tensor:
+        """Decoding coefficients ``c_d`` of (G⁺, G⁻, g⁺, g⁻): ``u = Σ c_d · G_d / G_max``."""
+        f = self.significance
+        return torch.tensor([f, -f, 1.0, -1.0], dtype=torch.float64) / (self.scale * (f + 1))
+
+    def conductances(self, u: torch.Tensor) -> torch.Tensor:
+        """Normalised target conductances ``(4, *u.shape)`` in [0, 1] for normalised weights
+        ``u`` in [−1, 1] (negative weights: the mirror image)."""
+        a = u.abs().clamp(max=1.0)
+        knots = torch.tensor(self.knots, dtype=u.dtype, device=u.device)
+        idx = torch.searchsorted(knots, a.contiguous(), right=True).clamp(1, len(self.knots) - 1)
+        x0, x1 = knots[idx - 1], knots[idx]
+        frac = (a - x0) / (x1 - x0)
+
+        def interp(values: tuple[float, ...]) -> torch.Tensor:
+            v = torch.tensor(values, dtype=u.dtype, device=u.device)
+            return (v[idx - 1] + frac * (v[idx] - v[idx - 1])).clamp(0.0, 1.0)
+
+        gp, gm, lp, lm = interp(self.g_plus), interp(self.g_minus), interp(self.l_plus), interp(self.l_minus)
+        neg = u < 0
+        return torch.stack(
+            (torch.where(neg, gm, gp), torch.where(neg, gp, gm), torch.where(neg, lm, lp), torch.where(neg, lp, lm))
+        )
+
+    def decode(self, g: torch.Tensor) -> torch.Tensor:
+        """Normalised weights from normalised conductances ``(4, ...)`` (linear read-out)."""
+        c = self.coefficients().to(g)
+        return (c.view(-1, *([1] * (g.dim() - 1))) * g).sum(0)
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def naive(cls) -> "Strategy":
+        """The plain differential pair at full range: G⁺ = |w| / w_max, F = 1, no LSP."""
+        return cls((0.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), 1.0, 0.5, "naive")
+
+    @staticmethod
+    def n_parameters(n_knots: int) -> int:
+        """Length of a search vector: G⁺, G⁻, g⁻ at every knot, then F and the scale."""
+        return 3 * n_knots + 2
+
+    @staticmethod
+    def bounds(n_knots: int) -> list[tuple[float, float]]:
+        return [(0.0, 1.0)] * (3 * n_knots) + [F_RANGE, SCALE_RANGE]
+
+    @classmethod
+    def from_vector(cls, x: np.ndarray, n_knots: int, name: str = "optimised") -> "Strategy":
+        """The valid strategy a search vector stands for (see the module docstring)."""
+        x = np.clip(np.asarray(x, dtype=np.float64), [b[0] for b in cls.bounds(n_knots)], [b[1] for b in cls.bounds(n_knots)])
+        k = np.linspace(0.0, 1.0, n_knots)
+        gp, gm, lm = (x[i * n_knots : (i + 1) * n_knots].copy() for i in range(3))
+        f, s = float(x[-2]), float(x[-1])
+        target = s * (f + 1) * k
+        for j in range(n_knots):
+            gp[j], gm[j], lm[j] = _repair(gp[j], gm[j], lm[j], target[j], f)
+        lp_all = np.clip(target - f * (gp - gm) + lm, 0.0, 1.0)
+        return cls(tuple(k.tolist()), tuple(gp.tolist()), tuple(gm.tolist()), tuple(lp_all.tolist()), tuple(lm.tolist()), f, s, name)
+
+    # -- files ----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    def save(self, path: str | os.PathLike[str], **extra: Any) -> None:
+        """Write the strategy as JSON (``extra``: e.g. the objective it reached)."""
+        Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Strategy":
+        p = Path(path)
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise McStudyError(f"programming strategy file {p} does not exist") from None
+        except (OSError, json.JSONDecodeError) as e:
+            raise McStudyError(f"programming strategy file {p} is not readable JSON: {e}") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise McStudyError(f"{p} is not an mcstudy programming strategy (expected format {FORMAT!r})")
+        fields = ("knots", "g_plus", "g_minus", "l_plus", "l_minus")
+        try:
+            return cls(
+                *(tuple(float(v) for v in raw[f]) for f in fields),
+                float(raw["significance"]), float(raw["scale"]), str(raw.get("name", p.stem)),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as e:
+            raise McStudyError(f"programming strategy file {p} is missing or has a bad field: {e}") from None
+        except McStudyError as e:
+            raise McStudyError(f"{p}: {e}") from None
+
+
+def _repair(gp: float, gm: float, lm: float, target: float, f: float) -> tuple[float, float, float]:
+    """Move G⁺, then G⁻, then g⁻ (at one knot) just enough that g⁺ = target − F·(G⁺ − G⁻) + g⁻
+    lies in [0, 1]. Always possible for target in [0, F + 1]: all the way, g⁺ would be
+    target − F ≤ 1 (or target + F + 1 ≥ 0)."""
+    lp = target - f * (gp - gm) + lm
+    if lp > 1:
+        d = lp - 1
+        step = min(d / f, 1 - gp)
+        gp, d = gp + step, d - step * f
+        step = min(d / f, gm)
+        gm, d = gm - step, d - step * f
+        lm -= min(d, lm)
+    elif lp < 0:
+        d = -lp
+        step = min(d / f, gp)
+        gp, d = gp - step, d - step * f
+        step = min(d / f, 1 - gm)
+        gm, d = gm + step, d - step * f
+        lm += min(d, 1 - lm)
+    return gp, gm, lm

@@ -1,0 +1,82 @@
+"""Strategies for a study's populations with ``programming: optimize``: one per variant
+(each network has its own weight distribution), searched once and cached by hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from ..analog import AnalogNetwork
+from ..hardware.mapping import Encoding
+from ..spec import PopulationSpec
+from .optimize import ProgrammingObjective, SearchResult, optimize_strategy, sample_weights
+from .strategy import Strategy
+
+
+def objective_for(net: AnalogNetwork, population: PopulationSpec, times: tuple[float, ...]) -> ProgrammingObjective:
+    """The weight-error objective of ``net`` on ``population``'s devices at ``times``."""
+    prog = population.programming
+    assert prog is not None
+    u = sample_weights(net.nominal, net.granules, population.tile, prog.samples, prog.seed)
+    encoding = Encoding.model_validate({k: v for k, v in population.mapping.params.model_dump().items() if k in Encoding.model_fields})
+    return ProgrammingObjective(population.build().device, encoding, u, times, prog.knots, prog.seed)
+
+
+SEARCH_CODE_VERSION = 1  # bump when the objective or the search changes its numbers
+
+
+def search_key(objective: ProgrammingObjective, population: PopulationSpec) -> str:
+    prog = population.programming
+    assert prog is not None
+    search = {"maxiter": prog.maxiter, "popsize": prog.popsize, "tol": prog.tol, "seed": prog.seed, "code": SEARCH_CODE_VERSION}
+    return hashlib.sha256(json.dumps([objective.key(), search], sort_keys=True).encode()).hexdigest()[:32]
+
+
+def strategy_for(
+    net: AnalogNetwork, population: PopulationSpec, times: tuple[float, ...], cache_root: Path
+) -> tuple[SearchResult, bool]:
+    """The optimised strategy for ``net`` on ``population`` (from the cache if searched
+    before); returns it and whether it came from the cache."""
+    prog = population.programming
+    assert prog is not None
+    objective = objective_for(net, population, times)
+    path = Path(cache_root) / "programming" / f"{search_key(objective, population)}.json"
+    if path.exists():
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        strategy = Strategy.load(path)
+        return SearchResult(strategy, raw["objective"], raw["naive_objective"], raw["errors"], raw["naive_errors"], raw["evaluations"], raw["iterations"], raw["converged"]), True
+    result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    result.strategy.save(
+        tmp, objective=result.objective, naive_objective=result.naive_objective, errors=result.errors,
+        naive_errors=result.naive_errors, evaluations=result.evaluations, iterations=result.iterations,
+        converged=result.converged, times=list(times),
+    )  # fmt: skip
+    tmp.replace(path)
+    return result, False
+
+
+def study_strategies(
+    populations: list[PopulationSpec],
+    networks: dict[str, AnalogNetwork],
+    times: tuple[float, ...],
+    cache_root: Path,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, dict[str, Strategy]]:
+    """``{hardware: {variant: strategy}}`` for every population with ``programming: optimize``."""
+    out: dict[str, dict[str, Strategy]] = {}
+    for pop in populations:
+        if pop.programming is None or pop.programming.strategy != "optimize":
+            continue
+        for variant, net in networks.items():
+            result, cached = strategy_for(net, pop, times, cache_root)
+            out.setdefault(pop.name, {})[variant] = result.strategy
+            how = "from cache" if cached else f"searched ({result.evaluations} evaluations)"
+            log(
+                f"  programming for {variant} on {pop.name}: weight error {result.naive_objective:.4f} (naive) -> "
+                f"{result.objective:.4f} (F = {result.strategy.significance:.2f}, scale = {result.strategy.scale:.2f}), {how}"
+            )
+    return out
