@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .analog import AnalogNetwork
-from .hardware import PeripherySpec, Population, Variation, WithinChip
+from .hardware import PeripherySpec, Population, Variation
 from .hardware.mapping import DifferentialPair, Encoding
 from .hardware.pcm import PCMDevice, PCMParams, drift_mu, drift_sigma, programming_sigma, read_noise_qs, read_noise_time_factor
 from .hardware.periphery import ADCSpec, DACSpec, input_scale, quantise_input, quantise_symmetric
@@ -76,7 +76,7 @@ def workloads(quick: bool) -> list[Workload]:
 
 
 def _population(w: Workload) -> Population:
-    return Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(within=WithinChip(sigma=0.05)), periphery=w.periphery)
+    return Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), periphery=w.periphery)
 
 
 def _timed(fn: Callable[[], int], min_seconds: float) -> float:
@@ -242,7 +242,7 @@ class BenchResult:
     targets: dict[str, Any] = field(default_factory=dict)
 
 
-def run(quick: bool = False, block: int = 32, log: Callable[[str], None] = print) -> BenchResult:
+def run(quick: bool = False, block: int = 8, log: Callable[[str], None] = print) -> BenchResult:
     min_seconds = 1.0 if quick else 3.0
     torch.set_num_threads(1)  # every figure on one core: the per-core floor and one worker's rate
     res = BenchResult(machine={"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick})

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ben = sub.add_parser("bench", help="measure throughput against the float forward and a one-chip-at-a-time loop")
     ben.add_argument("--quick", action="store_true", help="shorter measurements and smaller studies")
     ben.add_argument("--json", type=Path, help="write the figures as JSON")
-    ben.add_argument("--block-size", type=_positive_int, default=32, help="chips per block of the batched path (default 32)")
+    ben.add_argument("--block-size", type=_positive_int, default=8, help="chips per block of the batched path (default 8: fastest on a CPU, see benchmarks/README.md)")
 
     rep = sub.add_parser("report", help="write an HTML report (figures, tables with confidence intervals, provenance) of a store")
     rep.add_argument("store", help="results store: a path or an fsspec URL")

@@ -145,7 +145,7 @@ class Stream:
     def normal_range(self, start: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Elements ``start .. start+count-1`` of the flat normal sequence, ``(C, count)``:
         the same numbers as ``normal(start + count)[:, start:]``, without computing the prefix."""
-        first = start // 2
+        first = (start // 2) // _ALIGN * _ALIGN  # aligned, so every element takes the same code path
         last = first + _aligned((start + count - 1) // 2 - first + 1) - 1
         counter = (torch.arange(first + 1, last + 2, dtype=torch.int64, device=self.device)) * _GOLDEN_S
         b = mix64(self.keys[:, None] + counter[None, :])
