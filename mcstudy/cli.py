@@ -221,10 +221,7 @@ def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) 
     objective = objective_for(AnalogNetwork(model), pop, spec.times)
     with err.status(f"searching ({prog.maxiter} generations at most, {prog.workers} worker(s))") if err.is_terminal else _nothing():
         result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)
-    result.strategy.save(
-        args.out, objective=result.objective, naive_objective=result.naive_objective, errors=result.errors,
-        naive_errors=result.naive_errors, times=list(spec.times), study=spec.name, population=pop.name, variant=vname,
-    )  # fmt: skip
+    result.save(args.out, times=list(spec.times), study=spec.name, population=pop.name, variant=vname)
     table = Table(title=f"weight error after global drift compensation: {escape(vname)} on {escape(pop.name)}")
     for col in ("time", "naive", "optimised", "ratio"):
         table.add_column(col, justify="right")

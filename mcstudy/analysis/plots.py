@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from ..errors import McStudyError
 from .stats import chip_yield_ci, mean_ci, paired_difference
+from .tolerance import sweeping_populations
 
 METRIC_LABEL = {"accuracy": "test accuracy (%)", "loss": "test cross-entropy (nat)"}
 
@@ -127,16 +128,7 @@ def plot_yield(ds: xr.Dataset, hardware: str | None = None, within: float | None
 
 def swept_parameters(ds: xr.Dataset) -> list[str]:
     """Hardware coordinates that vary within some population (sweeps)."""
-    out = []
-    for c in ds.coords:
-        if ds[c].dims != ("hardware",) or ds[c].dtype.kind != "f":
-            continue
-        for pop in np.unique(ds["population"].values):
-            vals = ds[c].values[ds["population"].values == pop]
-            if len(np.unique(vals[~np.isnan(vals)])) > 1:
-                out.append(str(c))
-                break
-    return out
+    return [str(c) for c in ds.coords if ds[c].dims == ("hardware",) and ds[c].dtype.kind == "f" and sweeping_populations(ds, str(c))]
 
 
 def plot_tolerance(ds: xr.Dataset, parameter: str, time: float | None = None, threshold: float = 0.01, confidence: float = 0.95) -> Figure:
@@ -147,7 +139,7 @@ def plot_tolerance(ds: xr.Dataset, parameter: str, time: float | None = None, th
     if name not in swept_parameters(ds):
         raise McStudyError(f"{parameter!r} is not swept in this store; swept: {', '.join(swept_parameters(ds)) or 'none'}")
     ti = 0 if time is None else int(np.argmin(np.abs(ds["time"].values - time)))
-    pops = [p for p in dict.fromkeys(ds["population"].values.tolist()) if len(np.unique(ds[name].values[ds["population"].values == p])) > 1]
+    pops = sweeping_populations(ds, name)
     fig, axes = plt.subplots(1, len(pops), figsize=(6 * len(pops), 4), squeeze=False)
     stats = mean_ci(ds.isel(time=[ti]), confidence).isel(time=0)
     for ax, pop in zip(axes[0], pops):

@@ -22,6 +22,17 @@ def _coordinate(ds: xr.Dataset, parameter: str) -> str:
     return name
 
 
+def sweeping_populations(ds: xr.Dataset, name: str) -> list[str]:
+    """Populations (in store order) along which hardware coordinate ``name`` takes two or more values."""
+    pops = list(dict.fromkeys(ds["population"].values.tolist()))
+    out = []
+    for pop in pops:
+        values = ds[name].values[ds["population"].values == pop]
+        if not np.isnan(values).any() and len(np.unique(values)) > 1:
+            out.append(pop)
+    return out
+
+
 def crossing(values: np.ndarray, loss: np.ndarray, threshold: float) -> tuple[float, bool]:
     """First value (ascending ``values``) at which the linearly interpolated ``loss``
     reaches ``threshold``; ``(largest value, True)`` when it never does (censored), NaN
@@ -57,13 +68,10 @@ def tolerance(
     swept = [c for c in ds.coords if ds[c].dims == ("hardware",) and ds[c].dtype.kind == "f" and c != name]
     mean_loss = ds[f"float_{metric}"] - ds[metric].mean("chip", skipna=True)
     limit = threshold * ds[f"float_{metric}"] if relative else xr.full_like(ds[f"float_{metric}"], threshold)
-    populations = list(dict.fromkeys(ds["population"].values.tolist()))
     out_tol, out_cens, used = [], [], []
-    for pop in populations:
+    for pop in sweeping_populations(ds, name):
         sel = np.flatnonzero(ds["population"].values == pop)
         values = ds[name].values[sel]
-        if np.isnan(values).any() or len(np.unique(values)) < 2:
-            continue
         others = [c for c in swept if len(np.unique(ds[c].values[sel])) > 1]
         if others:
             raise McStudyError(

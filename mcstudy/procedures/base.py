@@ -71,6 +71,18 @@ class Procedure(ABC):
 PROCEDURES: Registry[type[Procedure]] = Registry("procedure")
 
 
+def with_before_and_costs(
+    out: dict[str, torch.Tensor], before: torch.Tensor | None, figures: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """Add an on-chip procedure's ``accuracy_before`` (NaN when not recorded) and its cost
+    figures (the same for every chip) to its per-chip metrics ``out``."""
+    c = out["accuracy"].shape[0]
+    out["accuracy_before"] = before if before is not None else torch.full((c,), float("nan"), dtype=torch.float64)
+    for k, v in figures.items():
+        out[k] = torch.full((c,), v, dtype=torch.float64)
+    return out
+
+
 def study_metrics(kinds: list[str]) -> tuple[str, ...]:
     """The metrics a study with procedures of these kinds records: METRICS, then every
     procedure's extra metrics in order of first appearance (NaN where one does not apply)."""

@@ -45,7 +45,7 @@ from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..rng import Stream, fixed_stream
-from .base import PROCEDURES, EvalData, Procedure, layer_outputs
+from .base import PROCEDURES, EvalData, Procedure, layer_outputs, with_before_and_costs
 from .costs import LearningCost
 
 
@@ -258,12 +258,8 @@ class InsituTransfer(Procedure):
     def evaluate(
         self, state: Prepared, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        c = read.n_chips
         before = net.score(data.x_test, data.y_test, read, batch=data.batch)["accuracy"] if self.params.record_before else None
         tuned, scales, shifts = self.learn(chips, read, t, net, data, state)
         out = net.score(data.x_test, data.y_test, tuned, scales, data.batch, shifts)
-        out["accuracy_before"] = before if before is not None else torch.full((c,), float("nan"), dtype=torch.float64)
         n = self._calibration(data)[0].shape[0]
-        for k, v in self.cost(chips, net, state, n).figures(self.params.bits).items():
-            out[k] = torch.full((c,), v, dtype=torch.float64)
-        return out
+        return with_before_and_costs(out, before, self.cost(chips, net, state, n).figures(self.params.bits))

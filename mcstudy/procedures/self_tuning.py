@@ -27,7 +27,7 @@ from pydantic import Field, PositiveInt
 from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
-from .base import PROCEDURES, EvalData, Procedure, layer_outputs
+from .base import PROCEDURES, EvalData, Procedure, layer_outputs, with_before_and_costs
 from .costs import LearningCost
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std, each (C, 1|out)
@@ -109,12 +109,7 @@ class SelfTuning(Procedure):
     def evaluate(
         self, state: Reference, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        c = read.n_chips
         before = net.score(data.x_test, data.y_test, read, batch=data.batch)["accuracy"] if self.params.record_before else None
         scales, shifts = self.trims(state, read, net, data)
         out = net.score(data.x_test, data.y_test, read, scales, data.batch, shifts)
-        out["accuracy_before"] = before if before is not None else torch.full((c,), float("nan"), dtype=torch.float64)
-        n = self._batch(data).shape[0]
-        for k, v in self.cost(state, n).figures(None).items():
-            out[k] = torch.full((c,), v, dtype=torch.float64)
-        return out
+        return with_before_and_costs(out, before, self.cost(state, self._batch(data).shape[0]).figures(None))

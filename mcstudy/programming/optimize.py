@@ -150,6 +150,14 @@ class SearchResult:
     iterations: int
     converged: bool
 
+    def save(self, path: Any, **extra: Any) -> None:
+        """The strategy as JSON, with what the search reached (and ``extra``)."""
+        self.strategy.save(
+            path, objective=self.objective, naive_objective=self.naive_objective, errors=self.errors,
+            naive_errors=self.naive_errors, evaluations=self.evaluations, iterations=self.iterations,
+            converged=self.converged, **extra,
+        )  # fmt: skip
+
 
 def optimize_strategy(
     objective: ProgrammingObjective,

@@ -50,11 +50,7 @@ def strategy_for(
     result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
-    result.strategy.save(
-        tmp, objective=result.objective, naive_objective=result.naive_objective, errors=result.errors,
-        naive_errors=result.naive_errors, evaluations=result.evaluations, iterations=result.iterations,
-        converged=result.converged, times=list(times),
-    )  # fmt: skip
+    result.save(tmp, times=list(times))
     tmp.replace(path)
     return result, False
 
