@@ -33,10 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .analog import AnalogNetwork
-from .hardware import PeripherySpec, Population, Variation
+from .hardware import PeripherySpec, Population, TileSpec, Variation
 from .hardware.mapping import DifferentialPair, Encoding
 from .hardware.pcm import PCMDevice, PCMParams, drift_mu, drift_sigma, programming_sigma, read_noise_qs, read_noise_time_factor
-from .hardware.periphery import ADCSpec, DACSpec, input_scale, quantise_input, quantise_symmetric
+from .hardware.periphery import ADCSpec, DACSpec, quantise_input, quantise_symmetric
 from .models import build_model
 from .models.zoo import LeNetParams
 from .procedures import EvalData
@@ -76,7 +76,9 @@ def workloads(quick: bool) -> list[Workload]:
 
 
 def _population(w: Workload) -> Population:
-    return Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), periphery=w.periphery)
+    """PCM on a differential pair, one crossbar tile per layer (as the loop maps weights)."""
+    big = TileSpec(rows=1 << 16, cols=1 << 16)
+    return Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), big, w.periphery)
 
 
 def _timed(fn: Callable[[], int], min_seconds: float) -> float:
@@ -90,20 +92,23 @@ def _timed(fn: Callable[[], int], min_seconds: float) -> float:
             return done / elapsed
 
 
-def batched_rate(w: Workload, block: int, min_seconds: float) -> float:
-    """mcstudy's path: program a block once, read and compensate at every time, batched forward."""
+def batched_accuracies(w: Workload, chips: range) -> torch.Tensor:
+    """mcstudy's path for a block of chips: program once, a reference readout, then at every
+    time a read, a compensation readout and the batched forward; ``(time, chip)`` accuracies."""
     net = AnalogNetwork(w.model)
-    pop = _population(w)
     data = EvalData(w.x, w.y, w.x[:0], w.y[:0], batch=N_INPUTS)
     proc = DriftCompensation(DriftCompensationParams())
+    block = _population(w).program(net.nominal, chip_stream(0, "bench", chips), net.granules)
+    state = proc.prepare(block, net, data)
+    return torch.stack([proc.evaluate(state, block, block.read(t), t, net, data)["accuracy"] for t in TIMES])
+
+
+def batched_rate(w: Workload, block: int, min_seconds: float) -> float:
     counter = iter(range(10**9))
 
     def run() -> int:
         start = next(counter) * block
-        chips = pop.program(net.nominal, chip_stream(0, "bench", range(start, start + block)), net.granules)
-        state = proc.prepare(chips, net, data)
-        for t in TIMES:
-            proc.evaluate(state, chips, chips.read(t), t, net, data)
+        batched_accuracies(w, range(start, start + block))
         return block * len(TIMES)
 
     return _timed(run, min_seconds)
@@ -120,24 +125,27 @@ def float_rate(w: Workload, min_seconds: float) -> float:
     return _timed(run, min_seconds)
 
 
-def loop_rate(w: Workload, min_seconds: float) -> float:
-    """One chip at a time in plain PyTorch, the usual way: per chip, sample programming
-    noise and drift exponents for every device, then per drift time drift, read (1/f
-    noise), decode, compensate with a readout of fixed inputs and evaluate layer by layer."""
+def loop_accuracies(w: Workload, chip: int) -> list[float]:
+    """One chip in plain PyTorch, the usual way: draw programming noise and drift
+    exponents for every device with ``torch.randn``, then at each drift time drift, read
+    (1/f noise), decode, compensate with a readout of fixed inputs and evaluate layer by
+    layer. The same physics as the batched path (one crossbar tile per layer, the same
+    DAC/ADC); returns the chip's accuracy at each of ``TIMES``."""
     p = PCMParams()
     g_max = p.g_max
     layers = [m for m in w.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     fixed = [torch.rand(64, m.weight[0].numel(), generator=torch.Generator().manual_seed(i)) * 2 - 1 for i, m in enumerate(layers)]
     dac, adc = w.periphery.dac, w.periphery.adc
-    counter = iter(range(10**9))
+    gen = torch.Generator().manual_seed(chip)
 
     def analog(x: torch.Tensor, wt: torch.Tensor, w_max: torch.Tensor, conv: nn.Conv2d | None) -> torch.Tensor:
+        scale = x.abs().flatten(1).amax(1).clamp(min=1e-30).view(-1, *([1] * (x.dim() - 1)))
         if dac.bits is not None:
-            x = quantise_input(x, input_scale(x, dac, tuple(range(1, x.dim()))), dac)
+            x = quantise_input(x, scale, dac)
         y = F.linear(x, wt) if conv is None else F.conv2d(x, wt.view_as(conv.weight), None, conv.stride, conv.padding)
         if adc.bits is not None:
-            scale = x.abs().flatten(1).amax(1).clamp(min=1e-30).view(-1, *([1] * (y.dim() - 1))) * w_max
-            y = quantise_symmetric(y / scale, adc.range, adc.bits) * scale
+            norm = scale.view(-1, *([1] * (y.dim() - 1))) * w_max
+            y = quantise_symmetric(y / norm, adc.range, adc.bits) * norm
         return y
 
     def forward(x: torch.Tensor, weights: list[torch.Tensor], w_maxes: list[torch.Tensor], alphas: list[torch.Tensor]) -> torch.Tensor:
@@ -151,37 +159,45 @@ def loop_rate(w: Workload, min_seconds: float) -> float:
                 x = m(x)
         return x
 
+    progs = []
+    for m in layers:
+        wm = m.weight.detach().reshape(m.weight.shape[0], -1)
+        w_max = wm.abs().amax()
+        g_t = torch.stack((wm.clamp(min=0), (-wm).clamp(min=0))) / w_max * g_max
+        g_p = (g_t + programming_sigma(g_t, p) * torch.randn(g_t.shape, generator=gen)).clamp(min=0)
+        nu = (drift_mu(g_t, p) + drift_sigma(g_t, p) * torch.randn(g_t.shape, generator=gen)).abs()
+        progs.append((g_p, nu, w_max))
+
+    def read(t: float) -> list[torch.Tensor]:
+        out = []
+        for g_p, nu, w_max in progs:
+            g_d = g_p * (max(t, p.t0) / p.t0) ** (-nu)
+            sigma = g_d * read_noise_qs(g_p, p) * read_noise_time_factor(t, p)
+            g = (g_d + sigma * torch.randn(g_d.shape, generator=gen)).clamp(min=0)
+            out.append((g[0] - g[1]) * (w_max / g_max))
+        return out
+
+    def readout(weights: list[torch.Tensor], w_maxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [analog(f, wt, wx, None).abs().mean() for f, wt, wx in zip(fixed, weights, w_maxes)]
+
+    accuracies = []
+    with torch.no_grad():
+        w_maxes = [w_max for _, _, w_max in progs]
+        ref = readout(read(20.0), w_maxes)
+        for t in TIMES:
+            weights = read(t)
+            alphas = [r / c for r, c in zip(ref, readout(weights, w_maxes))]
+            logits = forward(w.x, weights, w_maxes, alphas)
+            accuracies.append(float((logits.argmax(1) == w.y).float().mean()))
+    return accuracies
+
+
+def loop_rate(w: Workload, min_seconds: float) -> float:
+    """:func:`loop_accuracies` for one chip after another."""
+    counter = iter(range(10**9))
+
     def run() -> int:
-        gen = torch.Generator().manual_seed(next(counter))
-        progs = []
-        for m in layers:
-            wm = m.weight.detach().reshape(m.weight.shape[0], -1)
-            w_max = wm.abs().amax()
-            g_t = torch.stack((wm.clamp(min=0), (-wm).clamp(min=0))) / w_max * g_max
-            g_p = (g_t + programming_sigma(g_t, p) * torch.randn(g_t.shape, generator=gen)).clamp(min=0)
-            nu = (drift_mu(g_t, p) + drift_sigma(g_t, p) * torch.randn(g_t.shape, generator=gen)).abs()
-            progs.append((g_p, nu, w_max))
-
-        def read(t: float) -> list[torch.Tensor]:
-            out = []
-            for g_p, nu, w_max in progs:
-                g_d = g_p * (max(t, p.t0) / p.t0) ** (-nu)
-                sigma = g_d * read_noise_qs(g_p, p) * read_noise_time_factor(t, p)
-                g = (g_d + sigma * torch.randn(g_d.shape, generator=gen)).clamp(min=0)
-                out.append((g[0] - g[1]) * (w_max / g_max))
-            return out
-
-        def readout(weights: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [(f @ wt.T).abs().mean() for f, wt in zip(fixed, weights)]
-
-        with torch.no_grad():
-            ref = readout(read(20.0))
-            w_maxes = [w_max for _, _, w_max in progs]
-            for t in TIMES:
-                weights = read(t)
-                alphas = [r / c for r, c in zip(ref, readout(weights))]
-                logits = forward(w.x, weights, w_maxes, alphas)
-                (logits.argmax(1) == w.y).float().mean()
+        loop_accuracies(w, next(counter))
         return len(TIMES)
 
     return _timed(run, min_seconds)
