@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -55,34 +53,6 @@ class AnalogNetwork:
         self.nominal = [w.to(device) for w in self.nominal]
         return self
 
-    @contextmanager
-    def deployed(
-        self,
-        read: ChipRead,
-        out_scales: Scales = None,
-        sample_offset: int = 0,
-        out_shifts: Scales = None,
-        purpose: str = "eval",
-        calibrate: Calibrate | None = None,
-    ) -> Iterator[int]:
-        """Within the block, the analog layers compute with ``read`` and the digital output
-        trims ``out_scales``/``out_shifts`` (per layer, each ``(C, 1|out)`` or None); yields the
-        chip count. ``purpose`` names the input set (its per-vector noise is its own);
-        ``calibrate``, if given, sets each layer's trims from that layer's own output."""
-        n = len(self.layers)
-        if len(read.layers) != n:
-            raise ValueError(f"a read of {len(read.layers)} layers for {n} analog layers")
-        scales, shifts = out_scales or [None] * n, out_shifts or [None] * n
-        try:
-            for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
-                layer.read, layer.periphery, layer.out_scale, layer.out_shift = lr, read.periphery, a, b
-                layer.sample_offset, layer.purpose, layer.calibrate = sample_offset, purpose, calibrate
-            yield read.n_chips
-        finally:
-            for layer in self.layers:
-                layer.read = layer.periphery = layer.out_scale = layer.out_shift = layer.calibrate = None
-                layer.sample_offset, layer.purpose = 0, "eval"
-
     def logits(
         self,
         x: torch.Tensor,
@@ -93,13 +63,29 @@ class AnalogNetwork:
         purpose: str = "eval",
         calibrate: Calibrate | None = None,
     ) -> torch.Tensor:
-        """Logits ``(C, N, classes)``, differentiable with respect to the read's weights and
-        the trims (for on-chip learning); ``sample_offset`` is the index of ``x[0]`` in its set
-        (per-input-vector noise is keyed by it, so batching never changes a result)."""
-        with self.deployed(read, out_scales, sample_offset, out_shifts, purpose, calibrate) as c:
-            n = x.shape[0]
+        """Logits ``(C, N, classes)`` of inputs ``x`` on every chip of ``read``, differentiable
+        with respect to the read's weights and the trims (for on-chip learning).
+
+        For this call the analog layers compute with ``read`` and the digital output trims
+        ``out_scales``/``out_shifts`` (per layer, each ``(C, 1|out)`` or None);
+        ``sample_offset`` is the index of ``x[0]`` in its set and ``purpose`` names the set
+        (per-input-vector noise is keyed by both, so batching never changes a result);
+        ``calibrate``, if given, sets each layer's trims from that layer's own output."""
+        n_layers = len(self.layers)
+        if len(read.layers) != n_layers:
+            raise ValueError(f"a read of {len(read.layers)} layers for {n_layers} analog layers")
+        scales, shifts = out_scales or [None] * n_layers, out_shifts or [None] * n_layers
+        c, n = read.n_chips, x.shape[0]
+        try:
+            for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
+                layer.read, layer.periphery, layer.out_scale, layer.out_shift = lr, read.periphery, a, b
+                layer.sample_offset, layer.purpose, layer.calibrate = sample_offset, purpose, calibrate
             xc = x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:])
             out = self.module(xc)
+        finally:  # the network never remembers a chip between calls
+            for layer in self.layers:
+                layer.read = layer.periphery = layer.out_scale = layer.out_shift = layer.calibrate = None
+                layer.sample_offset, layer.purpose = 0, "eval"
         return out.reshape(c, n, *out.shape[1:])
 
     @torch.no_grad()

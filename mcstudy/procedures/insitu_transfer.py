@@ -83,6 +83,11 @@ class Prepared:
     fan_in: list[int]
 
 
+def _per_layer(params: dict[int, _Param], n_layers: int) -> list[torch.Tensor | None]:
+    """Each analog layer's trainable trim, or None where it has none."""
+    return [params[i].value if i in params else None for i in range(n_layers)]
+
+
 def stochastic_round(v: torch.Tensor, step: torch.Tensor | float, u: torch.Tensor) -> torch.Tensor:
     """``v`` onto the grid ``step·ℤ``: down or up with probabilities given by the distance
     (``u`` uniform in (0, 1)), so the rounding is unbiased."""
@@ -200,9 +205,9 @@ class InsituTransfer(Procedure):
                     logits = net.logits(
                         x[idx],
                         self._read(chips, read, weights),
-                        [scales[i].value if i in scales else None for i in range(n_layers)],
+                        _per_layer(scales, n_layers),
                         sample_offset=epoch * n + a,
-                        out_shifts=[shifts[i].value if i in shifts else None for i in range(n_layers)],
+                        out_shifts=_per_layer(shifts, n_layers),
                         purpose="insitu_transfer",
                     )
                     c, b, k = logits.shape
@@ -223,11 +228,7 @@ class InsituTransfer(Procedure):
         for q in params:
             q.value = q.value.detach()
         final = self._read(chips, read, weights)
-        return (
-            final,
-            [scales[i].value if i in scales else None for i in range(n_layers)],
-            [shifts[i].value if i in shifts else None for i in range(n_layers)],
-        )
+        return final, _per_layer(scales, n_layers), _per_layer(shifts, n_layers)
 
     def cost(self, chips: ChipBatch, net: AnalogNetwork, prep: Prepared, n: int) -> LearningCost:
         """Counts for one chip (see the module docstring)."""
