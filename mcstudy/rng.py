@@ -9,12 +9,15 @@ serial run or on a Ray cluster, and on every training variant (common random num
 The generator is SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): element ``i`` of a
 stream with 64-bit key ``k`` is ``mix64(k + (i + 1) * golden)``. Keys of sub-streams are
 derived by hashing a tag into the parent key (``Stream.child``), as JAX's ``fold_in``
-does. Normals use the Box-Muller transform on the two 32-bit halves of each 64-bit
-output, so tails reach about 6.7 sigma.
+does. Each normal comes from its own 64-bit output: two 23-bit fields give a uniform
+``u`` and an angle ``θ``, and ``z = √(−2 ln u)·cos θ`` (Box-Muller, first output), in
+float32; tails reach 5.8 sigma. A chip's elements are generated in aligned chunks, so
+SIMD and scalar code paths never split its numbers differently in another block.
 
-The arithmetic is done on int64 torch tensors with two's-complement wrap-around and
-logical right shifts emulated by masking; ``tests/test_rng.py`` checks it bit for bit
-against a plain-integer reference.
+The integer hash runs in a compiled CPU kernel (``kernels.py``) or, on other devices, as
+int64 torch operations with two's-complement wrap-around and logical right shifts
+emulated by masking; ``tests/test_rng.py`` checks both bit for bit against a
+plain-integer reference.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -80,20 +84,49 @@ def _tag_text(t: object) -> str:
     raise TypeError(f"random-stream tags must be str, int or float, not {type(t).__name__}")
 
 
-_ALIGN = 64
+_ALIGN = 64  # elements: transcendental functions always run on whole aligned groups of a chip's elements
+_CHUNK_ELEMENTS = 65536  # elements of a block generated at a time: cache-resident temporaries
+_TWO_PI = 2.0 * math.pi
+_FIELD = 2.0**-23
 
 
 def _aligned(m: int) -> int:
     return -(-m // _ALIGN) * _ALIGN
 
 
-def _box_muller(b: torch.Tensor) -> torch.Tensor:
-    """Two standard normals from each 64-bit output: ``(..., m) -> (..., m, 2)`` float64."""
-    u1 = (_srl(b, 32).to(torch.float64) + 0.5) * (2.0**-32)
-    u2 = ((b & 0xFFFFFFFF).to(torch.float64) + 0.5) * (2.0**-32)
-    r = torch.sqrt(-2.0 * torch.log(u1))
-    theta = (2.0 * math.pi) * u2
-    return torch.stack((r * torch.cos(theta), r * torch.sin(theta)), dim=-1)
+def chunks(n_chips: int, n: int) -> Iterator[tuple[int, slice]]:
+    """``(chip, columns)`` pieces of a ``(n_chips, n)`` per-chip layout, each contiguous and
+    small enough for its temporaries to stay in cache: chip by chip, in column ranges of
+    :data:`_CHUNK_ELEMENTS` (a multiple of the alignment). The pieces of a chip are the
+    same whatever the block, so chunked elementwise code gives every chip the same
+    numbers alone or in any block."""
+    for c in range(n_chips):
+        for a in range(0, n, _CHUNK_ELEMENTS):
+            yield c, slice(a, min(a + _CHUNK_ELEMENTS, n))
+
+
+def fields(keys: torch.Tensor, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two uniforms of elements ``first..first+count-1`` of each key's stream, as float32
+    ``(C, count)``: ``u = (k₁ + ½)·2⁻²³`` in (0, 1) and ``θ = 2π·(k₂ + ½)·2⁻²³``, where
+    ``k₁ = b >> 41`` and ``k₂ = (b >> 9) & (2²³ − 1)`` are 23-bit fields of the element's
+    output ``b = mix64(key + (i + 1)·φ)``. Exact in float32, so the compiled CPU kernel
+    (``kernels.py``) and these tensor operations (any device) give the same bits."""
+    if keys.device.type == "cpu":
+        from .kernels import uniform_fields
+
+        return uniform_fields(keys, first, count)
+    counter = torch.arange(first + 1, first + count + 1, dtype=torch.int64, device=keys.device) * _GOLDEN_S
+    b = mix64(keys[:, None] + counter[None, :])
+    u = (_srl(b, 41).to(torch.float32) + 0.5) * _FIELD
+    theta = ((_srl(b, 9) & 0x7FFFFF).to(torch.float32) + 0.5) * _FIELD * _TWO_PI
+    return u, theta
+
+
+def _box_muller(u: torch.Tensor, theta: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``√(−2·s²·ln u)·cos θ`` in place of ``u`` (float32): one normal of standard deviation
+    ``s = scale`` per element (the first output of the Box-Muller transform; tails to 5.8 σ).
+    The scale costs nothing here; ``scale = 1`` gives standard normals."""
+    return u.log_().mul_(-2.0 * scale * scale).sqrt_().mul_(theta.cos_())
 
 
 @dataclass(frozen=True)
@@ -132,32 +165,32 @@ class Stream:
         u = (_srl(self.bits(n), 11).to(torch.float64) + 0.5) * (2.0**-53)
         return u.to(dtype).reshape(self.n, *shape)
 
-    # Normals: the transcendental functions of Box-Muller run on each chip's outputs padded
-    # to a multiple of _ALIGN pairs, so SIMD and scalar code paths never split a chip
-    # differently in a block than alone (see hardware/layout.py).
+    # Normals: each element from its own 64-bit output (fields + Box-Muller), generated per
+    # chip in aligned chunks, so a chip's numbers never depend on its block or on where a
+    # requested range starts (SIMD and scalar code paths never split a chip differently).
 
     def normal(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Standard normal numbers, shape ``(C, *shape)`` (Box-Muller on 32-bit halves)."""
-        n = math.prod(shape)
-        z = _box_muller(self.bits(_aligned((n + 1) // 2))).reshape(self.n, -1)
-        return z[:, :n].to(dtype).reshape(self.n, *shape)
+        """Standard normal numbers, shape ``(C, *shape)``."""
+        return self.normal_range(0, math.prod(shape), dtype).reshape(self.n, *shape)
 
-    def normal_range(self, start: int, count: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def normal_range(self, start: int, count: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
         """Elements ``start .. start+count-1`` of the flat normal sequence, ``(C, count)``:
-        the same numbers as ``normal(start + count)[:, start:]``, without computing the prefix."""
-        first = (start // 2) // _ALIGN * _ALIGN  # aligned, so every element takes the same code path
-        last = first + _aligned((start + count - 1) // 2 - first + 1) - 1
-        counter = (torch.arange(first + 1, last + 2, dtype=torch.int64, device=self.device)) * _GOLDEN_S
-        b = mix64(self.keys[:, None] + counter[None, :])
-        z = _box_muller(b).reshape(self.n, -1)
-        off = start - 2 * first
-        return z[:, off : off + count].to(dtype)
-
-    def normal_like(self, t: torch.Tensor) -> torch.Tensor:
-        """Standard normals shaped like ``t`` (whose first dimension is the chip)."""
-        if t.shape[0] != self.n:
-            raise ValueError(f"tensor has {t.shape[0]} chips, stream has {self.n}")
-        return self.normal(*t.shape[1:], dtype=t.dtype)
+        the same numbers as ``normal(start + count)[:, start:]``, without computing the
+        prefix. ``scale``: their standard deviation (folded into the transform)."""
+        if scale < 0:
+            raise ValueError(f"scale must be >= 0, not {scale}")
+        first = start // _ALIGN * _ALIGN
+        total = _aligned(start + count - first)
+        if total <= _CHUNK_ELEMENTS:  # one piece per chip: no copy
+            z = _box_muller(*fields(self.keys, first, total), scale)
+            return (z[:, start - first : start - first + count] if start != first or count != total else z).to(dtype)
+        out = torch.empty(self.n, total, dtype=torch.float32, device=self.device)
+        for c, sl in chunks(self.n, total):
+            one = self.keys[c : c + 1]
+            out[c : c + 1, sl] = _box_muller(*fields(one, first + sl.start, sl.stop - sl.start), scale)
+        off = start - first
+        z = out[:, off : off + count] if off or count != total else out
+        return z.to(dtype)
 
 
 def chip_stream(
@@ -177,9 +210,13 @@ def fixed_stream(*tags: object, device: str | torch.device = "cpu") -> Stream:
     return Stream(torch.tensor([_signed(mix64_int(tag_hash("mcstudy.fixed", *tags)))], device=device))
 
 
-def draw_normal(rng: Stream | torch.Generator, like: torch.Tensor, tag: str) -> torch.Tensor:
-    """Standard normals shaped like ``like`` from a chip stream (sub-stream ``tag``) or a
-    ``torch.Generator`` (sequential draws), so the physics functions accept either."""
+def draw_normal(rng: Stream | torch.Generator, like: torch.Tensor, tag: str, scale: float = 1.0) -> torch.Tensor:
+    """Normals of standard deviation ``scale`` shaped like ``like`` from a chip stream
+    (sub-stream ``tag``) or a ``torch.Generator`` (sequential draws), so the physics
+    functions accept either."""
     if isinstance(rng, torch.Generator):
-        return torch.randn(like.shape, generator=rng, dtype=like.dtype, device=like.device)
-    return rng.child(tag).normal_like(like)
+        z = torch.randn(like.shape, generator=rng, dtype=like.dtype, device=like.device)
+        return z if scale == 1.0 else z.mul_(scale)
+    if like.shape[0] != rng.n:
+        raise ValueError(f"tensor has {like.shape[0]} chips, stream has {rng.n}")
+    return rng.child(tag).normal_range(0, math.prod(like.shape[1:]), like.dtype, scale).reshape(like.shape)

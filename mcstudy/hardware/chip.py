@@ -165,7 +165,7 @@ class ChipBatch:
                     var = mapping.decode_variance(from_flat(sigma, layer.shape), layer.coeff, layer.w_max, g_max)
             else:
                 g = device.read(layer.state, t, read_stream)
-            w = mapping.decode(from_flat(g, layer.shape), layer.coeff, layer.w_max, g_max)
+            w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
             if layer.gain is not None:
                 w = w * layer.gain
                 var = None if var is None else var * layer.gain**2

@@ -95,6 +95,28 @@ class Mapping(ABC):
         g_min = self.g_min(g_max)
         return (coeff * (g - g_min)).sum(1) * (w_max / (g_max - g_min))
 
+    def decode_flat(
+        self, g: torch.Tensor, shape: tuple[int, int, int], coeff: torch.Tensor, w_max: torch.Tensor, g_max: float
+    ) -> torch.Tensor:
+        """:meth:`decode` of conductances in the per-chip flat layout (``layout.py``: device
+        ``d`` of weight ``k`` at ``d·out·in + k``), one device plane at a time without first
+        copying them out of the layout: the same arithmetic in the same order."""
+        d, n_out, n_in = shape
+        n, g_min = n_out * n_in, self.g_min(g_max)
+        per_plane = coeff.dim() == 3 and coeff.shape[1:] == (1, 1)
+        coeffs: list[float | torch.Tensor] = coeff.flatten().tolist() if per_plane else list(coeff.to(g.dtype))
+        w: torch.Tensor | None = None
+        for i, ci in enumerate(coeffs):
+            gi = g[:, i * n : (i + 1) * n].view(-1, n_out, n_in)
+            gi = gi - g_min if g_min else gi
+            if w is not None and isinstance(ci, float) and ci in (1.0, -1.0):
+                w = w.add_(gi) if ci == 1.0 else w.sub_(gi)  # exact: the same as adding ±1·gi
+            else:
+                term = gi * ci
+                w = term if w is None else w.add_(term)
+        assert w is not None
+        return w.mul_(w_max / (g_max - g_min))
+
     def transfer(self, w: torch.Tensor, w_max: torch.Tensor, quantise: Quantiser | None = None) -> torch.Tensor:
         """The deterministic weight transfer function of ideal devices: the weights
         ``(out, in)`` that ``w`` becomes after mapping (levels, nonlinearity, on/off ratio,

@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from ..registry import Params
-from ..rng import Stream, draw_normal
+from ..rng import Stream, chunks, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
 
 
@@ -97,7 +97,8 @@ def drift_sigma(g_target: torch.Tensor, p: PCMParams = DEFAULT, log_g: torch.Ten
 
 def read_noise_qs(g_prog: torch.Tensor, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
     """Relative 1/f read-noise amplitude Q_s for programmed conductances (µS)."""
-    return (p.read_qs_coeff / _floored(g_prog, p).pow_(p.read_qs_exponent)).clamp_(max=p.read_qs_max)
+    # q/g^e as q·exp(−e·ln g): one vectorised exp and log instead of a much slower scalar pow
+    return _floored(g_prog, p).log_().mul_(-p.read_qs_exponent).exp_().mul_(p.read_qs_coeff).clamp_(max=p.read_qs_max)
 
 
 def read_noise_time_factor(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
@@ -106,8 +107,20 @@ def read_noise_time_factor(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
 
 
 def drift_factor(nu: torch.Tensor, t: float, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
-    """(t/t0)^(−ν), with no drift before t0."""
-    return torch.pow(max(t, p.t0) / p.t0, -nu)
+    """(t/t0)^(−ν) = exp(−ν·ln(t/t0)), with no drift before t0."""
+    return torch.exp(nu * -math.log(max(t, p.t0) / p.t0))
+
+
+def _program_formula(
+    g_target: torch.Tensor, z_prog: torch.Tensor, z_nu: torch.Tensor, p: PCMParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``G_P = max(G_T + σ_prog·z, 0)`` and ``ν = |μ_ν + σ_ν·z'|`` from given normals."""
+    g_prog = programming_sigma(g_target, p).mul_(z_prog)
+    g_prog = torch.add(g_target, g_prog, out=g_prog).clamp_(min=0.0)  # G_T + σ·z, as written
+    log_g = torch.log(_floored(g_target, p))
+    nu = drift_sigma(g_target, p, log_g).mul_(z_nu)
+    nu = torch.add(drift_mu(g_target, p, log_g), nu, out=nu).abs_().mul_(p.drift_scale)
+    return g_prog, nu
 
 
 def program(
@@ -115,14 +128,7 @@ def program(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Program PCM devices: returns ``(g_prog, nu)``, programmed conductances (µS) and
     drift exponents, both shaped like ``g_target`` (µS)."""
-    z_prog = draw_normal(rng, g_target, "prog")
-    z_nu = draw_normal(rng, g_target, "nu")
-    g_prog = programming_sigma(g_target, params).mul_(z_prog)
-    g_prog = torch.add(g_target, g_prog, out=g_prog).clamp_(min=0.0)  # G_T + σ·z, as written
-    log_g = torch.log(_floored(g_target, params))
-    nu = drift_sigma(g_target, params, log_g).mul_(z_nu)
-    nu = torch.add(drift_mu(g_target, params, log_g), nu, out=nu).abs_().mul_(params.drift_scale)
-    return g_prog, nu
+    return _program_formula(g_target, draw_normal(rng, g_target, "prog"), draw_normal(rng, g_target, "nu"), params)
 
 
 def drifted_and_sigma(
@@ -136,56 +142,74 @@ def drifted_and_sigma(
     return g_drift, sigma
 
 
+def _read_formula(
+    g_prog: torch.Tensor, nu: torch.Tensor, qs: torch.Tensor, t: float, zs: torch.Tensor | None,
+    p: PCMDriftReadParams, out: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """``G = max(G_D + G_D·Q_s·zs, 0) = G_D·max(1 + Q_s·zs, 0)`` with ``G_D = G_P·exp(−ν·ln(t/t0))``
+    and ``zs`` normals of standard deviation √ln((t + t_read)/(2·t_read))·read_noise_scale
+    (consumed); written to ``out`` when given."""
+    if p.drift_scale > 0:
+        g = torch.mul(nu, -math.log(max(t, p.t0) / p.t0), out=out).exp_().mul_(g_prog)
+    else:
+        g = g_prog.clone() if out is None else out.copy_(g_prog)
+    if zs is not None:
+        g.mul_(zs.mul_(qs).add_(1.0).clamp_(min=0.0))
+    return g
+
+
+def read_noise_std(t: float, p: PCMDriftReadParams) -> float:
+    """Standard deviation of the normals that scale Q_s in a read at ``t``."""
+    return read_noise_time_factor(t, p) * p.read_noise_scale
+
+
 def read(
     g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream | torch.Generator, params: PCMDriftReadParams = DEFAULT
 ) -> torch.Tensor:
     """Read programmed devices ``t_seconds`` after programming: drift, then 1/f read noise."""
-    g_drift, sigma = drifted_and_sigma(g_prog, nu, t_seconds, params)
-    if sigma is None:
-        return g_drift
-    return (g_drift + sigma * draw_normal(rng, g_drift, "read")).clamp(min=0.0)
-
-
-_READ_CHUNK = 8192  # devices per chunk of a fused read: a multiple of 128 (whole aligned normal pairs)
+    s = read_noise_std(t_seconds, params)
+    zs = draw_normal(rng, g_prog, "read", s) if s > 0 else None
+    return _read_formula(g_prog, nu, read_noise_qs(g_prog, params), t_seconds, zs, params)
 
 
 @DEVICES.register("pcm", PCMParams)
 class PCMDevice(DeviceModel):
-    """Phase-change memory (Nandakumar et al. 2019; Joshi et al. 2020)."""
+    """Phase-change memory (Nandakumar et al. 2019; Joshi et al. 2020).
+
+    On the per-chip flat layout with a chip stream, programming and reads run in
+    contiguous cache-sized pieces (``rng.chunks``): the same formulas on the same
+    stream elements as :func:`program` and :func:`read`, so the same numbers, with every
+    temporary cache-resident. Q_s depends on the programmed conductance only and is
+    computed once, at programming.
+    """
 
     params: PCMParams
 
-
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
-        g_prog, nu = program(g_target, rng, self.params)
-        # Q_s depends on the programmed conductance only: computed once here, not per read
-        return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, self.params)}
+        p = self.params
+        if not isinstance(rng, Stream) or g_target.dim() != 2:
+            g_prog, nu = program(g_target, rng, p)
+            return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
+        g_prog, nu, qs = torch.empty_like(g_target), torch.empty_like(g_target), torch.empty_like(g_target)
+        s_prog, s_nu = rng.child("prog"), rng.child("nu")
+        for c, sl in chunks(*g_target.shape):
+            one, w = slice(c, c + 1), sl.stop - sl.start
+            z_prog, z_nu = s_prog.select(one).normal_range(sl.start, w), s_nu.select(one).normal_range(sl.start, w)
+            gp, n = _program_formula(g_target[one, sl], z_prog, z_nu, p)
+            g_prog[one, sl], nu[one, sl], qs[one, sl] = gp, n, read_noise_qs(gp, p)
+        return {"g_prog": g_prog, "nu": nu, "qs": qs}
 
     def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
-        """:func:`read` fused and run in cache-sized chunks of the per-chip flat layout,
-        with Q_s from programming: the same operations in the same order on the same
-        normals (each chunk takes its elements of the read's stream), so the same numbers
-        as the unfused form, several times faster for large blocks."""
         p = self.params
-        g_prog, nu, qs = state["g_prog"], state["nu"], state.get("qs")
-        if not isinstance(rng, Stream) or qs is None or g_prog.dim() != 2:
-            return super().read(state, t, rng)
-        base = max(t, p.t0) / p.t0
-        noise = read_noise_time_factor(t, p) * p.read_noise_scale
+        g_prog, nu, qs = state["g_prog"], state["nu"], state["qs"]
+        s = read_noise_std(t, p)
+        if not isinstance(rng, Stream) or g_prog.dim() != 2:
+            return _read_formula(g_prog, nu, qs, t, draw_normal(rng, g_prog, "read", s) if s > 0 else None, p)
         stream = rng.child("read")
         out = torch.empty_like(g_prog)
-        for a in range(0, g_prog.shape[1], _READ_CHUNK):
-            sl = slice(a, a + _READ_CHUNK)
-            g = out[:, sl]
-            if p.drift_scale > 0:
-                torch.pow(base, nu[:, sl].neg(), out=g)
-                torch.mul(g_prog[:, sl], g, out=g)  # G_P·(t/t0)^(−ν)
-            else:
-                g.copy_(g_prog[:, sl])
-            if p.read_noise_scale != 0:
-                sigma = torch.mul(g, qs[:, sl]).mul_(noise)
-                sigma.mul_(stream.normal_range(a, g.shape[1], dtype=g.dtype))
-                g.add_(sigma).clamp_(min=0.0)
+        for c, sl in chunks(*g_prog.shape):
+            zs = stream.select(slice(c, c + 1)).normal_range(sl.start, sl.stop - sl.start, g_prog.dtype, s)[0] if s > 0 else None
+            _read_formula(g_prog[c, sl], nu[c, sl], qs[c, sl], t, zs, p, out=out[c, sl])
         return out
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
