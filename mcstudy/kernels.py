@@ -7,8 +7,13 @@ element index (``rng.py``): element ``i`` of the stream with key ``k`` starts fr
 
 In eager PyTorch that integer hash is a dozen memory-bound int64 passes (with logical
 shifts emulated by masks) and was the largest cost of a study: 23 ns per normal. Numba
-compiles it to one vectorised loop (about 0.5 ns per element on a 2-core CI VM); the
-transcendental part of each normal stays in PyTorch's vectorised float32 kernels.
+compiles it to one vectorised loop (about 0.5 ns per element on a 2-core CI VM). The
+transcendental functions (ln, cos, exp) stay in PyTorch's vectorised float32 kernels,
+and the arithmetic between them — the rest of a normal, a PCM read, PCM programming —
+runs here in one pass each instead of one tensor pass per operation. Every kernel does
+the tensor formula's float32 operations in the same order (no fast-math, no fused
+multiply-add), so it gives the same bits as the tensor code in ``rng.py`` and
+``hardware/pcm.py``, which is what runs on other devices (CUDA).
 ``rng.fields`` runs the same arithmetic as tensor operations on other devices (CUDA);
 ``tests/test_rng.py`` checks both give the same bits.
 """
@@ -48,15 +53,127 @@ def _fields_kernel(keys: np.ndarray, first: int, u: np.ndarray, theta: np.ndarra
             theta[c, j] = (np.float32((b >> _S9) & _M23) + _HALF) * _FIELD * _TWO_PI
 
 
-def uniform_fields(keys: torch.Tensor, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+@njit(nogil=True, cache=True, error_model="numpy")
+def box_muller_finish(log_u: np.ndarray, cos_theta: np.ndarray, c: np.float32, out: np.ndarray) -> None:
+    """``out = √(c·ln u)·cos θ`` (float32, ``c = −2·scale²``), given ``ln u`` and ``cos θ``."""
+    for j in range(out.shape[0]):
+        out[j] = np.sqrt(log_u[j] * c) * cos_theta[j]
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _pcm_conductance(
+    g_prog: np.float32, drift: np.float32, qs: np.float32, log_u: np.float32, cos_theta: np.float32, c: np.float32, noisy: bool
+) -> np.float32:
+    """``(d·G_P)·max(z·Q_s + 1, 0)`` with ``z = √(c·ln u)·cos θ`` (``pcm._read_formula``'s order)."""
+    g = drift * g_prog
+    if noisy:
+        z = np.sqrt(log_u * c) * cos_theta
+        g = g * max(z * qs + np.float32(1.0), np.float32(0.0))
+    return g
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def pcm_read_finish(
+    g_prog: np.ndarray, drift: np.ndarray, qs: np.ndarray, log_u: np.ndarray, cos_theta: np.ndarray,
+    c: np.float32, noisy: bool, out: np.ndarray,
+) -> None:  # fmt: skip
+    """PCM read (``pcm._read_formula``) given the drift factors ``exp(−ν·ln(t/t0))`` and the
+    normals' ``ln u``, ``cos θ``: ``G = (d·G_P)·max(z·Q_s + 1, 0)``, ``z = √(c·ln u)·cos θ``
+    — the tensor formula's operations in its order, so the same float32 results."""
+    for j in range(out.shape[0]):
+        out[j] = _pcm_conductance(g_prog[j], drift[j], qs[j], log_u[j], cos_theta[j], c, noisy)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def pcm_read_decode_finish(
+    g_prog: np.ndarray, qs: np.ndarray, drift: np.ndarray, log_u: np.ndarray, cos_theta: np.ndarray, off: np.ndarray,
+    n: int, a: int, coeff: np.ndarray, unit: np.ndarray, g_min: np.float32, scale: np.ndarray, c: np.float32,
+    noisy: bool, out: np.ndarray,
+) -> None:  # fmt: skip
+    """A PCM read of every device of weights ``a..a+w-1`` of one chip, decoded at once
+    (``w = out.shape[0]``): device ``d`` of weight ``k`` sits at ``d·n + k`` of the chip's
+    flat ``g_prog``/``qs``; row ``d`` of ``drift``, ``log_u``, ``cos_theta`` holds plane
+    ``d``'s devices from column ``off[d]`` on. Each conductance as :func:`pcm_read_finish`, then ``Mapping.decode_flat``'s
+    arithmetic in its order: ``((G₀ − G_min)·c₀ ± … )·scale[k]``, where a coefficient of
+    ±1 (``unit``) is an addition or subtraction, as there."""
+    w = out.shape[0]
+    for d in range(coeff.shape[0]):  # plane by plane: each weight's sum still runs in plane order
+        i0, m0, cd, ud = d * n + a, off[d], coeff[d], unit[d]
+        gp, q = g_prog[i0 : i0 + w], qs[i0 : i0 + w]
+        dr, lu, ct = drift[d, m0 : m0 + w], log_u[d, m0 : m0 + w], cos_theta[d, m0 : m0 + w]
+        if d == 0:
+            for j in range(w):
+                out[j] = (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min) * cd
+        elif ud == 1:
+            for j in range(w):
+                out[j] = out[j] + (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min)
+        elif ud == -1:
+            for j in range(w):
+                out[j] = out[j] - (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min)
+        else:
+            for j in range(w):
+                out[j] = out[j] + (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min) * cd
+    sc = scale[a : a + w]
+    for j in range(w):
+        out[j] = out[j] * sc[j]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def pcm_floor_normalised(g: np.ndarray, g_max: np.float32, floor: np.float32, out: np.ndarray) -> None:
+    """``max(clip(g/G_max, 0, 1), floor)`` (``pcm._floored``)."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for j in range(out.shape[0]):
+        out[j] = max(min(max(g[j] / g_max, zero), one), floor)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def pcm_program_finish(
+    g_target: np.ndarray, log_g: np.ndarray, z_prog: np.ndarray, z_nu: np.ndarray, p: np.ndarray,
+    g_prog: np.ndarray, nu: np.ndarray, gpn: np.ndarray,
+) -> None:  # fmt: skip
+    """PCM programming (``pcm._program_formula``) given ``ln g`` of the floored normalised
+    targets: ``G_P = max(G_T + σ_prog·z, 0)``, ``ν = |μ_ν + σ_ν·z'|·drift_scale``, and the
+    floored normalised ``G_P`` for Q_s. ``p`` (float32): g_max, c0, c1, c2, prog_noise_scale,
+    μ slope, intercept, min, max, σ slope, intercept, min, max, drift_scale, floor. The
+    tensor formula's operations in its order, so the same float32 results."""
+    g_max, c0, c1, c2, pscale = p[0], p[1], p[2], p[3], p[4]
+    mus, mui, mumin, mumax = p[5], p[6], p[7], p[8]
+    sds, sdi, sdmin, sdmax = p[9], p[10], p[11], p[12]
+    dscale, floor = p[13], p[14]
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for j in range(g_target.shape[0]):
+        gt = g_target[j]
+        g = min(max(gt / g_max, zero), one)
+        sigma = ((c0 + c1 * g) + (c2 * g) * g) * pscale
+        gp = max(gt + sigma * z_prog[j], zero)
+        lg = log_g[j]
+        sd = min(max(sds * lg + sdi, sdmin), sdmax)
+        mu = min(max(mus * lg + mui, mumin), mumax)
+        nu[j] = abs(mu + sd * z_nu[j]) * dscale
+        g_prog[j] = gp
+        gpn[j] = max(min(max(gp / g_max, zero), one), floor)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def scale_clip(x: np.ndarray, scale: np.float32, high: np.float32) -> None:
+    """``x = min(x·scale, high)`` in place."""
+    for j in range(x.shape[0]):
+        x[j] = min(x[j] * scale, high)
+
+
+def uniform_fields(
+    keys: torch.Tensor, first: int, count: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``rng.fields`` on the CPU: float32 ``(C, count)`` uniforms ``u`` and angles ``θ`` of
-    elements ``first..first+count-1`` of each key's stream (same bits as the tensor form)."""
+    elements ``first..first+count-1`` of each key's stream (same bits as the tensor form),
+    written to ``out`` (two contiguous float32 tensors) when given."""
     c = keys.shape[0]
-    u = np.empty((c, count), dtype=np.float32)
-    theta = np.empty((c, count), dtype=np.float32)
+    u, theta = out if out is not None else (torch.empty(c, count), torch.empty(c, count))
     if count:
-        _fields_kernel(keys.detach().numpy().view(np.uint64), first, u, theta)
-    return torch.from_numpy(u), torch.from_numpy(theta)
+        _fields_kernel(keys.detach().numpy().view(np.uint64), first, u.view(c, count).numpy(), theta.view(c, count).numpy())
+    return u, theta
 
 
-__all__ = ["uniform_fields"]
+__all__ = [
+    "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "scale_clip", "uniform_fields",
+]

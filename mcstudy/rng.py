@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -84,37 +85,45 @@ def _tag_text(t: object) -> str:
     raise TypeError(f"random-stream tags must be str, int or float, not {type(t).__name__}")
 
 
-_ALIGN = 64  # elements: transcendental functions always run on whole aligned groups of a chip's elements
-_CHUNK_ELEMENTS = 65536  # elements of a block generated at a time: cache-resident temporaries
+ALIGN = 64  # elements: transcendental functions always run on whole aligned groups of a chip's elements
+CHUNK_ELEMENTS = 65536  # elements of a block generated at a time: cache-resident temporaries
 _TWO_PI = 2.0 * math.pi
 _FIELD = 2.0**-23
 
 
 def _aligned(m: int) -> int:
-    return -(-m // _ALIGN) * _ALIGN
+    return -(-m // ALIGN) * ALIGN
 
 
 def chunks(n_chips: int, n: int) -> Iterator[tuple[int, slice]]:
     """``(chip, columns)`` pieces of a ``(n_chips, n)`` per-chip layout, each contiguous and
     small enough for its temporaries to stay in cache: chip by chip, in column ranges of
-    :data:`_CHUNK_ELEMENTS` (a multiple of the alignment). The pieces of a chip are the
+    :data:`CHUNK_ELEMENTS` (a multiple of the alignment). The pieces of a chip are the
     same whatever the block, so chunked elementwise code gives every chip the same
     numbers alone or in any block."""
     for c in range(n_chips):
-        for a in range(0, n, _CHUNK_ELEMENTS):
-            yield c, slice(a, min(a + _CHUNK_ELEMENTS, n))
+        for a in range(0, n, CHUNK_ELEMENTS):
+            yield c, slice(a, min(a + CHUNK_ELEMENTS, n))
 
 
-def fields(keys: torch.Tensor, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fields(
+    keys: torch.Tensor, first: int, count: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The two uniforms of elements ``first..first+count-1`` of each key's stream, as float32
     ``(C, count)``: ``u = (k₁ + ½)·2⁻²³`` in (0, 1) and ``θ = 2π·(k₂ + ½)·2⁻²³``, where
     ``k₁ = b >> 41`` and ``k₂ = (b >> 9) & (2²³ − 1)`` are 23-bit fields of the element's
     output ``b = mix64(key + (i + 1)·φ)``. Exact in float32, so the compiled CPU kernel
-    (``kernels.py``) and these tensor operations (any device) give the same bits."""
+    (``kernels.py``) and :func:`fields_tensor` (any device) give the same bits. ``out``:
+    two contiguous float32 tensors of ``C·count`` elements to write them to, on the CPU."""
     if keys.device.type == "cpu":
         from .kernels import uniform_fields
 
-        return uniform_fields(keys, first, count)
+        return uniform_fields(keys, first, count, out)
+    return fields_tensor(keys, first, count)
+
+
+def fields_tensor(keys: torch.Tensor, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fields` as int64 tensor operations, on the keys' device."""
     counter = torch.arange(first + 1, first + count + 1, dtype=torch.int64, device=keys.device) * _GOLDEN_S
     b = mix64(keys[:, None] + counter[None, :])
     u = (_srl(b, 41).to(torch.float32) + 0.5) * _FIELD
@@ -125,8 +134,17 @@ def fields(keys: torch.Tensor, first: int, count: int) -> tuple[torch.Tensor, to
 def _box_muller(u: torch.Tensor, theta: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """``√(−2·s²·ln u)·cos θ`` in place of ``u`` (float32): one normal of standard deviation
     ``s = scale`` per element (the first output of the Box-Muller transform; tails to 5.8 σ).
-    The scale costs nothing here; ``scale = 1`` gives standard normals."""
-    return u.log_().mul_(-2.0 * scale * scale).sqrt_().mul_(theta.cos_())
+    The scale costs nothing here; ``scale = 1`` gives standard normals. On the CPU the
+    arithmetic after ln and cos runs in one compiled pass (same bits)."""
+    u.log_()
+    theta.cos_()
+    if u.device.type == "cpu" and u.dim() == 2 and u.is_contiguous() and theta.is_contiguous():
+        from .kernels import box_muller_finish
+
+        flat = u.view(-1).numpy()
+        box_muller_finish(flat, theta.view(-1).numpy(), np.float32(-2.0 * scale * scale), flat)
+        return u
+    return u.mul_(-2.0 * scale * scale).sqrt_().mul_(theta)
 
 
 @dataclass(frozen=True)
@@ -179,9 +197,9 @@ class Stream:
         prefix. ``scale``: their standard deviation (folded into the transform)."""
         if scale < 0:
             raise ValueError(f"scale must be >= 0, not {scale}")
-        first = start // _ALIGN * _ALIGN
+        first = start // ALIGN * ALIGN
         total = _aligned(start + count - first)
-        if total <= _CHUNK_ELEMENTS:  # one piece per chip: no copy
+        if total <= CHUNK_ELEMENTS:  # one piece per chip: no copy
             z = _box_muller(*fields(self.keys, first, total), scale)
             return (z[:, start - first : start - first + count] if start != first or count != total else z).to(dtype)
         out = torch.empty(self.n, total, dtype=torch.float32, device=self.device)

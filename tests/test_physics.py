@@ -59,10 +59,12 @@ def _folded_normal_moments(mu: float, s: float) -> tuple[float, float]:
     return m1, math.sqrt(mu * mu + s * s - m1 * m1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the compiled CPU path and the tensor formulas
 @pytest.mark.parametrize("g, s_prog, mu_nu, s_nu, qs", REFERENCE)
-def test_programming_statistics(g: float, s_prog: float, mu_nu: float, s_nu: float, qs: float) -> None:
-    target = torch.full((1, N), g * G_MAX, dtype=torch.float64)
+def test_programming_statistics(g: float, s_prog: float, mu_nu: float, s_nu: float, qs: float, dtype: torch.dtype) -> None:
+    target = torch.full((1, N), g * G_MAX, dtype=dtype)
     g_prog, nu = pcm.program(target, chip_stream(3, "pcm-stats", [0]))
+    g_prog, nu, target = g_prog.double(), nu.double(), target.double()
     sigma = float(pcm.programming_sigma(target[:, :1]))
     mean, sd = _clipped_normal_moments(g * G_MAX, sigma)
     assert abs(g_prog.mean().item() - mean) < 5 * sd / math.sqrt(N)
@@ -72,12 +74,14 @@ def test_programming_statistics(g: float, s_prog: float, mu_nu: float, s_nu: flo
     assert abs(nu.std().item() - sd) < 5 * sd / math.sqrt(2 * N)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("t", [3600.0, 86400.0, 365 * 86400.0])
-def test_read_noise_spread_follows_sqrt_log(t: float) -> None:
+def test_read_noise_spread_follows_sqrt_log(t: float, dtype: torch.dtype) -> None:
     n = 400_000
-    g_prog = torch.full((1, n), 0.5 * G_MAX, dtype=torch.float64)
-    nu = torch.full((1, n), 0.05, dtype=torch.float64)
-    g = pcm.read(g_prog, nu, t, chip_stream(5, "pcm-read", [0]))
+    g_prog = torch.full((1, n), 0.5 * G_MAX, dtype=dtype)
+    nu = torch.full((1, n), 0.05, dtype=dtype)
+    g = pcm.read(g_prog, nu, t, chip_stream(5, "pcm-read", [0])).double()
+    g_prog, nu = g_prog.double(), nu.double()
     g_drift = g_prog * pcm.drift_factor(nu, t)
     rel = ((g - g_drift) / (g_drift * pcm.read_noise_qs(g_prog))).flatten()
     factor = pcm.read_noise_time_factor(t)
@@ -104,6 +108,44 @@ def test_no_drift_before_t0_and_switches() -> None:
     assert torch.equal(pcm.read(g_prog, nu, 1e8, chip_stream(1, "p", [0, 1]), off), target)
     g_prog, nu = pcm.program(target, chip_stream(1, "p", [0, 1]), pcm.PCMParams(read_noise_scale=0.0))
     assert torch.equal(pcm.read(g_prog, nu, 5.0, chip_stream(1, "p", [0, 1]), pcm.PCMParams(read_noise_scale=0.0)), g_prog)
+
+
+def test_compiled_pcm_paths_equal_the_tensor_formulas() -> None:
+    """On the CPU, programming and reads run compiled passes between PyTorch's ln/cos/exp
+    (kernels.py); they must give the tensor formulas' bits for the same normals, and the
+    fused read-and-decode the bits of a read followed by the mapping's decode."""
+    p = pcm.PCMParams()
+    g = torch.rand(3, 70_000, generator=torch.Generator().manual_seed(0)) * G_MAX
+    g[:, ::2] = 0.0  # half the devices of a differential pair
+    stream = chip_stream(1, "kernels", range(3))
+    g_prog, nu, qs = pcm._program_stream(g, stream, p)
+    z_prog, z_nu = stream.child("prog").normal(70_000), stream.child("nu").normal(70_000)
+    ref_prog, ref_nu = pcm._program_formula(g, z_prog, z_nu, p)
+    assert torch.equal(g_prog, ref_prog) and torch.equal(nu, ref_nu) and torch.equal(qs, pcm.read_noise_qs(ref_prog, p))
+    for t in (5.0, 3600.0):
+        zs = stream.child("read").normal_range(0, 70_000, scale=pcm.read_noise_std(t, p))
+        assert torch.equal(pcm._read_stream(g_prog, nu, qs, t, stream, p), pcm._read_formula(g_prog, nu, qs, t, zs, p))
+
+
+@pytest.mark.parametrize("mapping", ["differential", "multi_pair", "differential_on_off"])
+def test_fused_read_and_decode_equals_read_then_decode(mapping: str) -> None:
+    from mcstudy.hardware import Population, Variation
+    from mcstudy.hardware.mapping import DifferentialPair, Encoding, MultiPair, MultiPairParams
+
+    m = {"differential": DifferentialPair(Encoding()), "multi_pair": MultiPair(MultiPairParams()),
+         "differential_on_off": DifferentialPair(Encoding(on_off_ratio=10))}[mapping]  # fmt: skip
+    pop = Population(pcm.PCMDevice(pcm.PCMParams()), m, Variation())
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(10, 7, generator=gen), torch.randn(300, 250, generator=gen), torch.randn(33, 129, generator=gen)]
+    block = pop.program(weights, chip_stream(0, "fused", range(3)))
+    for t in (1.0, 3600.0):
+        for i, layer in enumerate(block.layers):
+            stream = block.stream.child("read", t, i)
+            coeffs, scale = m.plane_coefficients(layer.coeff), m.decode_scale(layer.w_max, G_MAX)
+            assert coeffs is not None
+            fused = pop.device.read_decoded(layer.state, t, stream, layer.shape, coeffs, m.g_min(G_MAX), scale)
+            ref = m.decode_flat(pop.device.read(layer.state, t, stream), layer.shape, layer.coeff, layer.w_max, G_MAX)
+            assert fused is not None and torch.equal(fused, ref)
 
 
 def test_program_accepts_a_torch_generator() -> None:

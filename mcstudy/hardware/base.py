@@ -43,12 +43,24 @@ class DeviceModel(ABC):
         """Conductance ``t`` seconds after programming without read noise, and the read
         noise's standard deviation (µS; None when the device has none)."""
 
-    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
-        """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``."""
+    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``.
+        ``out``: a tensor shaped like the state that a model may write the result to (a
+        scratch buffer reused between reads, so large reads do not fault in fresh pages)."""
         g, sigma = self.mean_and_sigma(state, t)
         if sigma is None:
             return g
         return (g + sigma * draw_normal(rng, g, "read")).clamp(min=0.0)
+
+    def read_decoded(
+        self, state: DeviceState, t: float, rng: Stream, shape: tuple[int, int, int], coeffs: list[float], g_min: float,
+        scale: torch.Tensor,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """A read of a layer in the per-chip flat layout (device planes of ``shape``
+        ``(D, out, in)``) decoded at once to weights ``(C, out, in)`` — the same numbers as
+        :meth:`read` followed by ``Mapping.decode_flat`` with per-plane ``coeffs``, ``g_min``
+        and ``scale`` (``Mapping.decode_scale``) — or None where a model has no fused form."""
+        return None
 
     def drifts(self) -> bool:
         """Whether conductances change with time (so compensation has work to do)."""

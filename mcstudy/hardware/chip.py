@@ -15,7 +15,7 @@ sampling a noisy weight matrix per input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -142,6 +142,8 @@ class ChipBatch:
     population: Population
     stream: Stream
     layers: list[_Layer]
+    # conductance buffers reused by every read of a layer (consumed by the decode at once)
+    scratch: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_chips(self) -> int:
@@ -163,9 +165,9 @@ class ChipBatch:
                 g, sigma = device.mean_and_sigma(layer.state, t)
                 if sigma is not None:
                     var = mapping.decode_variance(from_flat(sigma, layer.shape), layer.coeff, layer.w_max, g_max)
+                w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
             else:
-                g = device.read(layer.state, t, read_stream)
-            w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
+                w = self._read_weights(i, t, read_stream)
             if layer.gain is not None:
                 w = w * layer.gain
                 var = None if var is None else var * layer.gain**2
@@ -181,6 +183,21 @@ class ChipBatch:
                 )
             )
         return ChipRead(out, pop.periphery)
+
+    def _read_weights(self, i: int, t: float, stream: Stream) -> torch.Tensor:
+        """Layer ``i``'s weights at one read: the device's fused read-and-decode where it has
+        one for this mapping, else a read into a reused buffer and the mapping's decode."""
+        pop, layer = self.population, self.layers[i]
+        device, mapping, g_max = pop.device, pop.mapping, pop.device.g_max
+        coeffs = mapping.plane_coefficients(layer.coeff)
+        if coeffs is not None:
+            scale = mapping.decode_scale(layer.w_max, g_max)
+            w = device.read_decoded(layer.state, t, stream, layer.shape, coeffs, mapping.g_min(g_max), scale)
+            if w is not None:
+                return w
+        buf = self.scratch.setdefault(i, torch.empty_like(next(iter(layer.state.values()))))
+        g = device.read(layer.state, t, stream, out=buf)
+        return mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
 
     def programmed(self, layer: int, key: str) -> torch.Tensor:
         """A programmed device quantity of one layer (e.g. ``"g_prog"``, ``"nu"``, ``"g"``) as ``(C, D, out, in)``."""

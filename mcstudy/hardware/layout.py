@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-ALIGN = 64  # elements: two AVX-512 vectors of float32 and then some
+from ..rng import ALIGN  # elements: whole SIMD groups of float32, for every chip
 
 
 def padded(n: int) -> int:

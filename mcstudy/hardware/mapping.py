@@ -95,27 +95,39 @@ class Mapping(ABC):
         g_min = self.g_min(g_max)
         return (coeff * (g - g_min)).sum(1) * (w_max / (g_max - g_min))
 
+    def plane_coefficients(self, coeff: torch.Tensor) -> list[float] | None:
+        """The decoding coefficients as one number per device plane, or None when they
+        vary within a plane (a unipolar mapping's per-block signs)."""
+        if coeff.dim() == 3 and coeff.shape[1:] == (1, 1):
+            return [float(c) for c in coeff.flatten().tolist()]
+        return None
+
+    def decode_scale(self, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
+        """``w_max / (G_max − G_min)``: weight per µS of decoded conductance, ``(out, in)``."""
+        return w_max / (g_max - self.g_min(g_max))
+
     def decode_flat(
         self, g: torch.Tensor, shape: tuple[int, int, int], coeff: torch.Tensor, w_max: torch.Tensor, g_max: float
     ) -> torch.Tensor:
         """:meth:`decode` of conductances in the per-chip flat layout (``layout.py``: device
         ``d`` of weight ``k`` at ``d·out·in + k``), one device plane at a time without first
-        copying them out of the layout: the same arithmetic in the same order."""
+        copying them out of the layout; a ±1 coefficient is an exact addition or
+        subtraction. ``kernels.pcm_read_decode_finish`` repeats this arithmetic."""
         d, n_out, n_in = shape
         n, g_min = n_out * n_in, self.g_min(g_max)
-        per_plane = coeff.dim() == 3 and coeff.shape[1:] == (1, 1)
-        coeffs: list[float | torch.Tensor] = coeff.flatten().tolist() if per_plane else list(coeff.to(g.dtype))
+        per_plane = self.plane_coefficients(coeff)
+        coeffs: list[float] | list[torch.Tensor] = per_plane if per_plane is not None else list(coeff.to(g.dtype))
         w: torch.Tensor | None = None
         for i, ci in enumerate(coeffs):
             gi = g[:, i * n : (i + 1) * n].view(-1, n_out, n_in)
             gi = gi - g_min if g_min else gi
             if w is not None and isinstance(ci, float) and ci in (1.0, -1.0):
-                w = w.add_(gi) if ci == 1.0 else w.sub_(gi)  # exact: the same as adding ±1·gi
+                w = w.add_(gi) if ci == 1.0 else w.sub_(gi)
             else:
                 term = gi * ci
                 w = term if w is None else w.add_(term)
         assert w is not None
-        return w.mul_(w_max / (g_max - g_min))
+        return w.mul_(self.decode_scale(w_max, g_max))
 
     def transfer(self, w: torch.Tensor, w_max: torch.Tensor, quantise: Quantiser | None = None) -> torch.Tensor:
         """The deterministic weight transfer function of ideal devices: the weights

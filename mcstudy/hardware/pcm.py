@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from ..registry import Params
-from ..rng import Stream, chunks, draw_normal
+from .. import kernels
+from ..rng import ALIGN, CHUNK_ELEMENTS, Stream, chunks, draw_normal, fields
 from .base import DEVICES, DeviceModel, DeviceState
 
 
@@ -123,11 +125,48 @@ def _program_formula(
     return g_prog, nu
 
 
+def _program_constants(p: PCMParams) -> np.ndarray:
+    """The constants :func:`kernels.pcm_program_finish` takes, as float32 (as the tensor code rounds them)."""
+    values = [p.g_max, p.prog_c0, p.prog_c1, p.prog_c2, p.prog_noise_scale, p.mu_nu_slope, p.mu_nu_intercept, p.mu_nu_min,
+              p.mu_nu_max, p.sigma_nu_slope, p.sigma_nu_intercept, p.sigma_nu_min, p.sigma_nu_max, p.drift_scale, G_FLOOR]  # fmt: skip
+    return np.array(values, dtype=np.float32)
+
+
+def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Program ``(C, n)`` targets (µS) from chip streams, in contiguous cache-sized pieces
+    (``rng.chunks``): ``(g_prog, nu, qs)``. On the CPU the arithmetic between ln and exp
+    runs in compiled passes (``kernels.py``); elsewhere the tensor formulas."""
+    g_prog, nu, qs = torch.empty_like(g_target), torch.empty_like(g_target), torch.empty_like(g_target)
+    s_prog, s_nu = rng.child("prog"), rng.child("nu")
+    cpu = g_target.device.type == "cpu" and g_target.dtype == torch.float32 and g_target.is_contiguous()
+    consts = _program_constants(p) if cpu else None
+    for c, sl in chunks(*g_target.shape):
+        one, w = slice(c, c + 1), sl.stop - sl.start
+        z_prog, z_nu = s_prog.select(one).normal_range(sl.start, w)[0], s_nu.select(one).normal_range(sl.start, w)[0]
+        gt = g_target[c, sl]
+        if consts is None:
+            gp, n = _program_formula(gt, z_prog, z_nu, p)
+            g_prog[c, sl], nu[c, sl], qs[c, sl] = gp, n, read_noise_qs(gp, p)
+            continue
+        log_g = torch.empty_like(gt)
+        kernels.pcm_floor_normalised(gt.numpy(), consts[0], consts[14], log_g.numpy())
+        log_g.log_()
+        q = qs[c, sl]
+        kernels.pcm_program_finish(gt.numpy(), log_g.numpy(), z_prog.numpy(), z_nu.numpy(), consts,
+                                   g_prog[c, sl].numpy(), nu[c, sl].numpy(), q.numpy())  # fmt: skip
+        q.log_().mul_(-p.read_qs_exponent).exp_()  # as read_noise_qs
+        kernels.scale_clip(q.numpy(), np.float32(p.read_qs_coeff), np.float32(p.read_qs_max))
+    return g_prog, nu, qs
+
+
 def program(
     g_target: torch.Tensor, rng: Stream | torch.Generator, params: PCMParams = DEFAULT
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Program PCM devices: returns ``(g_prog, nu)``, programmed conductances (µS) and
-    drift exponents, both shaped like ``g_target`` (µS)."""
+    drift exponents, both shaped like ``g_target`` (µS; leading dimension: chip)."""
+    if isinstance(rng, Stream):
+        g_prog, nu, _ = _program_stream(g_target.reshape(g_target.shape[0], -1).contiguous(), rng, params)
+        return g_prog.view(g_target.shape), nu.view(g_target.shape)
     return _program_formula(g_target, draw_normal(rng, g_target, "prog"), draw_normal(rng, g_target, "nu"), params)
 
 
@@ -163,53 +202,120 @@ def read_noise_std(t: float, p: PCMDriftReadParams) -> float:
     return read_noise_time_factor(t, p) * p.read_noise_scale
 
 
+def _read_stream(
+    g_prog: torch.Tensor, nu: torch.Tensor, qs: torch.Tensor, t: float, rng: Stream, p: PCMDriftReadParams,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Read ``(C, n)`` programmed devices at ``t`` with read noise from chip streams, in
+    contiguous cache-sized pieces; on the CPU the arithmetic after ln, cos and exp runs in
+    one compiled pass (``kernels.pcm_read_finish``), elsewhere :func:`_read_formula`."""
+    s = read_noise_std(t, p)
+    stream = rng.child("read")
+    out = torch.empty_like(g_prog) if out is None else out
+    cpu = g_prog.device.type == "cpu" and g_prog.dtype == torch.float32 and all(x.is_contiguous() for x in (g_prog, nu, qs, out))
+    log_ratio = math.log(max(t, p.t0) / p.t0)
+    c2 = np.float32(-2.0 * s * s)
+    if cpu:  # workspace reused by every piece: no allocation (and no page faults) per piece
+        size = min(g_prog.shape[1], CHUNK_ELEMENTS)
+        drift_ws, u_ws, theta_ws = torch.ones(size), torch.empty(size), torch.empty(size)
+    for c, sl in chunks(*g_prog.shape):
+        w = sl.stop - sl.start
+        if not cpu:
+            zs = stream.select(slice(c, c + 1)).normal_range(sl.start, w, g_prog.dtype, s)[0] if s > 0 else None
+            _read_formula(g_prog[c, sl], nu[c, sl], qs[c, sl], t, zs, p, out=out[c, sl])
+            continue
+        gp, drift = g_prog[c, sl], drift_ws[:w]
+        if p.drift_scale > 0:
+            torch.mul(nu[c, sl], -log_ratio, out=drift).exp_()
+        log_u, cos_theta = gp, gp
+        if s > 0:
+            log_u, cos_theta = fields(stream.keys[c : c + 1], sl.start, w, (u_ws[:w], theta_ws[:w]))
+            log_u.log_(), cos_theta.cos_()
+        kernels.pcm_read_finish(gp.numpy(), drift.numpy(), qs[c, sl].numpy(), log_u.numpy(), cos_theta.numpy(), c2, s > 0,
+                                out[c, sl].numpy())  # fmt: skip
+    return out
+
+
 def read(
     g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream | torch.Generator, params: PCMDriftReadParams = DEFAULT
 ) -> torch.Tensor:
     """Read programmed devices ``t_seconds`` after programming: drift, then 1/f read noise."""
+    qs = read_noise_qs(g_prog, params)
+    if isinstance(rng, Stream):
+        flat = [x.reshape(x.shape[0], -1).contiguous() for x in (g_prog, nu, qs)]
+        return _read_stream(*flat, t_seconds, rng, params).view(g_prog.shape)
     s = read_noise_std(t_seconds, params)
-    zs = draw_normal(rng, g_prog, "read", s) if s > 0 else None
-    return _read_formula(g_prog, nu, read_noise_qs(g_prog, params), t_seconds, zs, params)
+    return _read_formula(g_prog, nu, qs, t_seconds, draw_normal(rng, g_prog, "read", s) if s > 0 else None, params)
 
 
 @DEVICES.register("pcm", PCMParams)
 class PCMDevice(DeviceModel):
-    """Phase-change memory (Nandakumar et al. 2019; Joshi et al. 2020).
-
-    On the per-chip flat layout with a chip stream, programming and reads run in
-    contiguous cache-sized pieces (``rng.chunks``): the same formulas on the same
-    stream elements as :func:`program` and :func:`read`, so the same numbers, with every
-    temporary cache-resident. Q_s depends on the programmed conductance only and is
-    computed once, at programming.
-    """
+    """Phase-change memory (Nandakumar et al. 2019; Joshi et al. 2020). Q_s depends on the
+    programmed conductance only and is computed once, at programming."""
 
     params: PCMParams
 
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         p = self.params
-        if not isinstance(rng, Stream) or g_target.dim() != 2:
-            g_prog, nu = program(g_target, rng, p)
-            return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
-        g_prog, nu, qs = torch.empty_like(g_target), torch.empty_like(g_target), torch.empty_like(g_target)
-        s_prog, s_nu = rng.child("prog"), rng.child("nu")
-        for c, sl in chunks(*g_target.shape):
-            one, w = slice(c, c + 1), sl.stop - sl.start
-            z_prog, z_nu = s_prog.select(one).normal_range(sl.start, w), s_nu.select(one).normal_range(sl.start, w)
-            gp, n = _program_formula(g_target[one, sl], z_prog, z_nu, p)
-            g_prog[one, sl], nu[one, sl], qs[one, sl] = gp, n, read_noise_qs(gp, p)
-        return {"g_prog": g_prog, "nu": nu, "qs": qs}
+        if isinstance(rng, Stream) and g_target.dim() == 2:
+            g_prog, nu, qs = _program_stream(g_target.contiguous(), rng, p)
+            return {"g_prog": g_prog, "nu": nu, "qs": qs}
+        g_prog, nu = program(g_target, rng, p)
+        return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
 
-    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator) -> torch.Tensor:
+    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         g_prog, nu, qs = state["g_prog"], state["nu"], state["qs"]
+        if isinstance(rng, Stream) and g_prog.dim() == 2:
+            return _read_stream(g_prog, nu, qs, t, rng, p, out)
         s = read_noise_std(t, p)
-        if not isinstance(rng, Stream) or g_prog.dim() != 2:
-            return _read_formula(g_prog, nu, qs, t, draw_normal(rng, g_prog, "read", s) if s > 0 else None, p)
-        stream = rng.child("read")
-        out = torch.empty_like(g_prog)
-        for c, sl in chunks(*g_prog.shape):
-            zs = stream.select(slice(c, c + 1)).normal_range(sl.start, sl.stop - sl.start, g_prog.dtype, s)[0] if s > 0 else None
-            _read_formula(g_prog[c, sl], nu[c, sl], qs[c, sl], t, zs, p, out=out[c, sl])
+        return _read_formula(g_prog, nu, qs, t, draw_normal(rng, g_prog, "read", s) if s > 0 else None, p)
+
+    def read_decoded(
+        self, state: DeviceState, t: float, rng: Stream, shape: tuple[int, int, int], coeffs: list[float], g_min: float,
+        scale: torch.Tensor,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """On the CPU: a read decoded in the same pass (``kernels.pcm_read_decode_finish``),
+        so the conductances never go to memory. Weight chunks of every plane are computed
+        in windows whose length is a multiple of the alignment, so ln, cos and exp take the
+        same SIMD path as in :meth:`read` and the result has the same bits as
+        :meth:`read` + ``Mapping.decode_flat``."""
+        g_prog, nu, qs = state["g_prog"], state["nu"], state["qs"]
+        tensors = (g_prog, nu, qs, scale)
+        if g_prog.dim() != 2 or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors):
+            return None
+        p = self.params
+        s = read_noise_std(t, p)
+        keys = rng.child("read").keys
+        planes, n_out, n_in = shape
+        n, total, chips = n_out * n_in, g_prog.shape[1], g_prog.shape[0]
+        step = max(ALIGN, CHUNK_ELEMENTS // planes // ALIGN * ALIGN)
+        width = min(step, -(-n // ALIGN) * ALIGN)
+        drift_ws, u_ws, theta_ws = torch.ones(planes, width), torch.ones(planes, width), torch.ones(planes, width)
+        out = torch.empty(chips, n_out, n_in)
+        coeff = np.array(coeffs, dtype=np.float32)
+        unit = np.array([1 if c == 1.0 else -1 if c == -1.0 else 0 for c in coeffs], dtype=np.int8)
+        scale_np = scale.reshape(-1).contiguous().numpy()
+        nu_c, gp_c, qs_c = nu.contiguous(), g_prog.contiguous(), qs.contiguous()
+        log_ratio, c2, gm = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s), np.float32(g_min)
+        off = np.zeros(planes, dtype=np.int64)
+        for c in range(chips):
+            row = out[c].view(-1)
+            for a in range(0, n, step):
+                w = min(step, n - a)
+                span = -(-w // ALIGN) * ALIGN
+                for d in range(planes):
+                    start = min(d * n + a, total - span)  # a whole aligned span inside the chip's row
+                    off[d] = d * n + a - start
+                    if p.drift_scale > 0:
+                        torch.mul(nu_c[c, start : start + span], -log_ratio, out=drift_ws[d, :span]).exp_()
+                    if s > 0:
+                        fields(keys[c : c + 1], start, span, (u_ws[d, :span], theta_ws[d, :span]))
+                        u_ws[d, :span].log_(), theta_ws[d, :span].cos_()
+                kernels.pcm_read_decode_finish(
+                    gp_c[c].numpy(), qs_c[c].numpy(), drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy(), off, n, a,
+                    coeff, unit, gm, scale_np, c2, s > 0, row[a : a + w].numpy(),
+                )  # fmt: skip
         return out
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -24,7 +24,7 @@ def objective_for(net: AnalogNetwork, population: PopulationSpec, times: tuple[f
     return ProgrammingObjective(population.build().device, encoding, u, times, prog.knots, prog.seed)
 
 
-SEARCH_CODE_VERSION = 1  # bump when the objective or the search changes its numbers
+SEARCH_CODE_VERSION = 2  # bump when the objective or the search changes its numbers
 
 
 def search_key(objective: ProgrammingObjective, population: PopulationSpec) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from ..registry import Params
 
-TRAINING_CODE_VERSION = 3
+TRAINING_CODE_VERSION = 4
 
 
 def default_cache_dir() -> Path:
