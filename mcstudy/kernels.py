@@ -128,14 +128,17 @@ def pcm_floor_normalised(g: np.ndarray, g_max: np.float32, floor: np.float32, ou
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def pcm_program_finish(
-    g_target: np.ndarray, log_g: np.ndarray, z_prog: np.ndarray, z_nu: np.ndarray, p: np.ndarray,
+    g_target: np.ndarray, logs: np.ndarray, cosines: np.ndarray, p: np.ndarray,
     g_prog: np.ndarray, nu: np.ndarray, gpn: np.ndarray,
 ) -> None:  # fmt: skip
-    """PCM programming (``pcm._program_formula``) given ``ln g`` of the floored normalised
-    targets: ``G_P = max(G_T + σ_prog·z, 0)``, ``ν = |μ_ν + σ_ν·z'|·drift_scale``, and the
-    floored normalised ``G_P`` for Q_s. ``p`` (float32): g_max, c0, c1, c2, prog_noise_scale,
-    μ slope, intercept, min, max, σ slope, intercept, min, max, drift_scale, floor. The
-    tensor formula's operations in its order, so the same float32 results."""
+    """PCM programming (``pcm._program_formula``) given ``logs`` = ``ln u`` of the two
+    normals (rows 0, 1: programming, drift exponent) and ``ln g`` of the floored normalised
+    targets (row 2), and the normals' ``cos θ`` (rows 0, 1): ``G_P = max(G_T + σ_prog·z, 0)``,
+    ``ν = |μ_ν + σ_ν·z'|·drift_scale``, and the floored normalised ``G_P`` for Q_s. ``p``
+    (float32): g_max, c0, c1, c2, prog_noise_scale, μ slope, intercept, min, max, σ slope,
+    intercept, min, max, drift_scale, floor. The normals as :func:`box_muller_finish`, then
+    the tensor formula's operations in its order, so the same float32 results."""
+    minus_two = np.float32(-2.0)
     g_max, c0, c1, c2, pscale = p[0], p[1], p[2], p[3], p[4]
     mus, mui, mumin, mumax = p[5], p[6], p[7], p[8]
     sds, sdi, sdmin, sdmax = p[9], p[10], p[11], p[12]
@@ -145,11 +148,13 @@ def pcm_program_finish(
         gt = g_target[j]
         g = min(max(gt / g_max, zero), one)
         sigma = ((c0 + c1 * g) + (c2 * g) * g) * pscale
-        gp = max(gt + sigma * z_prog[j], zero)
-        lg = log_g[j]
+        z_prog = np.sqrt(logs[0, j] * minus_two) * cosines[0, j]
+        z_nu = np.sqrt(logs[1, j] * minus_two) * cosines[1, j]
+        gp = max(gt + sigma * z_prog, zero)
+        lg = logs[2, j]
         sd = min(max(sds * lg + sdi, sdmin), sdmax)
         mu = min(max(mus * lg + mui, mumin), mumax)
-        nu[j] = abs(mu + sd * z_nu[j]) * dscale
+        nu[j] = abs(mu + sd * z_nu) * dscale
         g_prog[j] = gp
         gpn[j] = max(min(max(gp / g_max, zero), one), floor)
 
@@ -159,6 +164,46 @@ def scale_clip(x: np.ndarray, scale: np.float32, high: np.float32) -> None:
     """``x = min(x·scale, high)`` in place."""
     for j in range(x.shape[0]):
         x[j] = min(x[j] * scale, high)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def abs_max_rows(x: np.ndarray, out: np.ndarray) -> None:
+    """``out[r] = max_f |x[r, f]|`` (exact, whatever the order)."""
+    for r in range(x.shape[0]):
+        m = np.float32(0.0)
+        for f in range(x.shape[1]):
+            m = max(m, abs(x[r, f]))
+        out[r] = m
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def quantise_rows(x: np.ndarray, step: np.ndarray, lo: np.float32, hi: np.float32, out: np.ndarray) -> None:
+    """A converter on ``(R, F)`` values with one step per row: ``round(clip(x/step, lo, hi))·step``
+    (round half to even, as ``torch.round``) — ``periphery.quantise_*``'s operations in order."""
+    for r in range(x.shape[0]):
+        s = step[r]
+        for f in range(x.shape[1]):
+            out[r, f] = np.rint(min(max(x[r, f] / s, lo), hi)) * s
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def adc_rows(
+    y: np.ndarray, x_scale: np.ndarray, w_max: np.ndarray, step: np.float32, lo: np.float32, hi: np.float32, out: np.ndarray
+) -> None:
+    """The ADC of ``layers.crossbar`` on ``(R, out, S)`` tile outputs: in normalised units
+    ``n = x_scale[r]·w_max[o]``, ``round(clip((y/n)/step, lo, hi))·step·n`` — the tensor
+    code's operations in its order."""
+    n_out, spatial = y.shape[1], y.shape[2]
+    for r in range(y.shape[0]):
+        if spatial == 1:  # a linear layer: vectorise over the outputs
+            for o in range(n_out):
+                norm = x_scale[r] * w_max[o]
+                out[r, o, 0] = np.rint(min(max((y[r, o, 0] / norm) / step, lo), hi)) * step * norm
+            continue
+        for o in range(n_out):  # a convolution: vectorise over positions
+            norm = x_scale[r] * w_max[o]
+            for k in range(spatial):
+                out[r, o, k] = np.rint(min(max((y[r, o, k] / norm) / step, lo), hi)) * step * norm
 
 
 def uniform_fields(
@@ -175,5 +220,5 @@ def uniform_fields(
 
 
 __all__ = [
-    "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "scale_clip", "uniform_fields",
+    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "scale_clip", "uniform_fields",
 ]

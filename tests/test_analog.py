@@ -68,3 +68,25 @@ def test_resnet20_runs_on_chips() -> None:
     assert len(net.layers) == 20  # 19 convolutions and the classifier
     x = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(net.forward(x, net.nominal_read(2))[1], model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_converters_give_the_tensor_codes_bits() -> None:
+    """In evaluation the DAC, the per-vector input scale and the ADC run as compiled passes
+    (hardware/periphery.py); with autograd on, the tensor code runs. Both give the same bits,
+    for linear and convolution layers, signed and unsigned DACs, per-vector and fixed ranges."""
+    from mcstudy.hardware import PeripherySpec, TileSpec
+    from mcstudy.hardware.periphery import ADCSpec, DACSpec
+
+    torch.manual_seed(0)
+    x = torch.rand(60, 1, 28, 28)
+    for model in (build_model("mlp", MLPParams(hidden=(64, 32)), (1, 28, 28), 10), build_model("lenet", LeNetParams(), (1, 28, 28), 10)):
+        net = AnalogNetwork(model.eval())
+        for dac in (DACSpec(bits=8), DACSpec(bits=6, signed=False), DACSpec(bits=8, mode="fixed", range=1.0)):
+            periphery = PeripherySpec(dac=dac, adc=ADCSpec(bits=7))
+            pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), TileSpec(rows=128, cols=64), periphery)
+            read = pop.program(net.nominal, chip_stream(0, "converters", range(3)), net.granules).read(100.0)
+            with torch.no_grad():
+                compiled = net.logits(x, read)
+            with torch.enable_grad():
+                tensor = net.logits(x, read).detach()
+            assert torch.equal(compiled, tensor)

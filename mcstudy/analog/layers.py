@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..hardware.chip import LayerRead
-from ..hardware.periphery import PeripherySpec, input_scale, quantise_input, quantise_symmetric
+from ..hardware.periphery import PeripherySpec, adc_tile, input_scale, quantise_input, quantise_symmetric
 
 Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -70,7 +70,10 @@ def crossbar(
         if read.var is not None:
             std = torch.sqrt(product(xk * xk, read.var[:, :, sl]).clamp(min=0))
             yk = yk + std * _vector_noise(read, (purpose, "read"), k, yk, sample_offset)
-        if per_tile:
+        fused = adc_tile(yk, x_scale, read.w_max[k], adc) if per_tile and periphery.output_noise == 0 else None
+        if fused is not None:
+            yk = fused
+        elif per_tile:
             # normalised units: a full-scale device driven by a full-scale input
             norm = _expand_scale(x_scale, yk) * read.w_max[k].view(1, 1, -1, *([1] * (yk.dim() - 3)))
             yn = yk / norm
@@ -141,18 +144,23 @@ class ChipLayer(nn.Module):
         x = x.reshape(c, -1, *self.feature_shape(x))
         y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose)
         extra = y.dim() - 3
+        # without autograd the crossbar's fresh output is scaled and shifted in place (same
+        # numbers, no new (C, N, out) tensors); out of place for the backward pass, and when
+        # a calibration hook sees (and may keep) the output
+        keep = torch.is_grad_enabled() or self.calibrate is not None
+        mul, add = (torch.mul, torch.add) if keep else (torch.Tensor.mul_, torch.Tensor.add_)
         if read.neurons.gain is not None:
-            y = y * _per_neuron(read.neurons.gain, extra)
+            y = mul(y, _per_neuron(read.neurons.gain, extra))
         if read.neurons.offset is not None:
-            y = y + _per_neuron(read.neurons.offset, extra)
+            y = add(y, _per_neuron(read.neurons.offset, extra))
         if self.calibrate is not None:
             self.out_scale, self.out_shift = self.calibrate(self.index, y)
         if self.out_scale is not None:
-            y = y * _per_neuron(self.out_scale.reshape(c, -1), extra)
+            y = mul(y, _per_neuron(self.out_scale.reshape(c, -1), extra))
         if self.out_shift is not None:
-            y = y + _per_neuron(self.out_shift.reshape(c, -1), extra)
+            y = add(y, _per_neuron(self.out_shift.reshape(c, -1), extra))
         if self.bias is not None:
-            y = y + self.bias.view(1, 1, -1, *([1] * extra))
+            y = add(y, self.bias.view(1, 1, -1, *([1] * extra)))
         return y.reshape(-1, *y.shape[2:])
 
 

@@ -138,22 +138,27 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
     runs in compiled passes (``kernels.py``); elsewhere the tensor formulas."""
     g_prog, nu, qs = torch.empty_like(g_target), torch.empty_like(g_target), torch.empty_like(g_target)
     s_prog, s_nu = rng.child("prog"), rng.child("nu")
-    cpu = g_target.device.type == "cpu" and g_target.dtype == torch.float32 and g_target.is_contiguous()
-    consts = _program_constants(p) if cpu else None
-    for c, sl in chunks(*g_target.shape):
-        one, w = slice(c, c + 1), sl.stop - sl.start
-        z_prog, z_nu = s_prog.select(one).normal_range(sl.start, w)[0], s_nu.select(one).normal_range(sl.start, w)[0]
-        gt = g_target[c, sl]
-        if consts is None:
-            gp, n = _program_formula(gt, z_prog, z_nu, p)
+    if g_target.device.type != "cpu" or g_target.dtype != torch.float32 or not g_target.is_contiguous():
+        for c, sl in chunks(*g_target.shape):
+            one, w = slice(c, c + 1), sl.stop - sl.start
+            z_prog, z_nu = s_prog.select(one).normal_range(sl.start, w)[0], s_nu.select(one).normal_range(sl.start, w)[0]
+            gp, n = _program_formula(g_target[c, sl], z_prog, z_nu, p)
             g_prog[c, sl], nu[c, sl], qs[c, sl] = gp, n, read_noise_qs(gp, p)
-            continue
-        log_g = torch.empty_like(gt)
-        kernels.pcm_floor_normalised(gt.numpy(), consts[0], consts[14], log_g.numpy())
-        log_g.log_()
+        return g_prog, nu, qs
+    consts = _program_constants(p)
+    width = -(-min(g_target.shape[1], CHUNK_ELEMENTS) // ALIGN) * ALIGN
+    logs, cosines = torch.ones(3, width), torch.ones(2, width)  # rows: programming normal, ν normal, target
+    for c, sl in chunks(*g_target.shape):
+        w = sl.stop - sl.start
+        span = -(-w // ALIGN) * ALIGN  # the normals' ln and cos on whole aligned groups, as normal_range
+        fields(s_prog.keys[c : c + 1], sl.start, span, (logs[0, :span], cosines[0, :span]))
+        fields(s_nu.keys[c : c + 1], sl.start, span, (logs[1, :span], cosines[1, :span]))
+        gt = g_target[c, sl]
+        kernels.pcm_floor_normalised(gt.numpy(), consts[0], consts[14], logs[2, :w].numpy())
+        logs[:2, :span].log_(), logs[2, :w].log_(), cosines[:, :span].cos_()
         q = qs[c, sl]
-        kernels.pcm_program_finish(gt.numpy(), log_g.numpy(), z_prog.numpy(), z_nu.numpy(), consts,
-                                   g_prog[c, sl].numpy(), nu[c, sl].numpy(), q.numpy())  # fmt: skip
+        kernels.pcm_program_finish(gt.numpy(), logs.numpy(), cosines.numpy(), consts, g_prog[c, sl].numpy(), nu[c, sl].numpy(),
+                                   q.numpy())  # fmt: skip
         q.log_().mul_(-p.read_qs_exponent).exp_()  # as read_noise_qs
         kernels.scale_clip(q.numpy(), np.float32(p.read_qs_coeff), np.float32(p.read_qs_max))
     return g_prog, nu, qs

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, PositiveInt
 
@@ -72,11 +73,43 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (r - x).detach() if x.requires_grad else r
 
 
+def _compiled(x: torch.Tensor) -> bool:
+    """Whether a converter on ``x`` may run as one compiled pass (``kernels.py``): evaluation
+    on the CPU in float32, where nothing needs a gradient."""
+    return not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def _row_steps(x: torch.Tensor, step: torch.Tensor | float) -> torch.Tensor | None:
+    """``step`` as one value per row of ``x`` flattened to ``(R, F)`` (a float: one row), or
+    None when it does not broadcast that way."""
+    if not isinstance(step, torch.Tensor):
+        return torch.tensor([step], dtype=torch.float32)
+    k = step.dim()
+    while k > 0 and step.shape[k - 1] == 1:
+        k -= 1
+    if step.dim() != x.dim() or tuple(step.shape[:k]) != tuple(x.shape[:k]) or step.dtype != torch.float32:
+        return None
+    return step.reshape(-1).contiguous()
+
+
+def _quantise(x: torch.Tensor, step: torch.Tensor | float, lo: int, hi: int) -> torch.Tensor:
+    """``round(clip(x/step, lo, hi))·step``; in evaluation one compiled pass with the same bits."""
+    rows = _row_steps(x, step) if _compiled(x) else None
+    if rows is None:
+        return round_ste((x / step).clamp(lo, hi)) * step
+    from .. import kernels
+
+    xc = x.contiguous()
+    out = torch.empty_like(xc)
+    r = rows.numel()
+    kernels.quantise_rows(xc.view(r, -1).numpy(), rows.numpy(), np.float32(lo), np.float32(hi), out.view(r, -1).numpy())
+    return out
+
+
 def quantise_symmetric(x: torch.Tensor, full_scale: torch.Tensor | float, bits: int) -> torch.Tensor:
     """Clip to ±full_scale and round to the nearest of ``2**bits − 1`` symmetric levels."""
     half = 2 ** (bits - 1) - 1
-    step = full_scale / half
-    return round_ste((x / step).clamp(-half, half)) * step
+    return _quantise(x, full_scale / half, -half, half)
 
 
 def quantise_input(x: torch.Tensor, full_scale: torch.Tensor | float, dac: DACSpec) -> torch.Tensor:
@@ -85,15 +118,49 @@ def quantise_input(x: torch.Tensor, full_scale: torch.Tensor | float, dac: DACSp
     if dac.signed:
         return quantise_symmetric(x, full_scale, dac.bits)
     steps = 2**dac.bits - 1
-    step = full_scale / steps
-    return round_ste((x / step).clamp(0, steps)) * step
+    return _quantise(x, full_scale / steps, 0, steps)
+
+
+def adc_tile(y: torch.Tensor, x_scale: torch.Tensor | float, w_max: torch.Tensor, adc: ADCSpec) -> torch.Tensor | None:
+    """The ADC on one tile's outputs ``y`` ``(C, N, out, *spatial)`` in evaluation, as one
+    compiled pass: in normalised units ``x_scale·w_max`` (a full-scale device driven by a
+    full-scale input), :func:`quantise_symmetric` to the ADC range, back to weight × input
+    units — the same bits as ``layers.crossbar``'s tensor code; None where that code must run."""
+    if adc.bits is None or not _compiled(y) or w_max.dtype != torch.float32:
+        return None
+    from .. import kernels
+
+    c, n, n_out = y.shape[:3]
+    rows = c * n
+    if isinstance(x_scale, torch.Tensor):
+        if x_scale.numel() != rows or x_scale.dtype != torch.float32:
+            return None
+        xs = x_scale.reshape(rows).contiguous()
+    else:
+        xs = torch.full((rows,), x_scale, dtype=torch.float32)
+    half = 2 ** (adc.bits - 1) - 1
+    yc = y.contiguous()
+    out = torch.empty_like(yc)
+    wm = w_max.reshape(n_out).contiguous()
+    kernels.adc_rows(yc.view(rows, n_out, -1).numpy(), xs.numpy(), wm.numpy(), np.float32(adc.range / half),
+                     np.float32(-half), np.float32(half), out.view(rows, n_out, -1).numpy())  # fmt: skip
+    return out
 
 
 def input_scale(x: torch.Tensor, dac: DACSpec, reduce_dims: tuple[int, ...]) -> torch.Tensor | float:
     """``x_scale``: the DAC range, or each vector's largest |x| (never zero)."""
     if dac.mode == "fixed":
         return dac.range
-    return x.abs().amax(dim=reduce_dims, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+    tiny = torch.finfo(x.dtype).tiny
+    lead = x.dim() - len(reduce_dims)
+    if _compiled(x) and reduce_dims == tuple(range(lead, x.dim())):  # one compiled pass, no |x| tensor
+        from .. import kernels
+
+        rows = x.shape[:lead]
+        out = torch.empty(rows, dtype=x.dtype)
+        kernels.abs_max_rows(x.contiguous().view(out.numel(), -1).numpy(), out.view(-1).numpy())
+        return out.view(*rows, *([1] * len(reduce_dims))).clamp_(min=tiny)
+    return x.abs().amax(dim=reduce_dims, keepdim=True).clamp(min=tiny)
 
 
 @dataclass(frozen=True)
