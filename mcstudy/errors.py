@@ -32,3 +32,7 @@ class DataError(McStudyError):
 
 class StoreError(McStudyError):
     """A results store that cannot be used for this run (different study, locked, corrupt)."""
+
+
+class WorkerError(McStudyError):
+    """A worker process that died; the store keeps every finished chip and a rerun resumes."""

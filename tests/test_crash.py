@@ -101,3 +101,20 @@ def test_cluster_configs_pass_rays_own_validation(name: str) -> None:
     broken = dict(config, head_start_ray_comands=["ray start --head"])  # a misspelt field is caught
     with pytest.raises(jsonschema.ValidationError, match="head_start_ray_comands"):
         validate_config(fillout_defaults(broken))
+
+
+def test_a_script_without_a_main_guard_fails_with_a_clear_error_instead_of_hanging(tmp_path: Path, cache_dir: Path) -> None:
+    """The local executor spawns workers that import the calling script; a script that runs
+    a study at import time makes every worker die while it starts. The run must stop
+    with an error that says what to do, not wait forever."""
+    study = small_study(tmp_path, chips=8)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from mcstudy import load_study\n"
+        "from mcstudy.execution import RunOptions, run_study\n"
+        f"run_study(load_study({str(study)!r}), RunOptions({str(tmp_path / 'out.zarr')!r}, executor='local', workers=2, progress=False))\n"
+    )
+    env = {**os.environ, "MCSTUDY_CACHE": str(cache_dir)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "if __name__ ==" in out.stderr and "worker process exited" in out.stderr

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import tempfile
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..data import Dataset
+from ..errors import WorkerError
 from ..registry import Registry
 from ..training import TrainedModel, TrainJob, run_train_job
 from .plan import WorkUnit
@@ -80,8 +85,10 @@ class SerialExecutor(Executor):
 _CONTEXT: WorkerContext | None = None
 
 
-def _init_worker(payload: Payload) -> None:
+def _init_worker(payload_file: str) -> None:
     global _CONTEXT
+    with open(payload_file, "rb") as f:
+        payload = pickle.load(f)  # written by this run's coordinator (LocalExecutor.start)
     _CONTEXT = WorkerContext(payload)
 
 
@@ -96,13 +103,26 @@ class LocalExecutor(Executor):
 
     name = "local"
 
+    watch_seconds = 2.0  # how often a run with nothing finished checks that its workers live
+
     def __init__(self, workers: int | None = None, address: str | None = None) -> None:
         super().__init__(workers or os.cpu_count() or 1)
         self.pool: ProcessPoolExecutor | None = None
+        self.payload_file: str | None = None
+        self.broken = False
 
     def start(self, payload: Payload) -> None:
+        # The payload (trained models, data) goes to the workers through a temporary file,
+        # not the spawn pipe: a worker that dies while it starts (e.g. a script without a
+        # main guard) would otherwise leave the parent blocked for ever writing a payload
+        # larger than the pipe's buffer (CPython's spawn keeps the pipe's read end open
+        # until the write completes).
+        fd, path = tempfile.mkstemp(prefix="mcstudy-payload-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.payload_file = path
         self.pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(payload,)
+            max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(path,)
         )
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[UnitResult]:
@@ -117,10 +137,38 @@ class LocalExecutor(Executor):
                     break
             if not pending:
                 return
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, pending = wait(pending, timeout=self.watch_seconds, return_when=FIRST_COMPLETED)
+            if not finished:
+                self._check_workers()
             for f in finished:
-                yield f.result()
+                try:
+                    result = f.result()
+                except BrokenProcessPool:
+                    self._check_workers()
+                    raise
+                yield result
+
+    def _check_workers(self) -> None:
+        """Raise if a worker process has exited: a pool worker only exits when the pool
+        shuts down, and a worker that dies while it starts can leave the pool waiting
+        forever instead of reporting it (seen with Python 3.11's ProcessPoolExecutor)."""
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        dead = [p for p in procs if p.exitcode is not None]
+        if dead:
+            self.broken = True
+            raise WorkerError(
+                f"a local worker process exited (exit code {dead[0].exitcode}) before its work was done; "
+                "the store keeps every finished chip and rerunning resumes. If you call mcstudy from a "
+                "Python script, put the call under `if __name__ == \"__main__\":` - the local executor "
+                "starts its workers by importing your script (multiprocessing's spawn)."
+            )
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.broken:  # do not wait on a pool that lost a worker: stop the rest
+                for p in list((getattr(self.pool, "_processes", None) or {}).values()):
+                    p.terminate()
+            self.pool.shutdown(wait=not self.broken, cancel_futures=True)
+        if self.payload_file is not None:
+            Path(self.payload_file).unlink(missing_ok=True)
+            self.payload_file = None
