@@ -13,13 +13,16 @@ per chip, 8-bit DAC/ADC off and on. Figures, all in chip-time evaluations per se
 - local executor scaling from 1 to 2 workers on a study of ``scaling_chips`` chips;
 - the coordinator's peak memory for a small and a ten-times larger study.
 
-Every ratio compares figures measured in the same run on the same machine.
+Every ratio compares figures measured in the same run on the same machine: each figure
+is the median of :data:`ROUNDS` interleaved measurements (float, batched, loop, float, …)
+and each ratio the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ from .procedures.drift_compensation import DriftCompensation, DriftCompensationP
 from .rng import chip_stream
 
 TIMES = (20.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
+ROUNDS = 3  # each figure is the median of this many interleaved measurements
 N_INPUTS = 1000
 
 
@@ -259,19 +263,20 @@ class BenchResult:
 
 
 def run(quick: bool = False, block: int = 8, log: Callable[[str], None] = print) -> BenchResult:
-    min_seconds = 1.0 if quick else 3.0
+    min_seconds = 0.5 if quick else 2.0
     torch.set_num_threads(1)  # every figure on one core: the per-core floor and one worker's rate
     res = BenchResult(machine={"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick})
     for w in workloads(quick):
         label = f"{w.name}, converters {'8-bit' if w.converters else 'off'}"
-        log(f"  {label}: float forward")
-        f = float_rate(w, min_seconds)
-        log(f"  {label}: batched ({block} chips per block)")
-        b = batched_rate(w, block, min_seconds)
-        log(f"  {label}: one chip at a time")
-        lp = loop_rate(w, min_seconds)
+        rounds: list[tuple[float, float, float]] = []
+        for r in range(ROUNDS):  # interleaved, so a shared machine's drifting speed hits all three alike
+            log(f"  {label}: float forward, batched ({block} chips per block), one chip at a time — round {r + 1} of {ROUNDS}")
+            rounds.append((float_rate(w, min_seconds), batched_rate(w, block, min_seconds), loop_rate(w, min_seconds)))
+        f, b, lp = (statistics.median(x[i] for x in rounds) for i in range(3))
         res.rows.append({"workload": w.name, "converters": w.converters, "float": f, "batched": b, "loop": lp,
-                         "fraction_of_float": b / f, "batched_over_loop": b / lp})  # fmt: skip
+                         "fraction_of_float": statistics.median(x[1] / x[0] for x in rounds),
+                         "batched_over_loop": statistics.median(x[1] / x[2] for x in rounds),
+                         "rounds": [list(x) for x in rounds]})  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         chips = 400 if quick else 2000

@@ -28,6 +28,16 @@ def test_digits_split_is_deterministic_disjoint_and_stratified() -> None:
     assert np.all(np.abs(counts - 0.3 * totals) <= 1)
 
 
+def test_digits_are_scikit_learns_digits() -> None:
+    """Read from the CSV in scikit-learn's wheel without importing it: the same images and labels."""
+    from sklearn.datasets import load_digits
+
+    from mcstudy.data.builtin import _load_digits
+
+    raw, ref = _load_digits(DataSpec()), load_digits()
+    assert np.array_equal(raw.x[:, 0], ref.images.astype(np.float32) / 16.0) and np.array_equal(raw.y, ref.target)
+
+
 def test_caps_on_train_and_test() -> None:
     d = load_dataset(DataSpec(dataset="digits", max_train=100, max_test=50), seed=0)
     assert len(d.y_train) == 100 and len(d.y_test) == 50

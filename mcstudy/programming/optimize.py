@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import differential_evolution
 
 from ..hardware.base import DeviceModel
 from ..hardware.mapping import Encoding, Mapping
@@ -168,6 +167,8 @@ def optimize_strategy(
     seed: int = 0,
 ) -> SearchResult:
     """Differential evolution from a Latin-hypercube population that includes the naive strategy."""
+    from scipy.optimize import differential_evolution  # here: scipy.optimize takes ~0.6 s to import
+
     n = objective.n_knots
     bounds = Strategy.bounds(n)
     dim = len(bounds)
