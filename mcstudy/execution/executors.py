@@ -97,6 +97,14 @@ def _run_unit(unit: WorkUnit) -> UnitResult:
     return _CONTEXT.run(unit)
 
 
+_WORKER_DIED = (
+    "a local worker process exited (exit code {code}) before its work was done; the store keeps every "
+    "finished chip and rerunning resumes. If you call mcstudy from a Python script, put the call under "
+    '`if __name__ == "__main__":` - the local executor starts its workers by importing your script '
+    "(multiprocessing's spawn)."
+)
+
+
 @EXECUTORS.register("local")
 class LocalExecutor(Executor):
     """A pool of worker processes on this machine (spawned, so no state leaks from the parent)."""
@@ -143,9 +151,9 @@ class LocalExecutor(Executor):
             for f in finished:
                 try:
                     result = f.result()
-                except BrokenProcessPool:
-                    self._check_workers()
-                    raise
+                except BrokenProcessPool as e:
+                    self.broken = True
+                    raise WorkerError(_WORKER_DIED.format(code="unknown")) from e
                 yield result
 
     def _check_workers(self) -> None:
@@ -156,12 +164,7 @@ class LocalExecutor(Executor):
         dead = [p for p in procs if p.exitcode is not None]
         if dead:
             self.broken = True
-            raise WorkerError(
-                f"a local worker process exited (exit code {dead[0].exitcode}) before its work was done; "
-                "the store keeps every finished chip and rerunning resumes. If you call mcstudy from a "
-                "Python script, put the call under `if __name__ == \"__main__\":` - the local executor "
-                "starts its workers by importing your script (multiprocessing's spawn)."
-            )
+            raise WorkerError(_WORKER_DIED.format(code=dead[0].exitcode))
 
     def close(self) -> None:
         if self.pool is not None:
