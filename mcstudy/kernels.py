@@ -160,13 +160,6 @@ def pcm_program_finish(
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def scale_clip(x: np.ndarray, scale: np.float32, high: np.float32) -> None:
-    """``x = min(x·scale, high)`` in place."""
-    for j in range(x.shape[0]):
-        x[j] = min(x[j] * scale, high)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
 def abs_max_rows(x: np.ndarray, out: np.ndarray) -> None:
     """``out[r] = max_f |x[r, f]|`` (exact, whatever the order)."""
     for r in range(x.shape[0]):
@@ -220,5 +213,5 @@ def uniform_fields(
 
 
 __all__ = [
-    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "scale_clip", "uniform_fields",
+    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "uniform_fields",
 ]

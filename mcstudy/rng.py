@@ -91,7 +91,8 @@ _TWO_PI = 2.0 * math.pi
 _FIELD = 2.0**-23
 
 
-def _aligned(m: int) -> int:
+def aligned(m: int) -> int:
+    """``m`` rounded up to a multiple of :data:`ALIGN`."""
     return -(-m // ALIGN) * ALIGN
 
 
@@ -198,7 +199,7 @@ class Stream:
         if scale < 0:
             raise ValueError(f"scale must be >= 0, not {scale}")
         first = start // ALIGN * ALIGN
-        total = _aligned(start + count - first)
+        total = aligned(start + count - first)
         if total <= CHUNK_ELEMENTS:  # one piece per chip: no copy
             z = _box_muller(*fields(self.keys, first, total), scale)
             return (z[:, start - first : start - first + count] if start != first or count != total else z).to(dtype)

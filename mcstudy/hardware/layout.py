@@ -5,7 +5,7 @@ code on full vectors and with scalar code on the tail of a tensor, and the two c
 differ in the last bit. If chip ``c``'s values sat at different positions relative to
 the vector boundaries in a block of 64 chips than alone, chip 17 would not be the same
 chip in both (DESIGN.md invariant). Each chip's values are therefore laid out flat and
-padded to a multiple of :data:`ALIGN` elements before any such function runs, so every
+padded to a multiple of ``rng.ALIGN`` elements before any such function runs, so every
 chip always fills whole vectors at the same lanes, whatever the block.
 (``tests/test_hardware.py::test_every_model_draws_only_from_the_chips_stream``)
 """
@@ -18,11 +18,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..rng import ALIGN  # elements: whole SIMD groups of float32, for every chip
+from ..rng import aligned
 
 
 def padded(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+    return aligned(n)
 
 
 def to_flat(t: torch.Tensor) -> torch.Tensor:

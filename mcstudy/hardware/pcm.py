@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ..registry import Params
 from .. import kernels
-from ..rng import ALIGN, CHUNK_ELEMENTS, Stream, chunks, draw_normal, fields
+from ..rng import ALIGN, CHUNK_ELEMENTS, Stream, aligned, chunks, draw_normal, fields
 from .base import DEVICES, DeviceModel, DeviceState
 
 
@@ -99,8 +99,13 @@ def drift_sigma(g_target: torch.Tensor, p: PCMParams = DEFAULT, log_g: torch.Ten
 
 def read_noise_qs(g_prog: torch.Tensor, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
     """Relative 1/f read-noise amplitude Q_s for programmed conductances (µS)."""
-    # q/g^e as q·exp(−e·ln g): one vectorised exp and log instead of a much slower scalar pow
-    return _floored(g_prog, p).log_().mul_(-p.read_qs_exponent).exp_().mul_(p.read_qs_coeff).clamp_(max=p.read_qs_max)
+    return _qs_of_floored(_floored(g_prog, p), p)
+
+
+def _qs_of_floored(g: torch.Tensor, p: PCMDriftReadParams) -> torch.Tensor:
+    """Q_s in place of floored normalised conductances ``g``: q/g^e as q·exp(−e·ln g), one
+    vectorised ln and exp instead of a much slower scalar pow."""
+    return g.log_().mul_(-p.read_qs_exponent).exp_().mul_(p.read_qs_coeff).clamp_(max=p.read_qs_max)
 
 
 def read_noise_time_factor(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
@@ -146,11 +151,11 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
             g_prog[c, sl], nu[c, sl], qs[c, sl] = gp, n, read_noise_qs(gp, p)
         return g_prog, nu, qs
     consts = _program_constants(p)
-    width = -(-min(g_target.shape[1], CHUNK_ELEMENTS) // ALIGN) * ALIGN
+    width = aligned(min(g_target.shape[1], CHUNK_ELEMENTS))
     logs, cosines = torch.ones(3, width), torch.ones(2, width)  # rows: programming normal, ν normal, target
     for c, sl in chunks(*g_target.shape):
         w = sl.stop - sl.start
-        span = -(-w // ALIGN) * ALIGN  # the normals' ln and cos on whole aligned groups, as normal_range
+        span = aligned(w)  # the normals' ln and cos on whole aligned groups, as normal_range
         fields(s_prog.keys[c : c + 1], sl.start, span, (logs[0, :span], cosines[0, :span]))
         fields(s_nu.keys[c : c + 1], sl.start, span, (logs[1, :span], cosines[1, :span]))
         gt = g_target[c, sl]
@@ -159,8 +164,7 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
         q = qs[c, sl]
         kernels.pcm_program_finish(gt.numpy(), logs.numpy(), cosines.numpy(), consts, g_prog[c, sl].numpy(), nu[c, sl].numpy(),
                                    q.numpy())  # fmt: skip
-        q.log_().mul_(-p.read_qs_exponent).exp_()  # as read_noise_qs
-        kernels.scale_clip(q.numpy(), np.float32(p.read_qs_coeff), np.float32(p.read_qs_max))
+        _qs_of_floored(q, p)  # the kernel left the floored normalised G_P there
     return g_prog, nu, qs
 
 
@@ -207,6 +211,20 @@ def read_noise_std(t: float, p: PCMDriftReadParams) -> float:
     return read_noise_time_factor(t, p) * p.read_noise_scale
 
 
+def _read_factors(
+    nu: torch.Tensor, key: torch.Tensor, start: int, log_ratio: float, noisy: bool, p: PCMDriftReadParams,
+    drift: torch.Tensor, log_u: torch.Tensor, cos_theta: torch.Tensor,
+) -> None:  # fmt: skip
+    """For one contiguous piece of a chip on the CPU: the drift factors exp(−ν·ln(t/t0))
+    into ``drift`` and the read normals' ln u and cos θ (stream elements from ``start``)
+    into ``log_u`` and ``cos_theta`` — what the compiled read passes take."""
+    if p.drift_scale > 0:
+        torch.mul(nu, -log_ratio, out=drift).exp_()
+    if noisy:
+        fields(key, start, log_u.numel(), (log_u, cos_theta))
+        log_u.log_(), cos_theta.cos_()
+
+
 def _read_stream(
     g_prog: torch.Tensor, nu: torch.Tensor, qs: torch.Tensor, t: float, rng: Stream, p: PCMDriftReadParams,
     out: torch.Tensor | None = None,
@@ -222,22 +240,17 @@ def _read_stream(
     c2 = np.float32(-2.0 * s * s)
     if cpu:  # workspace reused by every piece: no allocation (and no page faults) per piece
         size = min(g_prog.shape[1], CHUNK_ELEMENTS)
-        drift_ws, u_ws, theta_ws = torch.ones(size), torch.empty(size), torch.empty(size)
+        drift_ws, u_ws, theta_ws = torch.ones(size), torch.ones(size), torch.ones(size)
     for c, sl in chunks(*g_prog.shape):
         w = sl.stop - sl.start
         if not cpu:
             zs = stream.select(slice(c, c + 1)).normal_range(sl.start, w, g_prog.dtype, s)[0] if s > 0 else None
             _read_formula(g_prog[c, sl], nu[c, sl], qs[c, sl], t, zs, p, out=out[c, sl])
             continue
-        gp, drift = g_prog[c, sl], drift_ws[:w]
-        if p.drift_scale > 0:
-            torch.mul(nu[c, sl], -log_ratio, out=drift).exp_()
-        log_u, cos_theta = gp, gp
-        if s > 0:
-            log_u, cos_theta = fields(stream.keys[c : c + 1], sl.start, w, (u_ws[:w], theta_ws[:w]))
-            log_u.log_(), cos_theta.cos_()
-        kernels.pcm_read_finish(gp.numpy(), drift.numpy(), qs[c, sl].numpy(), log_u.numpy(), cos_theta.numpy(), c2, s > 0,
-                                out[c, sl].numpy())  # fmt: skip
+        drift, log_u, cos_theta = drift_ws[:w], u_ws[:w], theta_ws[:w]
+        _read_factors(nu[c, sl], stream.keys[c : c + 1], sl.start, log_ratio, s > 0, p, drift, log_u, cos_theta)
+        kernels.pcm_read_finish(g_prog[c, sl].numpy(), drift.numpy(), qs[c, sl].numpy(), log_u.numpy(), cos_theta.numpy(), c2,
+                                s > 0, out[c, sl].numpy())  # fmt: skip
     return out
 
 
@@ -295,7 +308,7 @@ class PCMDevice(DeviceModel):
         planes, n_out, n_in = shape
         n, total, chips = n_out * n_in, g_prog.shape[1], g_prog.shape[0]
         step = max(ALIGN, CHUNK_ELEMENTS // planes // ALIGN * ALIGN)
-        width = min(step, -(-n // ALIGN) * ALIGN)
+        width = min(step, aligned(n))
         drift_ws, u_ws, theta_ws = torch.ones(planes, width), torch.ones(planes, width), torch.ones(planes, width)
         out = torch.empty(chips, n_out, n_in)
         coeff = np.array(coeffs, dtype=np.float32)
@@ -308,15 +321,12 @@ class PCMDevice(DeviceModel):
             row = out[c].view(-1)
             for a in range(0, n, step):
                 w = min(step, n - a)
-                span = -(-w // ALIGN) * ALIGN
+                span = aligned(w)
                 for d in range(planes):
                     start = min(d * n + a, total - span)  # a whole aligned span inside the chip's row
                     off[d] = d * n + a - start
-                    if p.drift_scale > 0:
-                        torch.mul(nu_c[c, start : start + span], -log_ratio, out=drift_ws[d, :span]).exp_()
-                    if s > 0:
-                        fields(keys[c : c + 1], start, span, (u_ws[d, :span], theta_ws[d, :span]))
-                        u_ws[d, :span].log_(), theta_ws[d, :span].cos_()
+                    _read_factors(nu_c[c, start : start + span], keys[c : c + 1], start, log_ratio, s > 0, p,
+                                  drift_ws[d, :span], u_ws[d, :span], theta_ws[d, :span])  # fmt: skip
                 kernels.pcm_read_decode_finish(
                     gp_c[c].numpy(), qs_c[c].numpy(), drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy(), off, n, a,
                     coeff, unit, gm, scale_np, c2, s > 0, row[a : a + w].numpy(),
