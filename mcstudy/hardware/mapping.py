@@ -91,9 +91,8 @@ class Mapping(ABC):
         return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(v), coeff.to(w)
 
     def decode(self, g: torch.Tensor, coeff: torch.Tensor, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
-        """Weights ``(C, out, in)`` from conductances ``(C, D, out, in)``."""
-        g_min = self.g_min(g_max)
-        return (coeff * (g - g_min)).sum(1) * (w_max / (g_max - g_min))
+        """Weights ``(C, out, in)`` from conductances ``(C, D, out, in)`` (differentiable)."""
+        return self.decode_flat(g.reshape(g.shape[0], -1), tuple(g.shape[1:]), coeff, w_max, g_max)  # type: ignore[arg-type]
 
     def plane_coefficients(self, coeff: torch.Tensor) -> list[float] | None:
         """The decoding coefficients as one number per device plane, or None when they
@@ -109,10 +108,11 @@ class Mapping(ABC):
     def decode_flat(
         self, g: torch.Tensor, shape: tuple[int, int, int], coeff: torch.Tensor, w_max: torch.Tensor, g_max: float
     ) -> torch.Tensor:
-        """:meth:`decode` of conductances in the per-chip flat layout (``layout.py``: device
-        ``d`` of weight ``k`` at ``d·out·in + k``), one device plane at a time without first
-        copying them out of the layout; a ±1 coefficient is an exact addition or
-        subtraction. ``kernels.pcm_read_decode_finish`` repeats this arithmetic."""
+        """Weights ``(C, out, in)`` from conductances in the per-chip flat layout (``layout.py``:
+        device ``d`` of weight ``k`` at ``d·out·in + k``; padding after), one device plane at
+        a time without copying them out of the layout:
+        ``w = w_max · Σ_d c_d (G_d − G_min)/(G_max − G_min)``, where a ±1 coefficient is an
+        exact addition or subtraction. ``kernels.pcm_read_decode_finish`` repeats this arithmetic."""
         d, n_out, n_in = shape
         n, g_min = n_out * n_in, self.g_min(g_max)
         per_plane = self.plane_coefficients(coeff)
