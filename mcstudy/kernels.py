@@ -42,15 +42,44 @@ def _mix64(x: np.uint64) -> np.uint64:
     return x ^ (x >> _S31)
 
 
+@njit(inline="always", cache=True)
+def _fields_row(key: np.uint64, first: int, span: int, u: np.ndarray, theta: np.ndarray) -> None:
+    """Elements ``first .. first+span-1`` of the stream with key ``key`` into ``u[:span]``, ``theta[:span]``."""
+    x = key + np.uint64(first) * _PHI
+    for j in range(span):
+        x += _PHI  # the counter of element first + j + 1, as an induction variable (no multiply)
+        b = _mix64(x)
+        u[j] = (np.float32(b >> _S41) + _HALF) * _FIELD
+        theta[j] = (np.float32((b >> _S9) & _M23) + _HALF) * _FIELD * _TWO_PI
+
+
 @njit(nogil=True, cache=True)
-def _fields_kernel(keys: np.ndarray, first: int, u: np.ndarray, theta: np.ndarray) -> None:
-    n = u.shape[1]
-    for c in range(u.shape[0]):
-        key = keys[c]
-        for j in range(n):
-            b = _mix64(key + np.uint64(first + j + 1) * _PHI)
-            u[c, j] = (np.float32(b >> _S41) + _HALF) * _FIELD
-            theta[c, j] = (np.float32((b >> _S9) & _M23) + _HALF) * _FIELD * _TWO_PI
+def _fields_kernel(keys: np.ndarray, starts: np.ndarray, span: int, u: np.ndarray, theta: np.ndarray) -> None:
+    """Elements ``starts[d] .. starts[d]+span-1`` of every key's stream into ``u[d, c, :span]``
+    and ``theta[d, c, :span]`` (``(windows, chips, ≥ span)`` float32 workspaces)."""
+    for d in range(starts.shape[0]):
+        for c in range(keys.shape[0]):
+            _fields_row(keys[c], starts[d], span, u[d, c], theta[d, c])
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def pcm_read_windows(
+    keys: np.ndarray, nu: np.ndarray, starts: np.ndarray, span: int, minus_log_ratio: np.float32, drifts: bool,
+    noisy: bool, drift: np.ndarray, u: np.ndarray, theta: np.ndarray,
+) -> None:  # fmt: skip
+    """What a PCM read needs before PyTorch's exp, ln and cos, for columns ``starts[d] ..
+    starts[d]+span-1`` of every chip's row of ``nu`` ``(chips, n)``: ``−ν·ln(t/t0)`` into
+    ``drift[d, c, :span]`` (``torch.mul``'s float32 product) and the read normals' fields
+    (the same stream elements) into ``u[d, c, :span]``, ``theta[d, c, :span]``."""
+    for d in range(starts.shape[0]):
+        first = starts[d]
+        for c in range(keys.shape[0]):
+            if drifts:
+                src, dst = nu[c, first : first + span], drift[d, c]
+                for j in range(span):
+                    dst[j] = src[j] * minus_log_ratio
+            if noisy:
+                _fields_row(keys[c], first, span, u[d, c], theta[d, c])
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -74,89 +103,106 @@ def _pcm_conductance(
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def pcm_read_finish(
-    g_prog: np.ndarray, drift: np.ndarray, qs: np.ndarray, log_u: np.ndarray, cos_theta: np.ndarray,
-    c: np.float32, noisy: bool, out: np.ndarray,
+    g_prog: np.ndarray, qs: np.ndarray, a: int, w: int, drift: np.ndarray, log_u: np.ndarray, cos_theta: np.ndarray,
+    off: int, c: np.float32, noisy: bool, out: np.ndarray,
 ) -> None:  # fmt: skip
-    """PCM read (``pcm._read_formula``) given the drift factors ``exp(−ν·ln(t/t0))`` and the
-    normals' ``ln u``, ``cos θ``: ``G = (d·G_P)·max(z·Q_s + 1, 0)``, ``z = √(c·ln u)·cos θ``
-    — the tensor formula's operations in its order, so the same float32 results."""
-    for j in range(out.shape[0]):
-        out[j] = _pcm_conductance(g_prog[j], drift[j], qs[j], log_u[j], cos_theta[j], c, noisy)
+    """PCM read (``pcm._read_formula``) of columns ``a..a+w-1`` of ``g_prog`` ``(chips, n)``
+    into the same columns of ``out``, given the drift factors ``exp(−ν·ln(t/t0))`` and the
+    normals' ``ln u``, ``cos θ`` of those devices from column ``off`` of ``drift``,
+    ``log_u``, ``cos_theta`` ``(chips, ≥ off + w)``:
+    ``G = (d·G_P)·max(z·Q_s + 1, 0)``, ``z = √(c·ln u)·cos θ`` — the tensor formula's
+    operations in its order, so the same float32 results."""
+    for r in range(out.shape[0]):  # row slices: unit-stride loops that vectorise
+        gp, q, o = g_prog[r, a : a + w], qs[r, a : a + w], out[r, a : a + w]
+        dr, lu, ct = drift[r, off : off + w], log_u[r, off : off + w], cos_theta[r, off : off + w]
+        for j in range(w):
+            o[j] = _pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def pcm_read_decode_finish(
     g_prog: np.ndarray, qs: np.ndarray, drift: np.ndarray, log_u: np.ndarray, cos_theta: np.ndarray, off: np.ndarray,
-    n: int, a: int, coeff: np.ndarray, unit: np.ndarray, g_min: np.float32, scale: np.ndarray, c: np.float32,
+    n: int, a: int, w: int, coeff: np.ndarray, unit: np.ndarray, g_min: np.float32, scale: np.ndarray, c: np.float32,
     noisy: bool, out: np.ndarray,
 ) -> None:  # fmt: skip
-    """A PCM read of every device of weights ``a..a+w-1`` of one chip, decoded at once
-    (``w = out.shape[0]``): device ``d`` of weight ``k`` sits at ``d·n + k`` of the chip's
-    flat ``g_prog``/``qs``; row ``d`` of ``drift``, ``log_u``, ``cos_theta`` holds plane
-    ``d``'s devices from column ``off[d]`` on. Each conductance as :func:`pcm_read_finish`, then ``Mapping.decode_flat``'s
-    arithmetic in its order: ``((G₀ − G_min)·c₀ ± … )·scale[k]``, where a coefficient of
-    ±1 (``unit``) is an addition or subtraction, as there."""
-    w = out.shape[0]
-    for d in range(coeff.shape[0]):  # plane by plane: each weight's sum still runs in plane order
-        i0, m0, cd, ud = d * n + a, off[d], coeff[d], unit[d]
-        gp, q = g_prog[i0 : i0 + w], qs[i0 : i0 + w]
-        dr, lu, ct = drift[d, m0 : m0 + w], log_u[d, m0 : m0 + w], cos_theta[d, m0 : m0 + w]
-        if d == 0:
-            for j in range(w):
-                out[j] = (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min) * cd
-        elif ud == 1:
-            for j in range(w):
-                out[j] = out[j] + (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min)
-        elif ud == -1:
-            for j in range(w):
-                out[j] = out[j] - (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min)
-        else:
-            for j in range(w):
-                out[j] = out[j] + (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min) * cd
+    """A PCM read of every device of weights ``a..a+w-1`` of every chip, decoded at once into
+    ``out[chip, a:a+w]``: device ``d`` of weight ``k`` sits at ``d·n + k`` of a chip's row of
+    ``g_prog``/``qs`` ``(chips, devices)``; ``drift[d, chip]``, ``log_u[d, chip]``,
+    ``cos_theta[d, chip]`` hold plane ``d``'s devices from column ``off[d]`` on. Each
+    conductance as :func:`pcm_read_finish`, then ``Mapping.decode_flat``'s arithmetic in
+    its order: ``((G₀ − G_min)·c₀ ± … )·scale[k]``, where a coefficient of ±1 (``unit``) is
+    an addition or subtraction, as there."""
     sc = scale[a : a + w]
-    for j in range(w):
-        out[j] = out[j] * sc[j]
+    for ch in range(out.shape[0]):  # row slices: unit-stride loops that vectorise
+        o = out[ch, a : a + w]
+        for d in range(coeff.shape[0]):  # plane by plane: each weight's sum still runs in plane order
+            i0, m0, cd, ud = d * n + a, off[d], coeff[d], unit[d]
+            gp, q = g_prog[ch, i0 : i0 + w], qs[ch, i0 : i0 + w]
+            dr, lu, ct = drift[d, ch, m0 : m0 + w], log_u[d, ch, m0 : m0 + w], cos_theta[d, ch, m0 : m0 + w]
+            if d == 0:
+                for j in range(w):
+                    o[j] = (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min) * cd
+            elif ud == 1:
+                for j in range(w):
+                    o[j] = o[j] + (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min)
+            elif ud == -1:
+                for j in range(w):
+                    o[j] = o[j] - (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min)
+            else:
+                for j in range(w):
+                    o[j] = o[j] + (_pcm_conductance(gp[j], dr[j], q[j], lu[j], ct[j], c, noisy) - g_min) * cd
+        for j in range(w):
+            o[j] = o[j] * sc[j]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def pcm_floor_normalised(g: np.ndarray, g_max: np.float32, floor: np.float32, out: np.ndarray) -> None:
-    """``max(clip(g/G_max, 0, 1), floor)`` (``pcm._floored``)."""
+def pcm_floor_normalised(g: np.ndarray, a: int, w: int, g_max: np.float32, floor: np.float32, out: np.ndarray) -> None:
+    """``max(clip(g/G_max, 0, 1), floor)`` (``pcm._floored``) of columns ``a..a+w-1`` of ``g``
+    ``(rows, n)`` into ``out[:, :w]``."""
     zero, one = np.float32(0.0), np.float32(1.0)
-    for j in range(out.shape[0]):
-        out[j] = max(min(max(g[j] / g_max, zero), one), floor)
+    for r in range(g.shape[0]):
+        gr, o = g[r, a : a + w], out[r]
+        for j in range(w):
+            o[j] = max(min(max(gr[j] / g_max, zero), one), floor)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def pcm_program_finish(
-    g_target: np.ndarray, logs: np.ndarray, cosines: np.ndarray, p: np.ndarray,
-    g_prog: np.ndarray, nu: np.ndarray, gpn: np.ndarray,
+    g_target: np.ndarray, a: int, w: int, logs: np.ndarray, cosines: np.ndarray, p: np.ndarray, g_prog: np.ndarray,
+    nu: np.ndarray,
 ) -> None:  # fmt: skip
-    """PCM programming (``pcm._program_formula``) given ``logs`` = ``ln u`` of the two
-    normals (rows 0, 1: programming, drift exponent) and ``ln g`` of the floored normalised
-    targets (row 2), and the normals' ``cos θ`` (rows 0, 1): ``G_P = max(G_T + σ_prog·z, 0)``,
-    ``ν = |μ_ν + σ_ν·z'|·drift_scale``, and the floored normalised ``G_P`` for Q_s. ``p``
-    (float32): g_max, c0, c1, c2, prog_noise_scale, μ slope, intercept, min, max, σ slope,
-    intercept, min, max, drift_scale, floor. The normals as :func:`box_muller_finish`, then
-    the tensor formula's operations in its order, so the same float32 results."""
+    """PCM programming (``pcm._program_formula``) of columns ``a..a+w-1`` of targets
+    ``g_target`` ``(chips, n)`` into the same columns of ``g_prog`` and ``nu``, given
+    ``logs`` = ``ln u`` of the two normals (``logs[0]``, ``logs[1]``: programming, drift
+    exponent, each ``(chips, ≥ w)``) and ``ln g`` of the floored normalised targets
+    (``logs[2]``), and the normals' ``cos θ`` (``cosines[0]``, ``cosines[1]``):
+    ``G_P = max(G_T + σ_prog·z, 0)`` and ``ν = |μ_ν + σ_ν·z'|·drift_scale``, and the floored normalised ``G_P`` (for Q_s) into ``logs[2]`` in place of
+    ``ln g``. ``p`` (float32): g_max, c0, c1, c2, prog_noise_scale, μ slope, intercept,
+    min, max, σ slope, intercept, min, max, drift_scale, floor. The normals as
+    :func:`box_muller_finish`, then the tensor formula's operations in its order, so the
+    same float32 results."""
     minus_two = np.float32(-2.0)
     g_max, c0, c1, c2, pscale = p[0], p[1], p[2], p[3], p[4]
     mus, mui, mumin, mumax = p[5], p[6], p[7], p[8]
     sds, sdi, sdmin, sdmax = p[9], p[10], p[11], p[12]
     dscale, floor = p[13], p[14]
     zero, one = np.float32(0.0), np.float32(1.0)
-    for j in range(g_target.shape[0]):
-        gt = g_target[j]
-        g = min(max(gt / g_max, zero), one)
-        sigma = ((c0 + c1 * g) + (c2 * g) * g) * pscale
-        z_prog = np.sqrt(logs[0, j] * minus_two) * cosines[0, j]
-        z_nu = np.sqrt(logs[1, j] * minus_two) * cosines[1, j]
-        gp = max(gt + sigma * z_prog, zero)
-        lg = logs[2, j]
-        sd = min(max(sds * lg + sdi, sdmin), sdmax)
-        mu = min(max(mus * lg + mui, mumin), mumax)
-        nu[j] = abs(mu + sd * z_nu) * dscale
-        g_prog[j] = gp
-        gpn[j] = max(min(max(gp / g_max, zero), one), floor)
+    for r in range(g_target.shape[0]):  # row slices: unit-stride loops that vectorise
+        gt_r, gp_r, nu_r = g_target[r, a : a + w], g_prog[r, a : a + w], nu[r, a : a + w]
+        lu_p, lu_n, lg_r, ct_p, ct_n = logs[0, r], logs[1, r], logs[2, r], cosines[0, r], cosines[1, r]
+        for j in range(w):
+            gt = gt_r[j]
+            g = min(max(gt / g_max, zero), one)
+            sigma = ((c0 + c1 * g) + (c2 * g) * g) * pscale
+            z_prog = np.sqrt(lu_p[j] * minus_two) * ct_p[j]
+            z_nu = np.sqrt(lu_n[j] * minus_two) * ct_n[j]
+            gp = max(gt + sigma * z_prog, zero)
+            lg = lg_r[j]
+            sd = min(max(sds * lg + sdi, sdmin), sdmax)
+            mu = min(max(mus * lg + mui, mumin), mumax)
+            nu_r[j] = abs(mu + sd * z_nu) * dscale
+            gp_r[j] = gp
+            lg_r[j] = max(min(max(gp / g_max, zero), one), floor)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -208,10 +254,17 @@ def uniform_fields(
     c = keys.shape[0]
     u, theta = out if out is not None else (torch.empty(c, count), torch.empty(c, count))
     if count:
-        _fields_kernel(keys.detach().numpy().view(np.uint64), first, u.view(c, count).numpy(), theta.view(c, count).numpy())
+        window_fields(keys, np.array([first], dtype=np.int64), count, u.view(1, c, count), theta.view(1, c, count))
     return u, theta
 
 
+def window_fields(keys: torch.Tensor, starts: np.ndarray, span: int, u: torch.Tensor, theta: torch.Tensor) -> None:
+    """``rng.fields`` of several windows at once on the CPU: elements ``starts[d] ..
+    starts[d]+span-1`` of every key's stream into ``u[d, chip, :span]`` and
+    ``theta[d, chip, :span]`` (contiguous float32 ``(windows, chips, ≥ span)``)."""
+    _fields_kernel(keys.detach().numpy().view(np.uint64), starts, span, u.numpy(), theta.numpy())
+
+
 __all__ = [
-    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "uniform_fields",
+    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
 ]

@@ -86,7 +86,7 @@ def _tag_text(t: object) -> str:
 
 
 ALIGN = 64  # elements: transcendental functions always run on whole aligned groups of a chip's elements
-CHUNK_ELEMENTS = 65536  # elements of a block generated at a time: cache-resident temporaries
+CHUNK_ELEMENTS = 262144  # elements of a window of work (1 MiB of float32): cache-sized temporaries
 _TWO_PI = 2.0 * math.pi
 _FIELD = 2.0**-23
 
@@ -94,6 +94,15 @@ _FIELD = 2.0**-23
 def aligned(m: int) -> int:
     """``m`` rounded up to a multiple of :data:`ALIGN`."""
     return -(-m // ALIGN) * ALIGN
+
+
+def window_width(rows: int, n: int) -> int:
+    """Columns of a window over ``rows`` rows of ``n`` columns each (e.g. every plane of every
+    chip of a block): a multiple of :data:`ALIGN` with about :data:`CHUNK_ELEMENTS`
+    elements in all (at least one aligned group per row), and no wider than the row where
+    it holds an aligned group, so a window's aligned span always fits inside the row.
+    Windows are for speed only: every element gets the same bits whatever the window."""
+    return min(max(ALIGN, CHUNK_ELEMENTS // rows // ALIGN * ALIGN), max(ALIGN, n // ALIGN * ALIGN))
 
 
 def chunks(n_chips: int, n: int) -> Iterator[tuple[int, slice]]:

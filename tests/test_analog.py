@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from mcstudy.analog import AnalogNetwork
@@ -90,3 +92,30 @@ def test_compiled_converters_give_the_tensor_codes_bits() -> None:
             with torch.enable_grad():
                 tensor = net.logits(x, read).detach()
             assert torch.equal(compiled, tensor)
+
+
+def test_the_first_layers_shared_input_gives_the_copied_inputs_bits() -> None:
+    """A Sequential's first analog layer after only reshaping modules takes one copy of the
+    inputs viewed by every chip (stride 0) instead of a (C·N, ...) copy: same logits and
+    gradients, with and without converters, and nothing left set after the call."""
+    from mcstudy.hardware import PeripherySpec
+    from mcstudy.hardware.periphery import ADCSpec, DACSpec
+
+    torch.manual_seed(0)
+    model = build_model("mlp", MLPParams(hidden=(64, 32)), (1, 28, 28), 10).eval()
+    x = torch.rand(40, 1, 28, 28)
+    for periphery in (PeripherySpec(), PeripherySpec(dac=DACSpec(bits=8), adc=ADCSpec(bits=8))):
+        net, copied = AnalogNetwork(model), AnalogNetwork(model)
+        copied._shared_at = None
+        assert net._shared_at == 1  # after the Flatten
+        pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), periphery=periphery)
+        read = pop.program(net.nominal, chip_stream(0, "shared", range(3)), net.granules).read(100.0)
+        assert torch.equal(net.forward(x, read), copied.forward(x, read))
+        assert not any(layer.shared_input for layer in net.layers)
+        grads = []
+        for n in (net, copied):
+            w = read.layers[0].weight.detach().clone().requires_grad_(True)
+            layers = [dataclasses.replace(read.layers[0], weight=w), *read.layers[1:]]
+            n.logits(x, dataclasses.replace(read, layers=layers)).sum().backward()
+            grads.append(w.grad)
+        assert torch.equal(grads[0], grads[1])

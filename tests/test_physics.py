@@ -192,3 +192,30 @@ def test_components_use_separate_streams() -> None:
     ratio = both / only_within  # = the between-chip factor alone
     assert torch.allclose(ratio.amin(dim=(1, 2, 3)), ratio.amax(dim=(1, 2, 3)))
     assert np.unique(np.round(ratio[:, 0, 0, 0].numpy(), 12)).size == 8
+
+
+def test_a_chips_devices_do_not_depend_on_windows_or_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programming and reads run every chip of a block at once in windows sized from
+    ``rng.CHUNK_ELEMENTS``; a chip's programmed state and reads (plain and fused with the
+    decode) must have the same bits whatever the window size and whoever shares its block."""
+    from mcstudy import rng
+    from mcstudy.hardware import Population, Variation
+    from mcstudy.hardware.mapping import DifferentialPair, Encoding
+
+    m = DifferentialPair(Encoding())
+    pop = Population(pcm.PCMDevice(pcm.PCMParams()), m, Variation())
+    gen = torch.Generator().manual_seed(2)
+    weights = [torch.randn(300, 250, generator=gen), torch.randn(10, 5, generator=gen), torch.randn(33, 129, generator=gen)]
+
+    def run(chunk: int, chips: list[int]) -> list[torch.Tensor]:
+        monkeypatch.setattr(rng, "CHUNK_ELEMENTS", chunk)
+        block = pop.program(weights, chip_stream(0, "windows", chips))
+        out = [v for layer in block.layers for v in layer.state.values()]
+        for t in (1.0, 3600.0):
+            out += [lr.weight for lr in block.read(t).layers]
+            out += [pop.device.read(layer.state, t, block.stream.child("read", t, i)) for i, layer in enumerate(block.layers)]
+        return [x[chips.index(1)] for x in out]
+
+    reference = run(262_144, [0, 1, 2])
+    for chunk, chips in ((4096, [0, 1, 2]), (1 << 20, [1]), (64, [5, 1])):
+        assert all(torch.equal(a, b) for a, b in zip(run(chunk, chips), reference, strict=True))

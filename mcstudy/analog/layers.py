@@ -123,6 +123,7 @@ class ChipLayer(nn.Module):
         self.calibrate: Calibrate | None = None  # sets out_scale/out_shift from this call's output
         self.sample_offset = 0
         self.purpose = "eval"
+        self.shared_input = False  # this call's input is (N, ...), the same on every chip
 
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -141,7 +142,10 @@ class ChipLayer(nn.Module):
         if read is None or periphery is None:
             raise RuntimeError("analog layer called without a deployed chip read")
         c = read.weight.shape[0]
-        x = x.reshape(c, -1, *self.feature_shape(x))
+        if self.shared_input:  # one copy of the inputs viewed by every chip (stride 0), not C copies
+            x = x.unsqueeze(0).expand(c, *x.shape)
+        else:
+            x = x.reshape(c, -1, *self.feature_shape(x))
         y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose)
         extra = y.dim() - 3
         # without autograd the crossbar's fresh output is scaled and shifted in place (same

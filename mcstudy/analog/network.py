@@ -14,6 +14,8 @@ from .layers import Calibrate, ChipLayer, crossbar, linear_product, linear_rows,
 
 Scales = list[torch.Tensor | None] | None
 
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)  # per-sample, parameter-free: the same on every chip
+
 
 class AnalogNetwork:
     """A copy of a trained model whose Linear/Conv2d layers run on chips.
@@ -31,6 +33,20 @@ class AnalogNetwork:
         self.nominal: list[torch.Tensor] = []
         self.layers: list[ChipLayer] = []
         self._swap(self.module)
+        self._shared_at = self._first_layer_of_shared_input()
+
+    def _first_layer_of_shared_input(self) -> int | None:
+        """Where the model is a Sequential whose first analog layer is a direct child with only
+        reshaping modules before it: that layer's index. Its input is then the same on every
+        chip, so it takes one copy viewed by every chip instead of a ``(C·N, ...)`` copy."""
+        if not isinstance(self.module, nn.Sequential):
+            return None
+        for k, m in enumerate(self.module):
+            if isinstance(m, ChipLayer):
+                return k
+            if not isinstance(m, _RESHAPES):
+                return None
+        return None
 
     def _swap(self, parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
@@ -80,12 +96,19 @@ class AnalogNetwork:
             for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
                 layer.read, layer.periphery, layer.out_scale, layer.out_shift = lr, read.periphery, a, b
                 layer.sample_offset, layer.purpose, layer.calibrate = sample_offset, purpose, calibrate
-            xc = x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:])
-            out = self.module(xc)
+            k = self._shared_at
+            if k is not None and c > 1:  # the inputs of the first analog layer, once, for every chip
+                out = x
+                for i, m in enumerate(self.module):
+                    if i == k:
+                        m.shared_input = True
+                    out = m(out)
+            else:
+                out = self.module(x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
             for layer in self.layers:
                 layer.read = layer.periphery = layer.out_scale = layer.out_shift = layer.calibrate = None
-                layer.sample_offset, layer.purpose = 0, "eval"
+                layer.sample_offset, layer.purpose, layer.shared_input = 0, "eval", False
         return out.reshape(c, n, *out.shape[1:])
 
     @torch.no_grad()

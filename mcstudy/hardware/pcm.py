@@ -26,7 +26,8 @@ from pydantic import Field
 
 from ..registry import Params
 from .. import kernels
-from ..rng import ALIGN, CHUNK_ELEMENTS, Stream, aligned, chunks, draw_normal, fields
+from ..kernels import window_fields
+from ..rng import ALIGN, Stream, aligned, chunks, draw_normal, window_width
 from .base import DEVICES, DeviceModel, DeviceState
 
 
@@ -138,9 +139,10 @@ def _program_constants(p: PCMParams) -> np.ndarray:
 
 
 def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Program ``(C, n)`` targets (µS) from chip streams, in contiguous cache-sized pieces
-    (``rng.chunks``): ``(g_prog, nu, qs)``. On the CPU the arithmetic between ln and exp
-    runs in compiled passes (``kernels.py``); elsewhere the tensor formulas."""
+    """Program ``(C, n)`` targets (µS) from chip streams: ``(g_prog, nu, qs)``. On the CPU,
+    every chip at once in windows of aligned columns (``rng.window_width``) with the
+    arithmetic between ln, cos and exp in compiled passes (``kernels.py``); elsewhere the
+    tensor formulas chip by chip, in cache-sized pieces (``rng.chunks``)."""
     g_prog, nu, qs = torch.empty_like(g_target), torch.empty_like(g_target), torch.empty_like(g_target)
     s_prog, s_nu = rng.child("prog"), rng.child("nu")
     if g_target.device.type != "cpu" or g_target.dtype != torch.float32 or not g_target.is_contiguous():
@@ -151,20 +153,22 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
             g_prog[c, sl], nu[c, sl], qs[c, sl] = gp, n, read_noise_qs(gp, p)
         return g_prog, nu, qs
     consts = _program_constants(p)
-    width = aligned(min(g_target.shape[1], CHUNK_ELEMENTS))
-    logs, cosines = torch.ones(3, width), torch.ones(2, width)  # rows: programming normal, ν normal, target
-    for c, sl in chunks(*g_target.shape):
-        w = sl.stop - sl.start
-        span = aligned(w)  # the normals' ln and cos on whole aligned groups, as normal_range
-        fields(s_prog.keys[c : c + 1], sl.start, span, (logs[0, :span], cosines[0, :span]))
-        fields(s_nu.keys[c : c + 1], sl.start, span, (logs[1, :span], cosines[1, :span]))
-        gt = g_target[c, sl]
-        kernels.pcm_floor_normalised(gt.numpy(), consts[0], consts[14], logs[2, :w].numpy())
-        logs[:2, :span].log_(), logs[2, :w].log_(), cosines[:, :span].cos_()
-        q = qs[c, sl]
-        kernels.pcm_program_finish(gt.numpy(), logs.numpy(), cosines.numpy(), consts, g_prog[c, sl].numpy(), nu[c, sl].numpy(),
-                                   q.numpy())  # fmt: skip
-        _qs_of_floored(q, p)  # the kernel left the floored normalised G_P there
+    chips, n = g_target.shape
+    step = window_width(3 * chips, n)  # targets per window, every chip at once
+    logs, cosines = torch.ones(3, chips, step), torch.ones(2, chips, step)  # normals' ln u, ln of the target; cos θ
+    logs_np, cos_np = logs.numpy(), cosines.numpy()
+    gt_np, gp_np, nu_np = g_target.numpy(), g_prog.numpy(), nu.numpy()
+    first = np.zeros(1, dtype=np.int64)
+    for a in range(0, n, step):
+        w = min(step, n - a)
+        span = aligned(w)  # ln, cos and exp on whole aligned groups, as normal_range
+        first[0] = a
+        window_fields(s_prog.keys, first, span, logs[0:1], cosines[0:1])
+        window_fields(s_nu.keys, first, span, logs[1:2], cosines[1:2])
+        kernels.pcm_floor_normalised(gt_np, a, w, consts[0], consts[14], logs_np[2])
+        logs[:, :, :span].log_(), cosines[:, :, :span].cos_()
+        kernels.pcm_program_finish(gt_np, a, w, logs_np, cos_np, consts, gp_np, nu_np)
+        qs[:, a : a + w] = _qs_of_floored(logs[2, :, :span], p)[:, :w]  # the kernel left the floored normalised G_P there
     return g_prog, nu, qs
 
 
@@ -211,46 +215,56 @@ def read_noise_std(t: float, p: PCMDriftReadParams) -> float:
     return read_noise_time_factor(t, p) * p.read_noise_scale
 
 
-def _read_factors(
-    nu: torch.Tensor, key: torch.Tensor, start: int, log_ratio: float, noisy: bool, p: PCMDriftReadParams,
-    drift: torch.Tensor, log_u: torch.Tensor, cos_theta: torch.Tensor,
+def _read_windows(
+    nu: torch.Tensor, keys: torch.Tensor, starts: np.ndarray, span: int, log_ratio: float, noisy: bool,
+    p: PCMDriftReadParams, drift: torch.Tensor, log_u: torch.Tensor, cos_theta: torch.Tensor,
 ) -> None:  # fmt: skip
-    """For one contiguous piece of a chip on the CPU: the drift factors exp(−ν·ln(t/t0))
-    into ``drift`` and the read normals' ln u and cos θ (stream elements from ``start``)
-    into ``log_u`` and ``cos_theta`` — what the compiled read passes take."""
-    if p.drift_scale > 0:
-        torch.mul(nu, -log_ratio, out=drift).exp_()
+    """For columns ``starts[d] .. starts[d]+span-1`` of every chip's row of ``nu`` ``(C, n)``
+    (``span`` a multiple of the alignment) on the CPU: the drift factors exp(−ν·ln(t/t0))
+    into ``drift[d, :, :span]`` and the read normals' ln u and cos θ (the same stream
+    elements) into ``log_u[d, :, :span]`` and ``cos_theta[d, :, :span]`` — the
+    ``(windows, C, ≥ span)`` workspaces the compiled read passes take. One compiled pass
+    (``kernels.pcm_read_windows``), then PyTorch's vectorised exp, ln and cos."""
+    drifts = p.drift_scale > 0
+    if starts.min() < 0 or starts.max() + span > nu.shape[1]:  # the kernel does not check bounds
+        raise ValueError(f"read window of {span} columns from {starts.tolist()} outside rows of {nu.shape[1]}")
+    kernels.pcm_read_windows(keys.detach().numpy().view(np.uint64), nu.numpy(), starts, span, np.float32(-log_ratio), drifts,
+                             noisy, drift.numpy(), log_u.numpy(), cos_theta.numpy())  # fmt: skip
+    if drifts:
+        drift[:, :, :span].exp_()
     if noisy:
-        fields(key, start, log_u.numel(), (log_u, cos_theta))
-        log_u.log_(), cos_theta.cos_()
+        log_u[:, :, :span].log_(), cos_theta[:, :, :span].cos_()
 
 
 def _read_stream(
     g_prog: torch.Tensor, nu: torch.Tensor, qs: torch.Tensor, t: float, rng: Stream, p: PCMDriftReadParams,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Read ``(C, n)`` programmed devices at ``t`` with read noise from chip streams, in
-    contiguous cache-sized pieces; on the CPU the arithmetic after ln, cos and exp runs in
-    one compiled pass (``kernels.pcm_read_finish``), elsewhere :func:`_read_formula`."""
+    """Read ``(C, n)`` programmed devices at ``t`` with read noise from chip streams. On the
+    CPU, every chip at once in windows of aligned columns (``rng.window_width``), the
+    arithmetic after ln, cos and exp in one compiled pass (``kernels.pcm_read_finish``);
+    elsewhere :func:`_read_formula` chip by chip."""
     s = read_noise_std(t, p)
     stream = rng.child("read")
     out = torch.empty_like(g_prog) if out is None else out
-    cpu = g_prog.device.type == "cpu" and g_prog.dtype == torch.float32 and all(x.is_contiguous() for x in (g_prog, nu, qs, out))
-    log_ratio = math.log(max(t, p.t0) / p.t0)
-    c2 = np.float32(-2.0 * s * s)
-    if cpu:  # workspace reused by every piece: no allocation (and no page faults) per piece
-        size = min(g_prog.shape[1], CHUNK_ELEMENTS)
-        drift_ws, u_ws, theta_ws = torch.ones(size), torch.ones(size), torch.ones(size)
-    for c, sl in chunks(*g_prog.shape):
-        w = sl.stop - sl.start
-        if not cpu:
-            zs = stream.select(slice(c, c + 1)).normal_range(sl.start, w, g_prog.dtype, s)[0] if s > 0 else None
+    chips, n = g_prog.shape
+    tensors = (g_prog, nu, qs, out)
+    if g_prog.device.type != "cpu" or g_prog.dtype != torch.float32 or n < ALIGN or not all(x.is_contiguous() for x in tensors):
+        for c, sl in chunks(chips, n):
+            zs = stream.select(slice(c, c + 1)).normal_range(sl.start, sl.stop - sl.start, g_prog.dtype, s)[0] if s > 0 else None
             _read_formula(g_prog[c, sl], nu[c, sl], qs[c, sl], t, zs, p, out=out[c, sl])
-            continue
-        drift, log_u, cos_theta = drift_ws[:w], u_ws[:w], theta_ws[:w]
-        _read_factors(nu[c, sl], stream.keys[c : c + 1], sl.start, log_ratio, s > 0, p, drift, log_u, cos_theta)
-        kernels.pcm_read_finish(g_prog[c, sl].numpy(), drift.numpy(), qs[c, sl].numpy(), log_u.numpy(), cos_theta.numpy(), c2,
-                                s > 0, out[c, sl].numpy())  # fmt: skip
+        return out
+    log_ratio, c2 = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s)
+    step = window_width(chips, n)
+    ws = torch.ones(3, 1, chips, step)  # drift factors, ln u, cos θ: reused by every window
+    gp_np, qs_np, out_np, ws_np = g_prog.numpy(), qs.numpy(), out.numpy(), ws.numpy()
+    starts = np.zeros(1, dtype=np.int64)
+    for a in range(0, n, step):
+        w = min(step, n - a)
+        span = aligned(w)
+        starts[0] = min(a, n - span)  # a whole aligned span inside the rows
+        _read_windows(nu, stream.keys, starts, span, log_ratio, s > 0, p, ws[0], ws[1], ws[2])
+        kernels.pcm_read_finish(gp_np, qs_np, a, w, ws_np[0, 0], ws_np[1, 0], ws_np[2, 0], int(a - starts[0]), c2, s > 0, out_np)
     return out
 
 
@@ -294,10 +308,10 @@ class PCMDevice(DeviceModel):
         scale: torch.Tensor,
     ) -> torch.Tensor | None:  # fmt: skip
         """On the CPU: a read decoded in the same pass (``kernels.pcm_read_decode_finish``),
-        so the conductances never go to memory. Weight chunks of every plane are computed
-        in windows whose length is a multiple of the alignment, so ln, cos and exp take the
-        same SIMD path as in :meth:`read` and the result has the same bits as
-        :meth:`read` + ``Mapping.decode_flat``."""
+        so the conductances never go to memory. Every plane of every chip is computed at
+        once, in windows of weights whose length is a multiple of the alignment, so ln, cos
+        and exp take the same SIMD path as in :meth:`read` and the result has the same bits
+        as :meth:`read` + ``Mapping.decode_flat`` (and a chip the same bits in any block)."""
         g_prog, nu, qs = state["g_prog"], state["nu"], state["qs"]
         tensors = (g_prog, nu, qs, scale)
         if g_prog.dim() != 2 or any(x.device.type != "cpu" or x.dtype != torch.float32 for x in tensors):
@@ -306,31 +320,27 @@ class PCMDevice(DeviceModel):
         s = read_noise_std(t, p)
         keys = rng.child("read").keys
         planes, n_out, n_in = shape
-        n, total, chips = n_out * n_in, g_prog.shape[1], g_prog.shape[0]
-        step = max(ALIGN, CHUNK_ELEMENTS // planes // ALIGN * ALIGN)
-        width = min(step, aligned(n))
-        drift_ws, u_ws, theta_ws = torch.ones(planes, width), torch.ones(planes, width), torch.ones(planes, width)
+        n, (chips, total) = n_out * n_in, g_prog.shape
+        step = window_width(planes * chips, n)  # weights per window: every plane of every chip at once
+        drift_ws, u_ws, theta_ws = torch.ones(planes, chips, step), torch.ones(planes, chips, step), torch.ones(planes, chips, step)
         out = torch.empty(chips, n_out, n_in)
         coeff = np.array(coeffs, dtype=np.float32)
         unit = np.array([1 if c == 1.0 else -1 if c == -1.0 else 0 for c in coeffs], dtype=np.int8)
         scale_np = scale.reshape(-1).contiguous().numpy()
-        nu_c, gp_c, qs_c = nu.contiguous(), g_prog.contiguous(), qs.contiguous()
+        nu_c, gp_np, qs_np = nu.contiguous(), g_prog.contiguous().numpy(), qs.contiguous().numpy()
         log_ratio, c2, gm = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s), np.float32(g_min)
-        off = np.zeros(planes, dtype=np.int64)
-        for c in range(chips):
-            row = out[c].view(-1)
-            for a in range(0, n, step):
-                w = min(step, n - a)
-                span = aligned(w)
-                for d in range(planes):
-                    start = min(d * n + a, total - span)  # a whole aligned span inside the chip's row
-                    off[d] = d * n + a - start
-                    _read_factors(nu_c[c, start : start + span], keys[c : c + 1], start, log_ratio, s > 0, p,
-                                  drift_ws[d, :span], u_ws[d, :span], theta_ws[d, :span])  # fmt: skip
-                kernels.pcm_read_decode_finish(
-                    gp_c[c].numpy(), qs_c[c].numpy(), drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy(), off, n, a,
-                    coeff, unit, gm, scale_np, c2, s > 0, row[a : a + w].numpy(),
-                )  # fmt: skip
+        off, starts = np.zeros(planes, dtype=np.int64), np.zeros(planes, dtype=np.int64)
+        for a in range(0, n, step):
+            w = min(step, n - a)
+            span = aligned(w)
+            for d in range(planes):
+                starts[d] = min(d * n + a, total - span)  # a whole aligned span inside the chips' rows
+                off[d] = d * n + a - starts[d]
+            _read_windows(nu_c, keys, starts, span, log_ratio, s > 0, p, drift_ws, u_ws, theta_ws)
+            kernels.pcm_read_decode_finish(
+                gp_np, qs_np, drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy(), off, n, a, w, coeff, unit, gm, scale_np, c2,
+                s > 0, out.view(chips, n).numpy(),
+            )  # fmt: skip
         return out
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
