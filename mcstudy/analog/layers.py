@@ -3,7 +3,10 @@
 Activations flow through the network as ``(C·N, ...)`` tensors: chip-major, the ``N``
 samples of chip 0 first. Digital layers (activations, pooling, flatten, batch norm in
 eval mode, residual additions) work on that unchanged; analog layers view it as
-``(C, N, ...)`` and multiply every chip's samples by that chip's own weights.
+``(C, N, ...)`` and multiply every chip's samples by that chip's own weights. The first
+analog layer of a Sequential with only reshaping modules before it takes the ``(N, ...)``
+inputs themselves and views them as ``(C, N, ...)`` with stride 0 (``shared_input``):
+the same numbers without a copy per chip.
 
 An analog layer's pipeline (``crossbar``): DAC on the inputs -> for each row of
 crossbar tiles: the analog product (+ per-input-vector read noise and output noise)
