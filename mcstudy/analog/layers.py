@@ -61,9 +61,18 @@ def crossbar(
     dac, adc = periphery.dac, periphery.adc
     feature_dims = tuple(range(2, x.dim()))
     scaled = dac.bits is not None or adc.bits is not None or periphery.output_noise > 0
-    x_scale = input_scale(x, dac, feature_dims) if scaled else 1.0
+    c = x.shape[0]
+    shared = c > 1 and x.stride(0) == 0  # every chip's view of the same inputs: the DAC's work once
+    xs = x[:1] if shared else x
+    x_scale = input_scale(xs, dac, feature_dims) if scaled else 1.0
     if dac.bits is not None:
-        x = quantise_input(x, x_scale, dac)
+        xs = quantise_input(xs, x_scale, dac)
+    if shared:
+        x = xs.expand(c, *xs.shape[1:])
+        if isinstance(x_scale, torch.Tensor):
+            x_scale = x_scale.expand(c, *x_scale.shape[1:])
+    else:
+        x = xs
     per_tile = adc.bits is not None or periphery.output_noise > 0
     slices = read.row_slices if per_tile else [slice(0, read.weight.shape[2])]
     y: torch.Tensor | None = None
