@@ -26,9 +26,11 @@ def padded(n: int) -> int:
 
 
 def to_flat(t: torch.Tensor) -> torch.Tensor:
-    """``(C, *S)`` -> ``(C, padded(prod(S)))`` (padding with ones, harmless to log and pow)."""
+    """``(C, *S)`` -> ``(C, padded(prod(S)))`` (padding with ones, harmless to log and pow);
+    a view of ``t`` where it needs no padding and is contiguous (never written to)."""
     c, n = t.shape[0], math.prod(t.shape[1:])
-    return F.pad(t.reshape(c, n), (0, padded(n) - n), value=1.0)
+    flat = t.reshape(c, n)
+    return flat if padded(n) == n else F.pad(flat, (0, padded(n) - n), value=1.0)
 
 
 def from_flat(f: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
