@@ -39,6 +39,7 @@ from .analog import AnalogNetwork
 from .hardware import PeripherySpec, Population, TileSpec, Variation
 from .hardware.mapping import DifferentialPair, Encoding
 from .hardware.pcm import PCMDevice, PCMParams, drift_mu, drift_sigma, programming_sigma, read_noise_qs, read_noise_time_factor
+from .execution.allocator import keep_freed_memory
 from .hardware.periphery import ADCSpec, DACSpec, quantise_input, quantise_symmetric
 from .models import build_model
 from .models.zoo import LeNetParams
@@ -265,6 +266,7 @@ class BenchResult:
 def run(quick: bool = False, block: int = 8, log: Callable[[str], None] = print) -> BenchResult:
     min_seconds = 0.5 if quick else 2.0
     torch.set_num_threads(1)  # every figure on one core: the per-core floor and one worker's rate
+    keep_freed_memory()  # as a study's workers do (execution/allocator.py), for the float forward and the loop too
     res = BenchResult(machine={"cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": quick})
     for w in workloads(quick):
         label = f"{w.name}, converters {'8-bit' if w.converters else 'off'}"

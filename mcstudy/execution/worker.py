@@ -24,6 +24,7 @@ from ..programming import Strategy
 from ..registry import Params
 from ..rng import chip_stream
 from ..spec import StudySpec
+from .allocator import keep_freed_memory
 from .plan import WorkUnit
 
 
@@ -81,6 +82,7 @@ class WorkerContext:
     """Trained networks, populations, procedures and data, built once per worker."""
 
     def __init__(self, payload: Payload, device: str | None = None) -> None:
+        keep_freed_memory()  # blocks reuse their large buffers instead of page-faulting them in again
         spec = payload.spec
         self.spec = spec
         self.device = torch.device(device or spec.execution.device)
