@@ -19,6 +19,7 @@ The ``*_scale`` factors switch a mechanism off (0) or exaggerate it.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from pydantic import Field
 
 from ..registry import Params
 from .. import kernels
-from ..kernels import window_fields
 from ..rng import ALIGN, Stream, aligned, chunks, draw_normal, window_width
 from .base import DEVICES, DeviceModel, DeviceState
 
@@ -163,8 +163,8 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
         w = min(step, n - a)
         span = aligned(w)  # ln, cos and exp on whole aligned groups, as normal_range
         first[0] = a
-        window_fields(s_prog.keys, first, span, logs[0:1], cosines[0:1])
-        window_fields(s_nu.keys, first, span, logs[1:2], cosines[1:2])
+        kernels.window_fields(s_prog.keys, first, span, logs[0:1], cosines[0:1])
+        kernels.window_fields(s_nu.keys, first, span, logs[1:2], cosines[1:2])
         kernels.pcm_floor_normalised(gt_np, a, w, consts[0], consts[14], logs_np[2])
         logs[:, :, :span].log_(), cosines[:, :, :span].cos_()
         kernels.pcm_program_finish(gt_np, a, w, logs_np, cos_np, consts, gp_np, nu_np)
@@ -236,6 +236,22 @@ def _read_windows(
         log_u[:, :, :span].log_(), cos_theta[:, :, :span].cos_()
 
 
+def _read_spans(n: int, planes: int, total: int, step: int) -> Iterator[tuple[int, int, int, np.ndarray, np.ndarray]]:
+    """Windows of ``step`` weights over ``planes`` device planes of ``n`` each, laid out
+    back to back in rows of ``total`` columns: ``(a, w, span, starts, off)`` for weights
+    ``a .. a+w-1``, where plane ``d``'s window of ``span`` columns (a multiple of the
+    alignment, inside the row) starts at column ``starts[d]`` and holds weight ``a`` at
+    ``off[d]`` (the arrays are reused from window to window)."""
+    starts, off = np.zeros(planes, dtype=np.int64), np.zeros(planes, dtype=np.int64)
+    for a in range(0, n, step):
+        w = min(step, n - a)
+        span = aligned(w)
+        for d in range(planes):
+            starts[d] = min(d * n + a, total - span)
+            off[d] = d * n + a - starts[d]
+        yield a, w, span, starts, off
+
+
 def _read_stream(
     g_prog: torch.Tensor, nu: torch.Tensor, qs: torch.Tensor, t: float, rng: Stream, p: PCMDriftReadParams,
     out: torch.Tensor | None = None,
@@ -258,13 +274,9 @@ def _read_stream(
     step = window_width(chips, n)
     ws = torch.ones(3, 1, chips, step)  # drift factors, ln u, cos θ: reused by every window
     gp_np, qs_np, out_np, ws_np = g_prog.numpy(), qs.numpy(), out.numpy(), ws.numpy()
-    starts = np.zeros(1, dtype=np.int64)
-    for a in range(0, n, step):
-        w = min(step, n - a)
-        span = aligned(w)
-        starts[0] = min(a, n - span)  # a whole aligned span inside the rows
+    for a, w, span, starts, off in _read_spans(n, 1, n, step):
         _read_windows(nu, stream.keys, starts, span, log_ratio, s > 0, p, ws[0], ws[1], ws[2])
-        kernels.pcm_read_finish(gp_np, qs_np, a, w, ws_np[0, 0], ws_np[1, 0], ws_np[2, 0], int(a - starts[0]), c2, s > 0, out_np)
+        kernels.pcm_read_finish(gp_np, qs_np, a, w, ws_np[0, 0], ws_np[1, 0], ws_np[2, 0], int(off[0]), c2, s > 0, out_np)
     return out
 
 
@@ -329,18 +341,10 @@ class PCMDevice(DeviceModel):
         scale_np = scale.reshape(-1).contiguous().numpy()
         nu_c, gp_np, qs_np = nu.contiguous(), g_prog.contiguous().numpy(), qs.contiguous().numpy()
         log_ratio, c2, gm = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s), np.float32(g_min)
-        off, starts = np.zeros(planes, dtype=np.int64), np.zeros(planes, dtype=np.int64)
-        for a in range(0, n, step):
-            w = min(step, n - a)
-            span = aligned(w)
-            for d in range(planes):
-                starts[d] = min(d * n + a, total - span)  # a whole aligned span inside the chips' rows
-                off[d] = d * n + a - starts[d]
+        ws_np, out_np = (drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy()), out.view(chips, n).numpy()
+        for a, w, span, starts, off in _read_spans(n, planes, total, step):
             _read_windows(nu_c, keys, starts, span, log_ratio, s > 0, p, drift_ws, u_ws, theta_ws)
-            kernels.pcm_read_decode_finish(
-                gp_np, qs_np, drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy(), off, n, a, w, coeff, unit, gm, scale_np, c2,
-                s > 0, out.view(chips, n).numpy(),
-            )  # fmt: skip
+            kernels.pcm_read_decode_finish(gp_np, qs_np, *ws_np, off, n, a, w, coeff, unit, gm, scale_np, c2, s > 0, out_np)
         return out
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
