@@ -36,10 +36,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .analog import AnalogNetwork
+from .execution.allocator import keep_freed_memory
 from .hardware import PeripherySpec, Population, TileSpec, Variation
 from .hardware.mapping import DifferentialPair, Encoding
 from .hardware.pcm import PCMDevice, PCMParams, drift_mu, drift_sigma, programming_sigma, read_noise_qs, read_noise_time_factor
-from .execution.allocator import keep_freed_memory
 from .hardware.periphery import ADCSpec, DACSpec, quantise_input, quantise_symmetric
 from .models import build_model
 from .models.zoo import LeNetParams

@@ -98,11 +98,8 @@ class AnalogNetwork:
                 layer.sample_offset, layer.purpose, layer.calibrate = sample_offset, purpose, calibrate
             k = self._shared_at
             if k is not None and c > 1:  # the inputs of the first analog layer, once, for every chip
-                out = x
-                for i, m in enumerate(self.module):
-                    if i == k:
-                        m.shared_input = True
-                    out = m(out)
+                self.module[k].shared_input = True
+                out = self.module(x)
             else:
                 out = self.module(x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
