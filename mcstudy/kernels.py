@@ -168,28 +168,32 @@ def pcm_floor_normalised(g: np.ndarray, a: int, w: int, g_max: np.float32, floor
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def pcm_program_finish(
-    g_target: np.ndarray, a: int, w: int, logs: np.ndarray, cosines: np.ndarray, p: np.ndarray, g_prog: np.ndarray,
-    nu: np.ndarray,
+    g_target: np.ndarray, log_g: np.ndarray, a: int, w: int, logs: np.ndarray, cosines: np.ndarray, p: np.ndarray,
+    g_prog: np.ndarray, nu: np.ndarray, g_norm: np.ndarray,
 ) -> None:  # fmt: skip
     """PCM programming (``pcm._program_formula``) of columns ``a..a+w-1`` of targets
-    ``g_target`` ``(chips, n)`` into the same columns of ``g_prog`` and ``nu``, given
-    ``logs`` = ``ln u`` of the two normals (``logs[0]``, ``logs[1]``: programming, drift
-    exponent, each ``(chips, ≥ w)``) and ``ln g`` of the floored normalised targets
-    (``logs[2]``), and the normals' ``cos θ`` (``cosines[0]``, ``cosines[1]``):
-    ``G_P = max(G_T + σ_prog·z, 0)`` and ``ν = |μ_ν + σ_ν·z'|·drift_scale``, and the floored normalised ``G_P`` (for Q_s) into ``logs[2]`` in place of
-    ``ln g``. ``p`` (float32): g_max, c0, c1, c2, prog_noise_scale, μ slope, intercept,
-    min, max, σ slope, intercept, min, max, drift_scale, floor. The normals as
-    :func:`box_muller_finish`, then the tensor formula's operations in its order, so the
-    same float32 results."""
+    ``g_target`` ``(chips | 1, n)`` into the same columns of ``g_prog`` and ``nu``
+    ``(chips, n)``, given ``log_g`` = ``ln g`` of the floored normalised targets
+    ``(chips | 1, ≥ w)`` and ``logs`` = ``ln u`` and ``cosines`` = ``cos θ`` of the two
+    normals (``[0]``: programming, ``[1]``: drift exponent; each ``(chips, ≥ w)``). A
+    single row of targets (and ``log_g``) is every chip's. Writes
+    ``G_P = max(G_T + σ_prog·z, 0)``, ``ν = |μ_ν + σ_ν·z'|·drift_scale`` and the floored
+    normalised ``G_P`` (for Q_s) into ``g_norm`` ``(chips, ≥ w)``. ``p`` (float32): g_max,
+    c0, c1, c2, prog_noise_scale, μ slope, intercept, min, max, σ slope, intercept, min,
+    max, drift_scale, floor. The normals as :func:`box_muller_finish`, then the tensor
+    formula's operations in its order, so the same float32 results."""
     minus_two = np.float32(-2.0)
     g_max, c0, c1, c2, pscale = p[0], p[1], p[2], p[3], p[4]
     mus, mui, mumin, mumax = p[5], p[6], p[7], p[8]
     sds, sdi, sdmin, sdmax = p[9], p[10], p[11], p[12]
     dscale, floor = p[13], p[14]
     zero, one = np.float32(0.0), np.float32(1.0)
-    for r in range(g_target.shape[0]):  # row slices: unit-stride loops that vectorise
-        gt_r, gp_r, nu_r = g_target[r, a : a + w], g_prog[r, a : a + w], nu[r, a : a + w]
-        lu_p, lu_n, lg_r, ct_p, ct_n = logs[0, r], logs[1, r], logs[2, r], cosines[0, r], cosines[1, r]
+    shared = g_target.shape[0] == 1
+    for r in range(g_prog.shape[0]):  # row slices: unit-stride loops that vectorise
+        rt = 0 if shared else r
+        gt_r, lg_r = g_target[rt, a : a + w], log_g[rt]
+        gp_r, nu_r, gn_r = g_prog[r, a : a + w], nu[r, a : a + w], g_norm[r]
+        lu_p, lu_n, ct_p, ct_n = logs[0, r], logs[1, r], cosines[0, r], cosines[1, r]
         for j in range(w):
             gt = gt_r[j]
             g = min(max(gt / g_max, zero), one)
@@ -202,7 +206,18 @@ def pcm_program_finish(
             mu = min(max(mus * lg + mui, mumin), mumax)
             nu_r[j] = abs(mu + sd * z_nu) * dscale
             gp_r[j] = gp
-            lg_r[j] = max(min(max(gp / g_max, zero), one), floor)
+            gn_r[j] = max(min(max(gp / g_max, zero), one), floor)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def pcm_qs_finish(scaled: np.ndarray, a: int, w: int, q: np.float32, q_max: np.float32, qs: np.ndarray) -> None:
+    """The end of ``pcm._qs_of_floored``: ``Q_s = min(q·x, Q_max)`` with ``x = g^(−e)``
+    ``(chips, ≥ w)`` into columns ``a..a+w-1`` of ``qs`` ``(chips, n)`` (``torch.mul`` and
+    ``clamp``'s float32 results)."""
+    for r in range(qs.shape[0]):
+        x, o = scaled[r], qs[r, a : a + w]
+        for j in range(w):
+            o[j] = min(x[j] * q, q_max)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -266,5 +281,5 @@ def window_fields(keys: torch.Tensor, starts: np.ndarray, span: int, u: torch.Te
 
 
 __all__ = [
-    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
+    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_qs_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
 ]

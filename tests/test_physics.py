@@ -122,6 +122,11 @@ def test_compiled_pcm_paths_equal_the_tensor_formulas() -> None:
     z_prog, z_nu = stream.child("prog").normal(70_000), stream.child("nu").normal(70_000)
     ref_prog, ref_nu = pcm._program_formula(g, z_prog, z_nu, p)
     assert torch.equal(g_prog, ref_prog) and torch.equal(nu, ref_nu) and torch.equal(qs, pcm.read_noise_qs(ref_prog, p))
+    # targets shared by every chip (a stride-0 view, no variation) are read from one row
+    shared = g[:1].expand(3, -1)
+    ref_prog, ref_nu = pcm._program_formula(shared.contiguous(), z_prog, z_nu, p)
+    for got, ref in zip(pcm._program_stream(shared, stream, p), (ref_prog, ref_nu, pcm.read_noise_qs(ref_prog, p))):
+        assert got.is_contiguous() and torch.equal(got, ref)
     for t in (5.0, 3600.0):
         zs = stream.child("read").normal_range(0, 70_000, scale=pcm.read_noise_std(t, p))
         assert torch.equal(pcm._read_stream(g_prog, nu, qs, t, stream, p), pcm._read_formula(g_prog, nu, qs, t, zs, p))

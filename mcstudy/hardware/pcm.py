@@ -139,13 +139,13 @@ def _program_constants(p: PCMParams) -> np.ndarray:
 
 
 def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Program ``(C, n)`` targets (µS) from chip streams: ``(g_prog, nu, qs)``. On the CPU,
-    every chip at once in windows of aligned columns (``rng.window_width``) with the
+    """Program ``(C, n)`` targets (µS) from chip streams: ``(g_prog, nu, qs)``, each ``(C, n)``
+    contiguous. On the CPU, every chip at once in windows of aligned columns (``rng.window_width``) with the
     arithmetic between ln, cos and exp in compiled passes (``kernels.py``); elsewhere the
     tensor formulas chip by chip, in cache-sized pieces (``rng.chunks``)."""
-    g_prog, nu, qs = torch.empty_like(g_target), torch.empty_like(g_target), torch.empty_like(g_target)
+    g_prog, nu, qs = (torch.empty(g_target.shape, dtype=g_target.dtype, device=g_target.device) for _ in range(3))
     s_prog, s_nu = rng.child("prog"), rng.child("nu")
-    if g_target.device.type != "cpu" or g_target.dtype != torch.float32 or not g_target.is_contiguous():
+    if g_target.device.type != "cpu" or g_target.dtype != torch.float32:
         for c, sl in chunks(*g_target.shape):
             one, w = slice(c, c + 1), sl.stop - sl.start
             z_prog, z_nu = s_prog.select(one).normal_range(sl.start, w)[0], s_nu.select(one).normal_range(sl.start, w)[0]
@@ -153,11 +153,16 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
             g_prog[c, sl], nu[c, sl], qs[c, sl] = gp, n, read_noise_qs(gp, p)
         return g_prog, nu, qs
     consts = _program_constants(p)
-    chips, n = g_target.shape
+    chips, n = g_prog.shape
+    # targets the same on every chip (a stride-0 view: no device variation): one row, read by every chip
+    targets = (g_target[:1] if chips > 1 and g_target.stride(0) == 0 else g_target).contiguous()
+    rows = targets.shape[0]
     step = window_width(3 * chips, n)  # targets per window, every chip at once
-    logs, cosines = torch.ones(3, chips, step), torch.ones(2, chips, step)  # normals' ln u, ln of the target; cos θ
-    logs_np, cos_np = logs.numpy(), cosines.numpy()
-    gt_np, gp_np, nu_np = g_target.numpy(), g_prog.numpy(), nu.numpy()
+    logs, cosines = torch.ones(2, chips, step), torch.ones(2, chips, step)  # the two normals' ln u and cos θ
+    log_g, g_norm = torch.ones(rows, step), torch.ones(chips, step)  # ln of the floored normalised targets; of G_P
+    logs_np, cos_np, log_g_np, g_norm_np = logs.numpy(), cosines.numpy(), log_g.numpy(), g_norm.numpy()
+    gt_np, gp_np, nu_np, qs_np = targets.numpy(), g_prog.numpy(), nu.numpy(), qs.numpy()
+    q, q_max = np.float32(p.read_qs_coeff), np.float32(p.read_qs_max)
     first = np.zeros(1, dtype=np.int64)
     for a in range(0, n, step):
         w = min(step, n - a)
@@ -165,10 +170,11 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
         first[0] = a
         kernels.window_fields(s_prog.keys, first, span, logs[0:1], cosines[0:1])
         kernels.window_fields(s_nu.keys, first, span, logs[1:2], cosines[1:2])
-        kernels.pcm_floor_normalised(gt_np, a, w, consts[0], consts[14], logs_np[2])
-        logs[:, :, :span].log_(), cosines[:, :, :span].cos_()
-        kernels.pcm_program_finish(gt_np, a, w, logs_np, cos_np, consts, gp_np, nu_np)
-        qs[:, a : a + w] = _qs_of_floored(logs[2, :, :span], p)[:, :w]  # the kernel left the floored normalised G_P there
+        kernels.pcm_floor_normalised(gt_np, a, w, consts[0], consts[14], log_g_np)
+        logs[:, :, :span].log_(), cosines[:, :, :span].cos_(), log_g[:, :span].log_()
+        kernels.pcm_program_finish(gt_np, log_g_np, a, w, logs_np, cos_np, consts, gp_np, nu_np, g_norm_np)
+        g_norm[:, :span].log_().mul_(-p.read_qs_exponent).exp_()  # _qs_of_floored's ln, product and exp, then:
+        kernels.pcm_qs_finish(g_norm_np, a, w, q, q_max, qs_np)
     return g_prog, nu, qs
 
 
@@ -302,7 +308,7 @@ class PCMDevice(DeviceModel):
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         p = self.params
         if isinstance(rng, Stream) and g_target.dim() == 2:
-            g_prog, nu, qs = _program_stream(g_target.contiguous(), rng, p)
+            g_prog, nu, qs = _program_stream(g_target, rng, p)
             return {"g_prog": g_prog, "nu": nu, "qs": qs}
         g_prog, nu = program(g_target, rng, p)
         return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
