@@ -260,6 +260,48 @@ def adc_rows(
                 out[r, o, k] = np.rint(min(max((y[r, o, k] / norm) / step, lo), hi)) * step * norm
 
 
+@njit(nogil=True, cache=True, error_model="numpy")
+def neuron_epilogue(y: np.ndarray, per_neuron: np.ndarray, ops: np.ndarray, relu: bool) -> None:
+    """An analog layer's digital output stage in place on ``y`` ``(C, N, out, S)``: for each
+    ``k`` in order, ``per_neuron[k]`` ``(C, out)`` multiplied (``ops[k]`` = 1) or added
+    (2) — neuron gain, offset, output scale, shift, bias (``layers.ChipLayer.forward``) —
+    then ReLU (``torch.relu``: −0 and NaN pass through) where ``relu``. One float32
+    operation per step, in that order: the tensor code's bits."""
+    zero = np.float32(0.0)
+    n_ops, spatial = ops.shape[0], y.shape[3]
+    for c in range(y.shape[0]):
+        for n in range(y.shape[1]):
+            if spatial == 1:  # a linear layer: vectorise over the outputs
+                row = y[c, n].reshape(y.shape[2])  # a unit-stride view (y[c, n, :, 0] would not vectorise)
+                for k in range(n_ops):
+                    v = per_neuron[k, c]
+                    if ops[k] == 1:
+                        for o in range(row.shape[0]):
+                            row[o] = row[o] * v[o]
+                    else:
+                        for o in range(row.shape[0]):
+                            row[o] = row[o] + v[o]
+                if relu:
+                    for o in range(row.shape[0]):
+                        if row[o] < zero:
+                            row[o] = zero
+                continue
+            for o in range(y.shape[2]):  # a convolution: vectorise over positions
+                plane = y[c, n, o]
+                for k in range(n_ops):
+                    v = per_neuron[k, c, o]
+                    if ops[k] == 1:
+                        for j in range(spatial):
+                            plane[j] = plane[j] * v
+                    else:
+                        for j in range(spatial):
+                            plane[j] = plane[j] + v
+                if relu:
+                    for j in range(spatial):
+                        if plane[j] < zero:
+                            plane[j] = zero
+
+
 def uniform_fields(
     keys: torch.Tensor, first: int, count: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,5 +323,5 @@ def window_fields(keys: torch.Tensor, starts: np.ndarray, span: int, u: torch.Te
 
 
 __all__ = [
-    "abs_max_rows", "adc_rows", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_qs_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
+    "abs_max_rows", "adc_rows", "neuron_epilogue", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_qs_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
 ]

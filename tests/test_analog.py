@@ -119,3 +119,52 @@ def test_the_first_layers_shared_input_gives_the_copied_inputs_bits() -> None:
             n.logits(x, dataclasses.replace(read, layers=layers)).sum().backward()
             grads.append(w.grad)
         assert torch.equal(grads[0], grads[1])
+
+
+def test_the_digital_stage_in_one_pass_gives_the_tensor_bits() -> None:
+    """Without autograd an analog layer's neuron gain, offset, output scale, shift, bias and
+    a following ReLU run as one compiled pass in place (kernels.neuron_epilogue): the bits
+    of the tensor operations, −0 and NaN included, for linear and convolution outputs."""
+    from mcstudy.analog.layers import _digital_stage
+
+    gen = torch.Generator().manual_seed(3)
+    for shape in ((3, 5, 17, 1), (3, 4, 6, 25)):
+        c, _, n_out, _ = shape
+        y = torch.randn(*shape, generator=gen)
+        y.view(-1)[::7] = -0.0
+        y.view(-1)[3] = float("nan")
+        trims = [(False, torch.rand(c, n_out, generator=gen) + 0.5), (True, torch.randn(c, 1, generator=gen)),
+                 (False, torch.rand(c, 1, generator=gen)), (True, torch.randn(1, n_out, generator=gen))]  # fmt: skip
+        for relu in (False, True):
+            for k in range(len(trims) + 1):
+                ref = _digital_stage(y.squeeze(-1) if shape[3] == 1 else y, trims[:k], relu, keep=True)
+                with torch.no_grad():
+                    got = _digital_stage(y.clone(), trims[:k], relu, keep=False)
+                assert torch.equal(got.view(-1).view(torch.int32), ref.reshape(-1).view(torch.int32))
+
+
+def test_a_relu_after_an_analog_layer_runs_in_its_digital_stage() -> None:
+    """AnalogNetwork moves a ReLU that directly follows an analog layer into that layer: the
+    evaluation logits equal the tensor path's (taken with autograd on), and the gradients
+    flow as through the ReLU module."""
+    from mcstudy.hardware import PeripherySpec
+    from mcstudy.hardware.periphery import MismatchSpec, OpDriftSpec
+
+    torch.manual_seed(0)
+    periphery = PeripherySpec(op_drift=OpDriftSpec(gain=0.05, granularity="neuron"), mismatch=MismatchSpec(offset=0.02))
+    for name, params, x in (("mlp", MLPParams(hidden=(64, 32)), torch.rand(20, 1, 28, 28)),
+                            ("lenet", LeNetParams(), torch.rand(6, 1, 28, 28))):  # fmt: skip
+        model = build_model(name, params, (1, 28, 28), 10).eval()
+        net = AnalogNetwork(model)
+        assert all(layer.relu for layer in net.layers[:-1]) and not net.layers[-1].relu
+        assert not any(isinstance(m, torch.nn.ReLU) for m in net.module.modules())
+        pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), periphery=periphery)
+        read = pop.program(net.nominal, chip_stream(0, "relu", range(2)), net.granules).read(100.0)
+        fast = net.forward(x, read)
+        with torch.enable_grad():
+            w = read.layers[0].weight.detach().clone().requires_grad_(True)
+            layers = [dataclasses.replace(read.layers[0], weight=w), *read.layers[1:]]
+            tensor_path = net.logits(x, dataclasses.replace(read, layers=layers))
+            tensor_path.sum().backward()
+        assert torch.equal(fast, tensor_path.detach())
+        assert w.grad is not None and w.grad.abs().sum() > 0

@@ -25,6 +25,7 @@ import math
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -136,6 +137,7 @@ class ChipLayer(nn.Module):
         self.sample_offset = 0
         self.purpose = "eval"
         self.shared_input = False  # this call's input is (N, ...), the same on every chip
+        self.relu = False  # a ReLU that followed this layer runs in its digital stage (AnalogNetwork)
 
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -159,25 +161,48 @@ class ChipLayer(nn.Module):
         else:
             x = x.reshape(c, -1, *self.feature_shape(x))
         y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose)
-        extra = y.dim() - 3
-        # without autograd the crossbar's fresh output is scaled and shifted in place (same
-        # numbers, no new (C, N, out) tensors); out of place for the backward pass, and when
-        # a calibration hook sees (and may keep) the output
-        keep = torch.is_grad_enabled() or self.calibrate is not None
-        mul, add = (torch.mul, torch.add) if keep else (torch.Tensor.mul_, torch.Tensor.add_)
+        trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order
         if read.neurons.gain is not None:
-            y = mul(y, _per_neuron(read.neurons.gain, extra))
+            trims.append((False, read.neurons.gain))
         if read.neurons.offset is not None:
-            y = add(y, _per_neuron(read.neurons.offset, extra))
+            trims.append((True, read.neurons.offset))
         if self.calibrate is not None:
+            y = _digital_stage(y, trims, False, keep=True)
             self.out_scale, self.out_shift = self.calibrate(self.index, y)
+            trims = []
         if self.out_scale is not None:
-            y = mul(y, _per_neuron(self.out_scale.reshape(c, -1), extra))
+            trims.append((False, self.out_scale.reshape(c, -1)))
         if self.out_shift is not None:
-            y = add(y, _per_neuron(self.out_shift.reshape(c, -1), extra))
+            trims.append((True, self.out_shift.reshape(c, -1)))
         if self.bias is not None:
-            y = add(y, self.bias.view(1, 1, -1, *([1] * extra)))
+            trims.append((True, self.bias.view(1, -1)))
+        # without autograd the crossbar's fresh output is changed in place (same numbers, no
+        # new (C, N, out) tensors); out of place for the backward pass, and when a calibration
+        # hook has seen (and may keep) the output
+        y = _digital_stage(y, trims, self.relu, keep=torch.is_grad_enabled() or self.calibrate is not None)
         return y.reshape(-1, *y.shape[2:])
+
+
+def _digital_stage(y: torch.Tensor, trims: list[tuple[bool, torch.Tensor]], relu: bool, keep: bool) -> torch.Tensor:
+    """``y`` ``(C, N, out, *spatial)`` through per-neuron trims (each ``(C | 1, 1 | out)``,
+    multiplied or added in order), then ReLU where ``relu``. Without autograd on a
+    contiguous float32 CPU tensor: one compiled pass in place (``kernels.neuron_epilogue``,
+    the same bits); otherwise tensor operations, out of place where ``keep``."""
+    c, n_out, extra = y.shape[0], y.shape[2], y.dim() - 3
+    fused = not keep and y.device.type == "cpu" and y.dtype == torch.float32 and y.is_contiguous()
+    if fused and all(v.dtype == torch.float32 and v.device.type == "cpu" for _, v in trims):
+        from .. import kernels
+
+        per_neuron = torch.stack([v.expand(c, n_out) for _, v in trims]) if trims else torch.zeros(0, c, n_out)
+        ops = np.array([2 if add else 1 for add, _ in trims], dtype=np.int8)
+        kernels.neuron_epilogue(y.view(c, y.shape[1], n_out, -1).numpy(), per_neuron.numpy(), ops, relu)
+        return y
+    mul, add = (torch.mul, torch.add) if keep else (torch.Tensor.mul_, torch.Tensor.add_)
+    for is_add, v in trims:
+        y = (add if is_add else mul)(y, _per_neuron(v, extra))
+    if relu:
+        y = torch.relu(y) if keep else y.relu_()
+    return y
 
 
 def _per_neuron(v: torch.Tensor, extra: int) -> torch.Tensor:

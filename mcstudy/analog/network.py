@@ -33,7 +33,20 @@ class AnalogNetwork:
         self.nominal: list[torch.Tensor] = []
         self.layers: list[ChipLayer] = []
         self._swap(self.module)
+        self._fuse_relus(self.module)
         self._shared_at = self._first_layer_of_shared_input()
+
+    def _fuse_relus(self, parent: nn.Module) -> None:
+        """A ReLU that directly follows an analog layer in a Sequential runs in that layer's
+        digital stage (one pass over its output instead of three without autograd); the
+        ReLU's place holds an Identity. The same numbers and gradients."""
+        for child in parent.children():
+            self._fuse_relus(child)
+        if isinstance(parent, nn.Sequential):
+            for k in range(1, len(parent)):
+                if isinstance(parent[k], nn.ReLU) and isinstance(parent[k - 1], ChipLayer) and not parent[k - 1].relu:
+                    parent[k - 1].relu = True
+                    parent[k] = nn.Identity()
 
     def _first_layer_of_shared_input(self) -> int | None:
         """Where the model is a Sequential whose first analog layer is a direct child with only
