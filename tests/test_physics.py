@@ -127,7 +127,7 @@ def test_compiled_pcm_paths_equal_the_tensor_formulas() -> None:
     ref_prog, ref_nu = pcm._program_formula(shared.contiguous(), z_prog, z_nu, p)
     for got, ref in zip(pcm._program_stream(shared, stream, p), (ref_prog, ref_nu, pcm.read_noise_qs(ref_prog, p))):
         assert got.is_contiguous() and torch.equal(got, ref)
-    for t in (5.0, 3600.0):
+    for t in (5.0, 20.0, 3600.0):  # before, at and after t0
         zs = stream.child("read").normal_range(0, 70_000, scale=pcm.read_noise_std(t, p))
         assert torch.equal(pcm._read_stream(g_prog, nu, qs, t, stream, p), pcm._read_formula(g_prog, nu, qs, t, zs, p))
 

@@ -229,9 +229,10 @@ def _read_windows(
     (``span`` a multiple of the alignment) on the CPU: the drift factors exp(−ν·ln(t/t0))
     into ``drift[d, :, :span]`` and the read normals' ln u and cos θ (the same stream
     elements) into ``log_u[d, :, :span]`` and ``cos_theta[d, :, :span]`` — the
-    ``(windows, C, ≥ span)`` workspaces the compiled read passes take. One compiled pass
-    (``kernels.pcm_read_windows``), then PyTorch's vectorised exp, ln and cos."""
-    drifts = p.drift_scale > 0
+    ``(windows, C, ≥ span)`` workspaces the compiled read passes take (``drift`` holds
+    ones where nothing drifts). One compiled pass (``kernels.pcm_read_windows``), then
+    PyTorch's vectorised exp, ln and cos."""
+    drifts = p.drift_scale > 0 and log_ratio > 0  # at t ≤ t0 the factors stay 1 (exp(−ν·0) = 1 exactly)
     if starts.min() < 0 or starts.max() + span > nu.shape[1]:  # the kernel does not check bounds
         raise ValueError(f"read window of {span} columns from {starts.tolist()} outside rows of {nu.shape[1]}")
     kernels.pcm_read_windows(keys.detach().numpy().view(np.uint64), nu.numpy(), starts, span, np.float32(-log_ratio), drifts,
@@ -278,7 +279,8 @@ def _read_stream(
         return out
     log_ratio, c2 = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s)
     step = window_width(chips, n)
-    ws = torch.ones(3, 1, chips, step)  # drift factors, ln u, cos θ: reused by every window
+    ws = torch.empty(3, 1, chips, step)  # drift factors, ln u, cos θ: reused by every window
+    ws[0].fill_(1.0)
     gp_np, qs_np, out_np, ws_np = g_prog.numpy(), qs.numpy(), out.numpy(), ws.numpy()
     for a, w, span, starts, off in _read_spans(n, 1, n, step):
         _read_windows(nu, stream.keys, starts, span, log_ratio, s > 0, p, ws[0], ws[1], ws[2])
@@ -340,7 +342,7 @@ class PCMDevice(DeviceModel):
         planes, n_out, n_in = shape
         n, (chips, total) = n_out * n_in, g_prog.shape
         step = window_width(planes * chips, n)  # weights per window: every plane of every chip at once
-        drift_ws, u_ws, theta_ws = torch.ones(planes, chips, step), torch.ones(planes, chips, step), torch.ones(planes, chips, step)
+        drift_ws, u_ws, theta_ws = torch.ones(planes, chips, step), torch.empty(planes, chips, step), torch.empty(planes, chips, step)
         out = torch.empty(chips, n_out, n_in)
         coeff = np.array(coeffs, dtype=np.float32)
         unit = np.array([1 if c == 1.0 else -1 if c == -1.0 else 0 for c in coeffs], dtype=np.int8)
