@@ -302,6 +302,40 @@ def neuron_epilogue(y: np.ndarray, per_neuron: np.ndarray, ops: np.ndarray, relu
                             plane[j] = zero
 
 
+@njit(nogil=True, cache=True, error_model="numpy")
+def max_pool_planes(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, out: np.ndarray) -> None:
+    """2-D max pooling of planes ``x`` ``(P, H, W)`` into ``out`` ``(P, Ho, Wo)`` with PyTorch's
+    CPU semantics (``MaxPoolKernel.cpp``): each window's positions inside the plane scanned
+    row by row from −∞, a value taken where it is larger or NaN — so ties keep the first
+    value (the sign of a zero included) and NaN propagates: the same bits. Here a whole
+    output row is updated per window position (unit-stride passes) rather than one
+    window at a time."""
+    height, width, n_oh, n_ow = x.shape[1], x.shape[2], out.shape[1], out.shape[2]
+    minus_inf = np.float32(-np.inf)
+    lo, hi, first = np.empty(kw, np.int64), np.empty(kw, np.int64), np.empty(kw, np.int64)
+    for j in range(kw):  # window column j of output ow is input column ow·sw + off: the outputs where it is inside
+        off = j * dw - pw
+        lo[j] = max(0, (-off + sw - 1) // sw)
+        hi[j] = max(lo[j], min(n_ow, (width - 1 - off) // sw + 1))
+        first[j] = lo[j] * sw + off
+    for p in range(x.shape[0]):
+        plane, o_plane = x[p], out[p]
+        for oh in range(n_oh):
+            o_row = o_plane[oh]
+            for ow in range(n_ow):
+                o_row[ow] = minus_inf
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= height:
+                    continue
+                row = plane[ih]
+                for j in range(kw):
+                    f, l0 = first[j], lo[j]
+                    for k in range(hi[j] - l0):
+                        v, m = row[f + k * sw], o_row[l0 + k]
+                        o_row[l0 + k] = v if (v > m or np.isnan(v)) else m
+
+
 def uniform_fields(
     keys: torch.Tensor, first: int, count: int, out: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,5 +357,5 @@ def window_fields(keys: torch.Tensor, starts: np.ndarray, span: int, u: torch.Te
 
 
 __all__ = [
-    "abs_max_rows", "adc_rows", "neuron_epilogue", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_qs_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
+    "abs_max_rows", "adc_rows", "max_pool_planes", "neuron_epilogue", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_qs_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
 ]

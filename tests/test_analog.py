@@ -168,3 +168,31 @@ def test_a_relu_after_an_analog_layer_runs_in_its_digital_stage() -> None:
             tensor_path.sum().backward()
         assert torch.equal(fast, tensor_path.detach())
         assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_compiled_max_pooling_gives_pytorchs_bits() -> None:
+    """AnalogNetwork evaluates MaxPool2d with a compiled kernel (kernels.max_pool_planes):
+    PyTorch's values bit for bit — ties keep the first value (−0 vs +0), NaN and −∞
+    propagate — for strides, padding and dilation; ceil mode and gradients go to PyTorch."""
+    import torch.nn.functional as F
+
+    from mcstudy.analog.layers import CompiledMaxPool2d
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 13, 12, generator=gen).relu()
+    x.view(-1)[::5] = -0.0
+    x.view(-1)[7], x.view(-1)[100] = float("nan"), float("-inf")
+    configs = [(2, None, 0, 1), ((1, 2), None, 0, 1), (3, 2, 1, 1), ((3, 2), (1, 2), 1, (2, 1)), ((2, 3), (3, 2), 1, 2)]
+    for k, s, p, d in configs:
+        pool = CompiledMaxPool2d.like(torch.nn.MaxPool2d(k, s, p, d))
+        ref = F.max_pool2d(x, k, s, p, d)
+        with torch.no_grad():
+            got = pool(x)
+        assert got.shape == ref.shape and torch.equal(got.view(torch.int32), ref.view(torch.int32))
+    ceil = CompiledMaxPool2d.like(torch.nn.MaxPool2d(2, ceil_mode=True))
+    assert torch.equal(ceil(x[:, :, :11, :11]).view(torch.int32), F.max_pool2d(x[:, :, :11, :11], 2, ceil_mode=True).view(torch.int32))
+    xg = torch.randn(2, 2, 6, 6, generator=gen, requires_grad=True)
+    CompiledMaxPool2d.like(torch.nn.MaxPool2d(2))(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.sum() == 2 * 2 * 3 * 3
+    net = AnalogNetwork(build_model("lenet", LeNetParams(), (1, 28, 28), 10))
+    assert sum(isinstance(m, CompiledMaxPool2d) for m in net.module.modules()) == 2

@@ -268,7 +268,41 @@ class ChipConv2d(ChipLayer):
         with _native_cpu_conv():
             y = F.conv2d(xg, kernel, None, self.stride, self.padding, self.dilation, groups=c)
         _, _, ho, wo = y.shape
-        return y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1)
+        # chip-major, as every activation: the digital stage then runs in one pass and the
+        # layer's (C·N, ...) output is a view (one copy here instead of strided passes there)
+        return y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1).contiguous()
+
+
+class CompiledMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose evaluation (no autograd, CPU, float32, a batch of planes) runs
+    as one compiled pass, ``kernels.max_pool_planes``: PyTorch's semantics and bits at
+    several times its speed on the ``(C·N, channels, H, W)`` activations of a block of
+    chips. Anything else (indices, ceil mode, gradients) goes to PyTorch."""
+
+    @classmethod
+    def like(cls, m: nn.MaxPool2d) -> "CompiledMaxPool2d":
+        return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw) = _pair(self.kernel_size), _pair(self.stride)
+        (ph, pw), (dh, dw) = _pair(self.padding), _pair(self.dilation)
+        plain = not (self.return_indices or self.ceil_mode or (torch.is_grad_enabled() and x.requires_grad))
+        if not plain or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or 2 * ph > kh or 2 * pw > kw:
+            return super().forward(x)
+        n, ch, h, w = x.shape
+        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if ho < 1 or wo < 1 or min(kh, kw, sh, sw, dh, dw) < 1:
+            return super().forward(x)  # PyTorch's error
+        from .. import kernels
+
+        xc = x.contiguous()
+        out = torch.empty(n, ch, ho, wo)
+        kernels.max_pool_planes(xc.view(n * ch, h, w).numpy(), kh, kw, sh, sw, ph, pw, dh, dw, out.view(n * ch, ho, wo).numpy())
+        return out
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def to_chip_layer(layer: nn.Module) -> ChipLayer | None:

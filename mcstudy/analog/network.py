@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..hardware.chip import ChipRead, LayerRead
 from ..hardware.periphery import NeuronDraws, PeripherySpec
-from .layers import Calibrate, ChipLayer, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
+from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
 
 Scales = list[torch.Tensor | None] | None
 
@@ -63,6 +63,9 @@ class AnalogNetwork:
 
     def _swap(self, parent: nn.Module) -> None:
         for name, child in list(parent.named_children()):
+            if type(child) is nn.MaxPool2d:  # the same pooling, compiled for evaluation
+                setattr(parent, name, CompiledMaxPool2d.like(child))
+                continue
             chip_layer = to_chip_layer(child)
             if chip_layer is None:
                 self._swap(child)
