@@ -8,9 +8,11 @@ bit-identical numbers (see ``worker.py``).
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import pickle
+import sys
 import tempfile
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -82,19 +84,33 @@ class SerialExecutor(Executor):
             yield self.context.run(unit)
 
 
-_CONTEXT: WorkerContext | None = None
+_CONTEXT: tuple[str, WorkerContext] | None = None  # (payload file, the context built from it)
 
 
-def _init_worker(payload_file: str) -> None:
+def _init_worker() -> None:
+    """A local worker leaves without tearing the interpreter down: it holds nothing to save
+    (results go back as they are made), and unloading PyTorch and the compiled kernels
+    took ~0.8 s, which the coordinator spent waiting at the end of every run."""
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _ready() -> None:
+    """A worker's first task: it returns once the process has started and imported mcstudy."""
+
+
+def _run_unit(payload_file: str, unit: WorkUnit) -> UnitResult:
     global _CONTEXT
-    with open(payload_file, "rb") as f:
-        payload = pickle.load(f)  # written by this run's coordinator (LocalExecutor.start)
-    _CONTEXT = WorkerContext(payload)
-
-
-def _run_unit(unit: WorkUnit) -> UnitResult:
-    assert _CONTEXT is not None, "worker not initialised"
-    return _CONTEXT.run(unit)
+    if _CONTEXT is None or _CONTEXT[0] != payload_file:
+        with open(payload_file, "rb") as f:
+            payload = pickle.load(f)  # written by this run's coordinator (LocalExecutor.start)
+        _CONTEXT = (payload_file, WorkerContext(payload))
+    return _CONTEXT[1].run(unit)
 
 
 _WORKER_DIED = (
@@ -118,29 +134,39 @@ class LocalExecutor(Executor):
         self.pool: ProcessPoolExecutor | None = None
         self.payload_file: str | None = None
         self.broken = False
+        self.started = False
+
+    def __enter__(self) -> "LocalExecutor":
+        self._spawn()  # the workers start (and import torch) while the coordinator prepares
+        return self
+
+    def _spawn(self) -> None:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+            for _ in range(self.workers):  # a pool spawns one process per task submitted to no idle worker
+                self.pool.submit(_ready)
 
     def start(self, payload: Payload) -> None:
         # The payload (trained models, data) goes to the workers through a temporary file,
         # not the spawn pipe: a worker that dies while it starts (e.g. a script without a
         # main guard) would otherwise leave the parent blocked for ever writing a payload
         # larger than the pipe's buffer (CPython's spawn keeps the pipe's read end open
-        # until the write completes).
+        # until the write completes). Each worker reads it once, at its first unit.
         fd, path = tempfile.mkstemp(prefix="mcstudy-payload-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
         self.payload_file = path
-        self.pool = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(path,)
-        )
+        self.started = True
+        self._spawn()
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[UnitResult]:
-        assert self.pool is not None, "start() first"
+        assert self.pool is not None and self.payload_file is not None, "start() first"
         pending: set[Future[UnitResult]] = set()
         todo = iter(units)
         limit = 2 * self.workers  # bounded in flight: memory does not grow with the study
         while True:
             for unit in todo:
-                pending.add(self.pool.submit(_run_unit, unit))
+                pending.add(self._submit(unit))
                 if len(pending) >= limit:
                     break
             if not pending:
@@ -156,6 +182,14 @@ class LocalExecutor(Executor):
                     raise WorkerError(_WORKER_DIED.format(code="unknown")) from e
                 yield result
 
+    def _submit(self, unit: WorkUnit) -> Future[UnitResult]:
+        assert self.pool is not None and self.payload_file is not None
+        try:
+            return self.pool.submit(_run_unit, self.payload_file, unit)
+        except BrokenProcessPool as e:  # a worker died before this unit was handed out
+            self.broken = True
+            raise WorkerError(_WORKER_DIED.format(code="unknown")) from e
+
     def _check_workers(self) -> None:
         """Raise if a worker process has exited: a pool worker only exits when the pool
         shuts down, and a worker that dies while it starts can leave the pool waiting
@@ -168,7 +202,7 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         if self.pool is not None:
-            if self.broken:  # do not wait on a pool that lost a worker: stop the rest
+            if self.broken or not self.started:  # a pool that lost a worker, or was never needed: stop it
                 for p in list((getattr(self.pool, "_processes", None) or {}).values()):
                     p.terminate()
             self.pool.shutdown(wait=not self.broken, cancel_futures=True)
