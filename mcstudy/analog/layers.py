@@ -12,7 +12,8 @@ An analog layer's pipeline (``crossbar``): DAC on the inputs -> for each row of
 crossbar tiles: the analog product (+ per-input-vector read noise and output noise)
 -> ADC -> digital sum of the tiles -> neuron gain and offset (operating-point drift,
 mismatch) -> digital output scale and shift (drift compensation, self-tuning, in-situ
-trims) -> digital bias.
+trims) -> digital bias -> a ReLU that followed the layer in its Sequential (moved here
+by ``AnalogNetwork``). Without autograd that digital stage is one compiled pass in place.
 
 Everything here is differentiable (the converters' rounding passes gradients straight
 through when a gradient is needed), so on-chip learning can back-propagate through a
