@@ -178,7 +178,7 @@ def pcm_program_finish(
     normals (``[0]``: programming, ``[1]``: drift exponent; each ``(chips, ≥ w)``). A
     single row of targets (and ``log_g``) is every chip's. Writes
     ``G_P = max(G_T + σ_prog·z, 0)``, ``ν = |μ_ν + σ_ν·z'|·drift_scale`` and the floored
-    normalised ``G_P`` (for Q_s) into ``g_norm`` ``(chips, ≥ w)``. ``p`` (float32): g_max,
+    normalised ``G_P`` (for Q_s) into the same columns of ``g_norm`` ``(chips, n)``. ``p`` (float32): g_max,
     c0, c1, c2, prog_noise_scale, μ slope, intercept, min, max, σ slope, intercept, min,
     max, drift_scale, floor. The normals as :func:`box_muller_finish`, then the tensor
     formula's operations in its order, so the same float32 results."""
@@ -192,7 +192,7 @@ def pcm_program_finish(
     for r in range(g_prog.shape[0]):  # row slices: unit-stride loops that vectorise
         rt = 0 if shared else r
         gt_r, lg_r = g_target[rt, a : a + w], log_g[rt]
-        gp_r, nu_r, gn_r = g_prog[r, a : a + w], nu[r, a : a + w], g_norm[r]
+        gp_r, nu_r, gn_r = g_prog[r, a : a + w], nu[r, a : a + w], g_norm[r, a : a + w]
         lu_p, lu_n, ct_p, ct_n = logs[0, r], logs[1, r], cosines[0, r], cosines[1, r]
         for j in range(w):
             gt = gt_r[j]
@@ -207,17 +207,6 @@ def pcm_program_finish(
             nu_r[j] = abs(mu + sd * z_nu) * dscale
             gp_r[j] = gp
             gn_r[j] = max(min(max(gp / g_max, zero), one), floor)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def pcm_qs_finish(scaled: np.ndarray, a: int, w: int, q: np.float32, q_max: np.float32, qs: np.ndarray) -> None:
-    """The end of ``pcm._qs_of_floored``: ``Q_s = min(q·x, Q_max)`` with ``x = g^(−e)``
-    ``(chips, ≥ w)`` into columns ``a..a+w-1`` of ``qs`` ``(chips, n)`` (``torch.mul`` and
-    ``clamp``'s float32 results)."""
-    for r in range(qs.shape[0]):
-        x, o = scaled[r], qs[r, a : a + w]
-        for j in range(w):
-            o[j] = min(x[j] * q, q_max)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -357,5 +346,5 @@ def window_fields(keys: torch.Tensor, starts: np.ndarray, span: int, u: torch.Te
 
 
 __all__ = [
-    "abs_max_rows", "adc_rows", "max_pool_planes", "neuron_epilogue", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_qs_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
+    "abs_max_rows", "adc_rows", "max_pool_planes", "neuron_epilogue", "quantise_rows", "box_muller_finish", "pcm_floor_normalised", "pcm_program_finish", "pcm_read_decode_finish", "pcm_read_finish", "pcm_read_windows", "uniform_fields", "window_fields",
 ]

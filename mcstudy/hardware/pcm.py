@@ -159,10 +159,9 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
     rows = targets.shape[0]
     step = window_width(3 * chips, n)  # targets per window, every chip at once
     logs, cosines = torch.ones(2, chips, step), torch.ones(2, chips, step)  # the two normals' ln u and cos θ
-    log_g, g_norm = torch.ones(rows, step), torch.ones(chips, step)  # ln of the floored normalised targets; of G_P
-    logs_np, cos_np, log_g_np, g_norm_np = logs.numpy(), cosines.numpy(), log_g.numpy(), g_norm.numpy()
+    log_g = torch.ones(rows, step)  # ln of the floored normalised targets
+    logs_np, cos_np, log_g_np = logs.numpy(), cosines.numpy(), log_g.numpy()
     gt_np, gp_np, nu_np, qs_np = targets.numpy(), g_prog.numpy(), nu.numpy(), qs.numpy()
-    q, q_max = np.float32(p.read_qs_coeff), np.float32(p.read_qs_max)
     first = np.zeros(1, dtype=np.int64)
     for a in range(0, n, step):
         w = min(step, n - a)
@@ -172,9 +171,8 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
         kernels.window_fields(s_nu.keys, first, span, logs[1:2], cosines[1:2])
         kernels.pcm_floor_normalised(gt_np, a, w, consts[0], consts[14], log_g_np)
         logs[:, :, :span].log_(), cosines[:, :, :span].cos_(), log_g[:, :span].log_()
-        kernels.pcm_program_finish(gt_np, log_g_np, a, w, logs_np, cos_np, consts, gp_np, nu_np, g_norm_np)
-        g_norm[:, :span].log_().mul_(-p.read_qs_exponent).exp_()  # _qs_of_floored's ln, product and exp, then:
-        kernels.pcm_qs_finish(g_norm_np, a, w, q, q_max, qs_np)
+        kernels.pcm_program_finish(gt_np, log_g_np, a, w, logs_np, cos_np, consts, gp_np, nu_np, qs_np)
+        _qs_of_floored(qs[:, a : a + w], p)  # the kernel left the floored normalised G_P there
     return g_prog, nu, qs
 
 
