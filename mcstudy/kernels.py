@@ -179,7 +179,7 @@ def pcm_program_finish(
     single row of targets (and ``log_g``) is every chip's. Writes
     ``G_P = max(G_T + σ_prog·z, 0)``, ``ν = |μ_ν + σ_ν·z'|·drift_scale`` and the floored
     normalised ``G_P`` (for Q_s) into the same columns of ``g_norm`` ``(chips, n)``. ``p`` (float32): g_max,
-    c0, c1, c2, prog_noise_scale, μ slope, intercept, min, max, σ slope, intercept, min,
+    c0, c1, c2, σ_prog scale (prog_noise_scale·g_max/prog_g_ref), μ slope, intercept, min, max, σ slope, intercept, min,
     max, drift_scale, floor. The normals as :func:`box_muller_finish`, then the tensor
     formula's operations in its order, so the same float32 results."""
     minus_two = np.float32(-2.0)

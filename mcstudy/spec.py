@@ -34,12 +34,19 @@ from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, ValidationE
 from .data import DATASETS, DataSpec
 from .errors import McStudyError, SpecError
 from .hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
-from .hardware.chip import ReadNoiseMode
+from .hardware.chip import ReadNoiseMode, WeightScale
 from .models import MODELS
 from .procedures import PROCEDURES, study_metrics
 from .programming import Strategy, StrategyMapping
 from .registry import Params, Registry
 from .training import TRAINERS
+
+PHYSICS_VERSION = 2
+"""Version of the models behind the numbers, part of every study's hash: raise it with any
+change that changes a study's numbers, so a store written before is never resumed with
+chips computed after (the store names both versions). 2: HWA's continuous surrogate,
+trained weight ranges, the per-vector read-noise split, σ_prog ∝ G_max, asymmetry within
+[G_min, G_max], RRAM's finite off state, ideal devices in units of G_max."""
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -150,6 +157,7 @@ class PopulationSpec:
     tile: TileSpec = TileSpec()
     periphery: PeripherySpec = PeripherySpec()
     read_noise: ReadNoiseMode = "per_read"
+    weight_scale: WeightScale = "auto"
     sweep: tuple[tuple[str, float], ...] = ()
     programming: "ProgrammingSpec | None" = None
     strategy: Strategy | None = None  # loaded from the study's strategy file
@@ -165,7 +173,7 @@ class PopulationSpec:
         its multi-pair weights."""
         pop = Population.build(
             self.device.name, self.device.params, self.mapping.name, self.mapping.params,
-            self.variation, self.tile, self.periphery, self.read_noise,
+            self.variation, self.tile, self.periphery, self.read_noise, self.weight_scale,
         )  # fmt: skip
         chosen = strategy or self.strategy or (Strategy.naive() if self.programming and self.programming.strategy == "naive" else None)
         if chosen is None:
@@ -181,6 +189,7 @@ class PopulationSpec:
             "tile": self.tile.model_dump(mode="json"),
             "periphery": self.periphery.model_dump(mode="json"),
             "read_noise": self.read_noise,
+            "weight_scale": self.weight_scale,
         }
         if self.programming is not None and self.programming.strategy != "default":
             out["programming"] = self.programming.model_dump(mode="json")
@@ -219,6 +228,7 @@ class StudySpec:
     def canonical(self) -> dict[str, Any]:
         """Everything that determines the numbers (not the name, description or execution)."""
         return {
+            "physics": PHYSICS_VERSION,
             "seed": self.seed,
             "chips": self.chips,
             "times": list(self.times),
@@ -248,6 +258,13 @@ class StudySpec:
 
     def population(self, name: str) -> PopulationSpec:
         return next(h for h in self.hardware if h.name == name)
+
+    def scale_used(self, variant: VariantSpec, population: PopulationSpec) -> str:
+        """The weight scale ``variant``'s network is programmed with on ``population``:
+        ``auto`` is ``trained`` when the variant's trainer records weight ranges."""
+        if population.weight_scale != "auto":
+            return population.weight_scale
+        return "trained" if TRAINERS.get(variant.trainer.name).obj.has_ranges() else "tile"
 
 
 # -- loading -----------------------------------------------------------------------
@@ -287,6 +304,10 @@ def parse_study(text: str, source: str = "<string>", base_dir: Path | None = Non
     for h in hardware:
         if h.chips_of is not None and (h.chips_of not in bases or h.chips_of == h.base):
             problems.append((f"hardware.{h.base}.chips_of", f"must name another hardware population; got {h.chips_of!r}; have {', '.join(sorted(bases - {h.base}))}"))
+    without = {n.split("[")[0]: c.name for n, c, _ in variants if not TRAINERS.get(c.name).obj.has_ranges()}
+    for base in sorted({h.base for h in hardware if h.weight_scale == "trained"} if without else ()):
+        listed = ", ".join(f"variant {v!r} uses {t!r}" for v, t in without.items())
+        problems.append((f"hardware.{base}.weight_scale", f"'trained' needs weight ranges from every variant's trainer, but {listed}, without; use auto, layer or tile"))
     times = tuple(sorted(top.times))
     if len(set(times)) != len(times):
         problems.append(("times", f"duplicate times; got {[format_time(t) for t in top.times]}"))
@@ -596,6 +617,9 @@ class _PopulationSections(Params):
     tile: TileSpec = TileSpec()
     periphery: PeripherySpec = PeripherySpec()
     read_noise: ReadNoiseMode = "per_read"
+    weight_scale: WeightScale = Field(
+        "auto", description="the weight mapped to G_max: the trainer's range (trained), the layer's or each tile's largest |w|; auto: trained where the trainer has ranges, else tile"
+    )
     programming: Annotated[ProgrammingSpec, BeforeValidator(_programming_shorthand)] = ProgrammingSpec()
     chips_of: str | None = Field(None, description="program the chips of this other population (paired comparisons)")
 
@@ -652,8 +676,8 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
             if len(problems) == n_before and device is not None and mapping is not None:
                 out.append(
                     PopulationSpec(
-                        pname, name, device, mapping, plain.variation, plain.tile, plain.periphery, plain.read_noise, sweep,
-                        plain.programming, strategy, plain.chips_of,
+                        pname, name, device, mapping, plain.variation, plain.tile, plain.periphery, plain.read_noise,
+                        plain.weight_scale, sweep, plain.programming, strategy, plain.chips_of,
                     )
                 )
     return out

@@ -34,7 +34,7 @@ import xarray as xr
 
 from .errors import StoreError
 from .procedures import METRIC_ATTRS, METRICS
-from .spec import StudySpec, format_time
+from .spec import PHYSICS_VERSION, StudySpec, format_time
 
 if TYPE_CHECKING:  # the store does not depend on how results were produced
     from .execution.plan import WorkUnit
@@ -101,6 +101,12 @@ def template(
         "device": ("hardware", _strings([h.device.name for h in spec.hardware])),
         "mapping": ("hardware", _strings([h.mapping.name for h in spec.hardware])),
         "procedure_kind": ("procedure", _strings([p.kind.name for p in spec.procedures])),
+        "weight_scale": ("hardware", _strings([h.weight_scale for h in spec.hardware]), {"long_name": "weight-to-conductance scale asked for"}),
+        "weight_scale_used": (
+            ("variant", "hardware"),
+            np.array([[spec.scale_used(v, h) for h in spec.hardware] for v in spec.variants], dtype=object),
+            {"long_name": "weight-to-conductance scale each variant was programmed with (trained, layer or tile)"},
+        ),
     }
     for name, values in spec.variant_coords.items():
         coords[name] = ("variant", np.array(values, dtype=np.float64))
@@ -123,6 +129,14 @@ def template(
         **(extra_attrs or {}),
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _physics_version(canonical: Any) -> int:
+    """The physics version a store's study was computed with (1: before it was recorded)."""
+    try:
+        return int(json.loads(str(canonical)).get("physics", 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1
 
 
 def is_url(path: str | Path) -> bool:
@@ -262,6 +276,12 @@ class ResultStore:
         if old == spec.hash and not overwrite:
             return int(existing.attrs["block_size"])
         if not overwrite:
+            physics = _physics_version(existing.attrs.get("spec_canonical"))
+            if physics != PHYSICS_VERSION:
+                raise StoreError(
+                    f"{location} was written by an earlier version of mcstudy's models (physics version {physics}, this is "
+                    f"{PHYSICS_VERSION}), whose numbers differ; choose another --out, or pass --overwrite to recompute it"
+                )
             raise StoreError(
                 f"{location} holds results of a different study (spec hash {old[:12]}…, this study {spec.hash[:12]}…); "
                 "choose another --out, or pass --overwrite to replace it"

@@ -60,6 +60,19 @@ def test_lenet_chip_is_the_same_alone_and_in_a_block() -> None:
     assert not torch.equal(out_block[6], out_block[7])
 
 
+def test_a_wide_mlp_chip_is_the_same_alone_and_in_a_block() -> None:
+    """A 784-input layer (MNIST): the BLAS sums a batch of one chip differently from a
+    larger batch for rows this long, so a block of one must not take that kernel."""
+    torch.manual_seed(0)
+    net = AnalogNetwork(build_model("mlp", MLPParams(hidden=(64,)), (1, 28, 28), 10).eval())
+    population = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(within=WithinChip(sigma=0.05)))
+    x = torch.rand(64, 1, 28, 28)
+    block = net.forward(x, population.program(net.nominal, chip_stream(3, "pcm", range(5)), net.granules).read(86400.0))
+    for c in (0, 4):
+        alone = net.forward(x, population.program(net.nominal, chip_stream(3, "pcm", [c]), net.granules).read(86400.0))
+        assert torch.equal(block[c], alone[0])
+
+
 def test_resnet20_runs_on_chips() -> None:
     from mcstudy.models.zoo import ResNetParams
 

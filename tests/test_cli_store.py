@@ -99,3 +99,23 @@ def test_swept_populations_through_the_cli(tmp_path: Path, cache_dir: Path) -> N
     assert list(ds["hardware"].values) == names
     np.testing.assert_array_equal(ds["variation_within_sigma"].values, [0.0, 0.1, 0.0])
     assert list(ds["population"].values) == ["pcm", "pcm", "sram"]
+
+
+def test_a_store_of_earlier_physics_is_never_resumed(tmp_path: Path, cache_dir: Path) -> None:
+    """The models' version is part of a study's hash: chips computed before a change to the
+    physics are never mixed with chips computed after; the refusal names both versions."""
+    import zarr
+
+    from mcstudy.spec import PHYSICS_VERSION
+
+    study = small_study(tmp_path, chips=4)
+    out = tmp_path / "old.zarr"
+    run_study(load_study(study), RunOptions(out, executor="serial", cache_dir=cache_dir, progress=False))
+    assert json.loads(open_results(out).attrs["spec_canonical"])["physics"] == PHYSICS_VERSION
+    group = zarr.open_group(str(out), mode="r+")
+    canonical = json.loads(group.attrs["spec_canonical"])
+    del canonical["physics"]  # as written before the version was recorded
+    group.attrs.update({"spec_canonical": json.dumps(canonical, sort_keys=True), "spec_hash": "0" * 64})
+    r = run_cli("run", study, "--out", out, "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "physics version 1" in r.stderr and f"this is {PHYSICS_VERSION}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

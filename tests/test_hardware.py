@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from mcstudy.analog import AnalogNetwork
 from mcstudy.hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileGrid, TileSpec, Variation
 from mcstudy.hardware.ideal import IdealDevice, IdealParams
+from mcstudy.hardware.layout import from_flat
 from mcstudy.hardware.periphery import ADCSpec, DACSpec, MismatchSpec, OpDriftSpec, quantise_symmetric
 from mcstudy.hardware.rram import RRAMDevice, RRAMParams
 from mcstudy.hardware.sram import SRAMDevice, SRAMParams
@@ -20,9 +22,6 @@ from mcstudy.hardware.variation import BetweenChip, WithinChip
 from mcstudy.models import build_model
 from mcstudy.models.zoo import LeNetParams, MLPParams
 from mcstudy.rng import chip_stream
-
-G_MAX = 25.0
-
 
 def _weights(out: int = 20, n_in: int = 30, seed: int = 0) -> torch.Tensor:
     return torch.randn(out, n_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -77,10 +76,11 @@ def test_unipolar_has_one_device_and_one_sign_per_block() -> None:
 
 def test_on_off_ratio_sets_the_smallest_conductance() -> None:
     for mapping in ("differential", "multi_pair", "unipolar"):
-        chips = _ideal(mapping, on_off_ratio=20.0).program([_weights()], chip_stream(0, "r", [0]))
-        g = chips.programmed(0, "g")
-        assert g.min().item() == pytest.approx(G_MAX / 20.0)
-        assert g.max().item() <= G_MAX + 1e-9
+        pop = _ideal(mapping, on_off_ratio=20.0)
+        g_max = pop.device.g_max
+        g = pop.program([_weights()], chip_stream(0, "r", [0])).programmed(0, "g")
+        assert g.min().item() == pytest.approx(g_max / 20.0)
+        assert g.max().item() <= g_max + 1e-9
 
 
 def test_nonlinearity_and_asymmetry_distort_the_decoded_weights() -> None:
@@ -91,9 +91,33 @@ def test_nonlinearity_and_asymmetry_distort_the_decoded_weights() -> None:
     pos = (w > 0) & (w < w.max() / 2)
     assert (bent[pos].abs() >= exact[pos].abs()).all() and (bent[pos] != exact[pos]).any()
     lop = _roundtrip(_ideal("differential", asymmetry=0.2), w)
-    neg = w < 0
-    torch.testing.assert_close(lop[neg], 1.2 * w[neg])
-    torch.testing.assert_close(lop[~neg], w[~neg])
+    neg = w < 0  # the negative side responds 1.2 times as strongly as the positive side
+    torch.testing.assert_close(lop[neg], w[neg])
+    torch.testing.assert_close(lop[~neg], w[~neg] / 1.2)
+
+
+@pytest.mark.parametrize("mapping", ["differential", "multi_pair", "unipolar"])
+@pytest.mark.parametrize("asymmetry", [-0.5, 0.3, 0.9])
+def test_asymmetry_never_programs_outside_the_conductance_range(mapping: str, asymmetry: float) -> None:
+    """The side with the larger scale spans [G_min, G_max]; the other shrinks to fit, and the
+    negative side's scale is (1 + asymmetry) times the positive side's."""
+    w = _weights(15, 40)
+    w = torch.cat([w, -w])  # the largest |w| on both sides
+    pop = _ideal(mapping, asymmetry=asymmetry, on_off_ratio=10.0)
+    g_max = pop.device.g_max
+    g = pop.program([w], chip_stream(0, "asym", [0])).programmed(0, "g")
+    assert g.min().item() >= g_max / 10.0 - 1e-12 and g.max().item() <= g_max + 1e-12
+    if mapping == "unipolar":  # no negative-side devices: asymmetry changes nothing
+        plain = _ideal(mapping, on_off_ratio=10.0).program([w], chip_stream(0, "asym", [0])).programmed(0, "g")
+        assert torch.equal(g, plain)
+    else:
+        assert g.max().item() == pytest.approx(g_max)  # the full range is used
+    if mapping == "differential":
+        got = _roundtrip(pop, w)
+        pos_gain = (got[w > 0] / w[w > 0]).mean().item()
+        neg_gain = (got[w < 0] / w[w < 0]).mean().item()
+        assert neg_gain / pos_gain == pytest.approx(1 + asymmetry, rel=1e-9)
+        assert max(pos_gain, neg_gain) == pytest.approx(1.0, rel=1e-9)
 
 
 def test_tiles_have_their_own_scale_and_agree_with_untiled_ideal_layers() -> None:
@@ -179,27 +203,71 @@ def test_operating_point_drift_and_mismatch() -> None:
     assert g.shape == (3, 10) and g.unique().numel() == 30
 
 
-def test_per_vector_read_noise_has_the_output_space_variance() -> None:
-    """Each output is Gaussian with variance Σ_j σ_ij² x_j², fresh for every input vector."""
-    torch.manual_seed(1)
-    net = AnalogNetwork(torch.nn.Sequential(torch.nn.Linear(16, 4, bias=False)).double())
-    x = torch.rand(1, 16, dtype=torch.float64).expand(20_000, 16)
-    entry = DEVICES.get("pcm")
-    pop = Population.build("pcm", entry.params(), "differential", MAPPINGS.get("differential").params(), Variation(), read_noise="per_vector")
+@pytest.mark.parametrize("interval", [1e-6, 1e-3])
+def test_per_vector_read_noise_splits_the_1_over_f_variance(interval: float) -> None:
+    """1/f noise under ``read_noise: per_vector`` (SCIENCE.md §2): each product's deviation
+    from the programmed weights has the per-read variance D(t) = (G_D·Q_s)²·ln((t + t_r)/(2t_r));
+    two products Δ = vector_interval apart differ by D(Δ); so a part D(t) − D(Δ)/2 is common
+    to the products of one read and a part D(Δ)/2 is fresh for each, in output space
+    Σ_j σ_ij² x_j². Checked against the equations, within one read and over many reads."""
+    from mcstudy.hardware.pcm import PCMParams, vector_fresh_fraction
+
+    t = 86400.0
+    p = PCMParams(vector_interval=interval)
+    fresh = 0.5 * math.log((interval + p.t_read) / (2 * p.t_read)) / math.log((t + p.t_read) / (2 * p.t_read))
+    assert vector_fresh_fraction(t, p) == pytest.approx(fresh, rel=1e-12)
+    assert 0 < fresh < 0.3  # products microseconds to milliseconds apart share most of the noise
+    lin = torch.nn.Linear(16, 4, bias=False).double()
+    with torch.no_grad():  # |w| in [0.5, 1]·max: Q_s·√ln stays small, so the clamp at 0 S never acts
+        lin.weight.copy_(torch.sign(torch.randn(4, 16)) * (0.5 + 0.5 * torch.rand(4, 16)))
+    net = AnalogNetwork(torch.nn.Sequential(lin))
+    pop = Population.build("pcm", p, "differential", MAPPINGS.get("differential").params(), Variation(), read_noise="per_vector")
     chips = pop.program(net.nominal, chip_stream(2, "v", [0]))
-    read = chips.read(86400.0)
-    y = net.forward(x, read)[0]
-    layer = read.layers[0]
-    mean = x[:1] @ layer.weight[0].T
-    var = (x[:1] ** 2) @ layer.var[0].T
-    n = x.shape[0]
-    torch.testing.assert_close(y.mean(0), mean[0], rtol=0, atol=float(5 * var.sqrt().max() / math.sqrt(n)))
-    ratio = y.var(0) / var[0]
-    assert (ratio - 1).abs().max() < 5 * math.sqrt(2 / n)
-    # and it matches sampling a noisy weight matrix per read, in distribution
-    per_read = Population(pop.device, pop.mapping, Variation())
-    draws = torch.stack([(x[:1] @ per_read.program(net.nominal, chip_stream(2, "v", [0])).read(86400.0, tag=f"r{i}").layers[0].weight[0].T)[0] for i in range(2000)])
-    assert ((draws.var(0) / var[0]) - 1).abs().max() < 5 * math.sqrt(2 / 2000)
+    layer = chips.layers[0]
+    _, sigma = pop.device.mean_and_sigma(layer.state, t)
+    full = pop.mapping.decode_variance(from_flat(sigma, layer.shape), layer.coeff, layer.w_max, pop.device.g_max)[0]
+    read = chips.read(t)
+    torch.testing.assert_close(read.layers[0].var[0], fresh * full, rtol=1e-12, atol=0)  # the fresh part, per weight
+    x = torch.rand(1, 16, dtype=torch.float64)
+    total = ((x**2) @ full.T)[0]  # D(t) in output space
+    # within one read: around the read's common part, fresh noise of variance D(Δ)/2 per product
+    n = 20_000
+    y = net.forward(x.expand(n, 16), read)[0]
+    torch.testing.assert_close(y.mean(0), (x @ read.layers[0].weight[0].T)[0], rtol=0, atol=float(5 * (fresh * total).sqrt().max() / math.sqrt(n)))
+    assert ((y.var(0) / (fresh * total)) - 1).abs().max() < 5 * math.sqrt(2 / n)
+    # over many reads: one product's total variance is the per-read law, and two products of one read differ by D(Δ)
+    reads = 3000
+    ys = torch.stack([net.forward(x.expand(2, 16), chips.read(t, tag=f"r{i}"))[0] for i in range(reads)])
+    assert ((ys[:, 0].var(0) / total) - 1).abs().max() < 5 * math.sqrt(2 / reads)
+    assert (((ys[:, 0] - ys[:, 1]).var(0) / (2 * fresh * total)) - 1).abs().max() < 5 * math.sqrt(2 / reads)
+    # and the per-read mode of the same chips has the same total variance
+    per_read = dataclasses.replace(pop, read_noise="per_read")
+    again = per_read.program(net.nominal, chip_stream(2, "v", [0]))
+    draws = torch.stack([(x @ again.read(t, tag=f"r{i}").layers[0].weight[0].T)[0] for i in range(reads)])
+    assert ((draws.var(0) / total) - 1).abs().max() < 5 * math.sqrt(2 / reads)
+
+
+def test_per_vector_noise_is_fresh_for_every_call_of_a_layer() -> None:
+    """An LSTM applies its gate matrices once per time step: each step's products get their
+    own per-vector noise (and output noise), not the first step's again."""
+    from mcstudy.models.zoo import LSTMParams
+
+    torch.manual_seed(0)
+    model = build_model("lstm", LSTMParams(hidden=8, step=4), (16,), 3).eval()
+    net = AnalogNetwork(model)
+    for cfg in (dict(read_noise="per_vector"), dict(periphery=PeripherySpec(output_noise=0.05))):
+        pop = Population.build("pcm", DEVICES.get("pcm").params(), "differential", MAPPINGS.get("differential").params(), Variation(), **cfg)
+        read = pop.program(net.nominal, chip_stream(1, "lstm", [0]), net.granules).read(3600.0)
+        outs: list[torch.Tensor] = []
+        handle = net.layers[0].register_forward_hook(lambda _m, _a, out, seen=outs: seen.append(out.clone()))
+        x = torch.ones(5, 16)  # every time step feeds the input-to-gates matrix the same vectors
+        net.forward(x, read)
+        net.forward(x, read)
+        handle.remove()
+        first, second = outs[:4], outs[4:]
+        assert len(first) == len(second) == 4  # four time steps
+        assert all(not torch.equal(first[0], first[k]) for k in range(1, 4))  # fresh noise at every step
+        assert all(torch.equal(a, b) for a, b in zip(first, second))  # keyed, not stateful: the same call sees the same noise
 
 
 def test_rram_statistics() -> None:
@@ -209,13 +277,59 @@ def test_rram_statistics() -> None:
     target = torch.full((1, n), 0.5 * p.g_max, dtype=torch.float64)
     state = dev.program(target, chip_stream(0, "rram", [0]))
     log_ratio = torch.log(state["g_prog"] / target)
-    sigma = p.sigma_on + (p.sigma_off - p.sigma_on) * 0.5
+    sigma = p.sigma_on + (p.sigma_off - p.sigma_on) * 0.5 / 0.9  # halfway from on (g = 1) to off (g = 0.1)
     assert abs(log_ratio.std().item() - sigma) < 5 * sigma / math.sqrt(2 * n)
     g, s = dev.mean_and_sigma(state, 20.0 * 1e4)  # four decades after t0
     expected = state["g_prog"] * (1 - state["rate"] * 4)
     torch.testing.assert_close(g, expected.clamp(min=0))
     assert abs((g / state["g_prog"]).mean().item() - (1 - 4 * p.relax_mean)) < 5 * 4 * p.relax_sigma / math.sqrt(n)
     torch.testing.assert_close(s, g * p.read_noise)
+
+
+@pytest.mark.parametrize("corrected", [False, True])
+@pytest.mark.parametrize("g", [None, 0.3, 1.0])  # None: the off state
+def test_rram_lognormal_programming_moments(g: float | None, corrected: bool) -> None:
+    """G_P = G_T·exp(σ_P·z [− σ_P²/2]): the log-conductance has spread σ_P(g) (σ_off at the off
+    state, σ_on at G_max); uncorrected, the median is the target and the mean is
+    G_T·exp(σ_P²/2); corrected, the mean is the target."""
+    p = RRAMParams(mean_corrected=corrected)
+    n = 400_000
+    level = 1.0 / p.on_off_ratio if g is None else g
+    target = torch.full((1, n), level * p.g_max, dtype=torch.float64)
+    sigma = {None: p.sigma_off, 1.0: p.sigma_on}.get(g, p.sigma_on + (p.sigma_off - p.sigma_on) * (1 - level) / (1 - 1 / p.on_off_ratio))
+    ratio = RRAMDevice(p).program(target, chip_stream(4, "rram-moments", [0]))["g_prog"] / target
+    log_ratio = torch.log(ratio)
+    assert abs(log_ratio.std().item() - sigma) < 5 * sigma / math.sqrt(2 * n)
+    shift = -0.5 * sigma**2 if corrected else 0.0
+    assert abs(log_ratio.mean().item() - shift) < 5 * sigma / math.sqrt(n)
+    mean = math.exp(shift + 0.5 * sigma**2)  # 1 when corrected, exp(σ²/2) otherwise
+    sd = mean * math.sqrt(math.exp(sigma**2) - 1)
+    assert abs(ratio.mean().item() - mean) < 5 * sd / math.sqrt(n)
+
+
+def test_rram_off_state_is_finite_and_spread() -> None:
+    """A default RRAM population puts "zero" devices at G_off = G_max/10 with their own
+    lognormal spread, so a zero weight reads as noise around zero, not as an exact 0."""
+    dev = RRAMDevice(RRAMParams(read_noise=0.0, relax_mean=0.0, relax_sigma=0.0))
+    entry = MAPPINGS.get("differential")
+    pop = Population(dev, entry.obj(entry.params()), Variation())
+    assert pop.mapping.g_min(dev.g_max) == pytest.approx(dev.g_max / 10)
+    w = torch.zeros(200, 100)
+    w[0, 0] = 1.0  # sets the scale
+    chips = pop.program([w], chip_stream(0, "rram-off", [0]))
+    g = chips.programmed(0, "g_prog")[0]
+    off = g[:, 1:, :].flatten()  # both devices of every zero weight
+    assert (off > 0).all()
+    assert abs(torch.log(off / (dev.g_max / 10)).std().item() - 0.25) < 5 * 0.25 / math.sqrt(2 * off.numel())
+    zero = chips.read(20.0).layers[0].weight[0, 1:]
+    expected = math.sqrt(2) * 0.1 * math.sqrt(math.exp(0.25**2) - 1) * math.exp(0.25**2 / 2) / 0.9  # G_off spread / (G_max − G_off)
+    assert abs(zero.mean().item()) < 5 * expected / math.sqrt(zero.numel())
+    assert abs(zero.std().item() - expected) < 5 * expected / math.sqrt(2 * zero.numel())
+    # a mapping with its own on/off ratio keeps it; None on the device is the ideal 0 S off state
+    own = Population(dev, entry.obj(entry.params(on_off_ratio=50.0)), Variation())
+    assert own.mapping.g_min(dev.g_max) == pytest.approx(dev.g_max / 50)
+    ideal_off = Population(RRAMDevice(RRAMParams(on_off_ratio=None)), entry.obj(entry.params()), Variation())
+    assert ideal_off.mapping.g_min(dev.g_max) == 0.0
 
 
 def test_sram_mismatch_follows_pelgrom() -> None:

@@ -74,6 +74,24 @@ def test_programming_statistics(g: float, s_prog: float, mu_nu: float, s_nu: flo
     assert abs(nu.std().item() - sd) < 5 * sd / math.sqrt(2 * N)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # compiled CPU path and tensor formulas
+@pytest.mark.parametrize("g_max", [25.0, 50.0, 10.0])
+@pytest.mark.parametrize("g, s_prog", [(r[0], r[1]) for r in REFERENCE])
+def test_programming_noise_scales_with_g_max(g: float, s_prog: float, g_max: float, dtype: torch.dtype) -> None:
+    """σ_prog is fitted in µS at G_max = 25 µS and scales by G_max / 25 µS for another G_max
+    (SCIENCE.md §2; aihwkit's PCMLikeNoiseModel): the same relative spread at every G_max."""
+    p = pcm.PCMParams(g_max=g_max)
+    expected = s_prog * g_max / 25.0
+    t = torch.tensor([g * g_max], dtype=torch.float64)
+    assert float(pcm.programming_sigma(t, p)) == pytest.approx(expected, abs=6e-5 * g_max / 25.0)
+    n = 200_000
+    target = torch.full((1, n), g * g_max, dtype=dtype)
+    g_prog = pcm.PCMDevice(p).program(target, chip_stream(5, "pcm-gmax", [0]))["g_prog"].double()
+    mean, sd = _clipped_normal_moments(g * g_max, expected)
+    assert abs(g_prog.mean().item() - mean) < 5 * sd / math.sqrt(n)
+    assert abs(g_prog.std().item() - sd) < 5 * sd / math.sqrt(2 * n)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("t", [3600.0, 86400.0, 365 * 86400.0])
 def test_read_noise_spread_follows_sqrt_log(t: float, dtype: torch.dtype) -> None:

@@ -138,3 +138,26 @@ def test_a_searched_architecture_is_deployed_and_recorded(tmp_path: Path, cache_
     chosen = json.loads(ds.attrs["variant_models"])["unipolar"]
     assert chosen["model"] == "mlp" and chosen["hidden"] in ([16], [24])
     assert bool(ds["done"].all()) and float(ds["accuracy"].mean()) > 0.3
+
+
+def test_a_quantised_network_deploys_with_its_trainers_range_and_the_store_says_so(tmp_path: Path, cache_dir: Path) -> None:
+    """On ideal 3-bit devices, a QAT network split over four row tiles scores exactly its
+    digital accuracy on every chip with the default weight scale (the trainer's range); the
+    store records the scale asked for and the one each variant was programmed with."""
+    path = small_study(tmp_path, chips=3)
+    raw = yaml.safe_load(path.read_text())
+    raw["times"] = ["20s"]
+    raw["procedures"] = {"inference": {}}
+    raw["variants"] = {"float": {"trainer": "standard", "epochs": 3}, "qat": {"trainer": "quantization_aware", "epochs": 3, "bits": 3}}
+    ideal = {"device": "ideal", "mapping": {"kind": "differential", "bits": 3}, "tile": {"rows": 16, "cols": 16}}
+    raw["hardware"] = {"auto": ideal, "tiles": {**ideal, "weight_scale": "tile"}, "layers": {**ideal, "weight_scale": "layer"}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tmp_path / "scale.zarr"
+    run_study(load_study(path), RunOptions(out, executor="serial", cache_dir=cache_dir, progress=False))
+    ds = open_results(out).load()
+    assert list(ds["weight_scale"].values) == ["auto", "tile", "layer"]
+    used = ds["weight_scale_used"].transpose("variant", "hardware").values.tolist()
+    assert used == [["tile", "tile", "layer"], ["trained", "tile", "layer"]]
+    qat = ds["accuracy"].sel(variant="qat", hardware="auto")
+    assert (qat == ds["float_accuracy"].sel(variant="qat")).all()  # deployed is trained, on every chip
+    assert (ds["loss"].sel(variant="qat", hardware="auto") == ds["float_loss"].sel(variant="qat")).all()

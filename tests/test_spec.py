@@ -115,6 +115,8 @@ BAD_INPUTS = [
     ("bad trainer parameter", _mutate("variants.float.epochs", 0), "variants.float.epochs", "> 0"),
     ("bad name", _mutate("variants.bad name", {"trainer": "standard"}), "variants.bad name", "names may use"),
     ("missing root", _mutate("data.dataset", "mnist"), "data.root", "set data.root"),
+    ("trained scale without ranges", _mutate("hardware.pcm.weight_scale", "trained"), "hardware.pcm.weight_scale", "variant 'float' uses 'standard'"),
+    ("unknown weight scale", _mutate("hardware.pcm.weight_scale", "column"), "hardware.pcm.weight_scale", "'auto', 'trained', 'layer' or 'tile'"),
 ]
 
 

@@ -37,9 +37,10 @@ from ..hardware.periphery import PeripherySpec, adc_tile, input_scale, quantise_
 Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _vector_noise(read: LayerRead, tag: tuple[str, ...], k: int, like: torch.Tensor, sample_offset: int) -> torch.Tensor:
-    """Standard normals for every output of every input vector, keyed by the sample's
-    index in the evaluated set (so batching does not change them)."""
+def _vector_noise(read: LayerRead, tag: tuple[str | int, ...], k: int, like: torch.Tensor, sample_offset: int) -> torch.Tensor:
+    """Standard normals for every output of every input vector, keyed by the tag (the input
+    set, the kind of noise and the layer's call within one forward pass) and by the
+    sample's index in the evaluated set (so batching does not change them)."""
     assert read.noise is not None
     c, n = like.shape[:2]
     per_sample = math.prod(like.shape[2:])
@@ -55,11 +56,14 @@ def crossbar(
     rows: Callable[[torch.Tensor, slice], torch.Tensor],
     sample_offset: int = 0,
     purpose: str = "eval",
+    call: int = 0,
 ) -> torch.Tensor:
     """Analog matrix product of inputs ``x`` ``(C, N, ...)`` with the read's weights,
     through DAC, tiles, per-vector noise and ADC; returns ``(C, N, out, *spatial)`` in
     weight × input units (before neuron gain/offset and bias). ``purpose`` names the
-    input set, so different input sets at one read draw unrelated per-vector noise."""
+    input set and ``call`` counts the layer's calls within one forward pass (an LSTM's
+    time steps, a layer applied twice), so different input sets and different calls at
+    one read draw unrelated per-vector noise."""
     dac, adc = periphery.dac, periphery.adc
     feature_dims = tuple(range(2, x.dim()))
     scaled = dac.bits is not None or adc.bits is not None or periphery.output_noise > 0
@@ -83,7 +87,7 @@ def crossbar(
         yk = product(xk, read.weight[:, :, sl])
         if read.var is not None:
             std = torch.sqrt(product(xk * xk, read.var[:, :, sl]).clamp(min=0))
-            yk = yk + std * _vector_noise(read, (purpose, "read"), k, yk, sample_offset)
+            yk = yk + std * _vector_noise(read, (purpose, "read", call), k, yk, sample_offset)
         fused = adc_tile(yk, x_scale, read.w_max[k], adc) if per_tile and periphery.output_noise == 0 else None
         if fused is not None:
             yk = fused
@@ -92,7 +96,7 @@ def crossbar(
             norm = _expand_scale(x_scale, yk) * read.w_max[k].view(1, 1, -1, *([1] * (yk.dim() - 3)))
             yn = yk / norm
             if periphery.output_noise > 0:
-                yn = yn + periphery.output_noise * _vector_noise(read, (purpose, "out"), k, yk, sample_offset)
+                yn = yn + periphery.output_noise * _vector_noise(read, (purpose, "out", call), k, yk, sample_offset)
             if adc.bits is not None:
                 yn = quantise_symmetric(yn, adc.range, adc.bits)
             yk = yn * norm
@@ -109,7 +113,14 @@ def _expand_scale(x_scale: torch.Tensor | float, y: torch.Tensor) -> torch.Tenso
 
 
 def linear_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``(C, N, in) @ (C, out, in)^T -> (C, N, out)``, one GEMM per chip."""
+    """``(C, N, in) @ (C, out, in)^T -> (C, N, out)``, one GEMM per chip.
+
+    A block of one chip runs as a batch of two (the chip twice, as stride-0 views): the
+    BLAS computes a batch of one with another kernel, whose sums differ in the last bit for
+    long rows (fan-in above ~700 on MKL), and a chip must get the same bits alone as in any
+    block (``tests/test_analog.py``)."""
+    if x.shape[0] == 1:
+        return torch.bmm(x.expand(2, *x.shape[1:]), w.expand(2, *w.shape[1:]).transpose(1, 2))[:1]
     return torch.bmm(x, w.transpose(1, 2))
 
 
@@ -139,6 +150,7 @@ class ChipLayer(nn.Module):
         self.purpose = "eval"
         self.shared_input = False  # this call's input is (N, ...), the same on every chip
         self.relu = False  # a ReLU that followed this layer runs in its digital stage (AnalogNetwork)
+        self.calls = 0  # calls so far in this forward pass (keys per-vector noise: an LSTM's time steps)
 
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -161,7 +173,8 @@ class ChipLayer(nn.Module):
             x = x.unsqueeze(0).expand(c, *x.shape)
         else:
             x = x.reshape(c, -1, *self.feature_shape(x))
-        y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose)
+        y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose, self.calls)
+        self.calls += 1
         trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order
         if read.neurons.gain is not None:
             trims.append((False, read.neurons.gain))

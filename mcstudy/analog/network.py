@@ -32,6 +32,7 @@ class AnalogNetwork:
             p.requires_grad_(False)
         self.nominal: list[torch.Tensor] = []
         self.layers: list[ChipLayer] = []
+        self.weight_names: list[str] = []  # each analog layer's weight parameter in the trained model
         self._swap(self.module)
         self._fuse_relus(self.module)
         self._shared_at = self._first_layer_of_shared_input()
@@ -61,19 +62,30 @@ class AnalogNetwork:
                 return None
         return None
 
-    def _swap(self, parent: nn.Module) -> None:
+    def _swap(self, parent: nn.Module, prefix: str = "") -> None:
         for name, child in list(parent.named_children()):
             if type(child) is nn.MaxPool2d:  # the same pooling, compiled for evaluation
                 setattr(parent, name, CompiledMaxPool2d.like(child))
                 continue
             chip_layer = to_chip_layer(child)
             if chip_layer is None:
-                self._swap(child)
+                self._swap(child, f"{prefix}{name}.")
                 continue
+            self.weight_names.append(f"{prefix}{name}.weight")
             self.nominal.append(weight_matrix(child).clone())
             chip_layer.index = len(self.layers)
             self.layers.append(chip_layer)
             setattr(parent, name, chip_layer)
+
+    def layer_ranges(self, ranges: dict[str, float] | None) -> list[float] | None:
+        """A trainer's full-scale weights (by parameter name) in the order of the analog
+        layers, or None when it has none."""
+        if ranges is None:
+            return None
+        missing = [n for n in self.weight_names if n not in ranges]
+        if missing:
+            raise ValueError(f"trained weight ranges lack the analog layers {missing}")
+        return [float(ranges[n]) for n in self.weight_names]
 
     @property
     def granules(self) -> list[int]:
@@ -111,7 +123,7 @@ class AnalogNetwork:
         try:
             for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
                 layer.read, layer.periphery, layer.out_scale, layer.out_shift = lr, read.periphery, a, b
-                layer.sample_offset, layer.purpose, layer.calibrate = sample_offset, purpose, calibrate
+                layer.sample_offset, layer.purpose, layer.calibrate, layer.calls = sample_offset, purpose, calibrate, 0
             k = self._shared_at
             if k is not None and c > 1:  # the inputs of the first analog layer, once, for every chip
                 self.module[k].shared_input = True
@@ -121,7 +133,7 @@ class AnalogNetwork:
         finally:  # the network never remembers a chip between calls
             for layer in self.layers:
                 layer.read = layer.periphery = layer.out_scale = layer.out_shift = layer.calibrate = None
-                layer.sample_offset, layer.purpose, layer.shared_input = 0, "eval", False
+                layer.sample_offset, layer.purpose, layer.shared_input, layer.calls = 0, "eval", False, 0
         return out.reshape(c, n, *out.shape[1:])
 
     @torch.no_grad()

@@ -1,7 +1,7 @@
 """Export a store to Parquet: one row per (variant, hardware, procedure, time, chip).
 
-Every coordinate is a column (names, trainer, population, device, mapping, procedure
-kind, swept parameters, time in seconds and its label), then every per-chip metric,
+Every coordinate is a column (names, trainer, population, device, mapping, weight
+scale, procedure kind, swept parameters, time in seconds and its label), then every per-chip metric,
 the variant's float metrics and the chip's recorded draws. Written with pyarrow one
 (variant, hardware) block at a time, so a store larger than memory exports in bounded
 memory; the file reads with pandas, pyarrow or DuckDB without mcstudy.
@@ -41,6 +41,7 @@ def export_parquet(ds: xr.Dataset, path: str | os.PathLike[str], only_done: bool
     P, T, C = ds.sizes["procedure"], ds.sizes["time"], ds.sizes["chip"]
     proc_i, time_i, chip_i = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(T), np.arange(C), indexing="ij"))
     coords_by_dim = {d: [str(c) for c in ds.coords if ds[c].dims == (d,)] for d in ("variant", "hardware", "procedure", "time")}
+    pair_coords = [str(c) for c in ds.coords if set(ds[c].dims) == {"variant", "hardware"}]  # e.g. weight_scale_used
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
@@ -55,7 +56,7 @@ def export_parquet(ds: xr.Dataset, path: str | os.PathLike[str], only_done: bool
                 cols: dict[str, np.ndarray] = {d: np.empty(0) for d in DIMS5}  # the dimensions first
                 for name in coords_by_dim["variant"]:
                     cols[name] = np.repeat(np.asarray(cell[name].values), P * T * C)
-                for name in coords_by_dim["hardware"]:
+                for name in coords_by_dim["hardware"] + pair_coords:
                     cols[name] = np.repeat(np.asarray(cell[name].values), P * T * C)
                 for name in coords_by_dim["procedure"]:
                     cols[name] = np.asarray(ds[name].values)[proc_i]

@@ -28,7 +28,7 @@ from ..errors import McStudyError, SpecError
 from ..spec import StudySpec
 from ..store import Location, ResultStore, StoreLock
 from ..registry import Params
-from ..training import ModelCache, TrainedModel, TrainJob, load_trained, save_trained
+from ..training import TRAINERS, ModelCache, TrainedModel, TrainJob, load_trained, save_trained
 from .executors import EXECUTORS, Executor
 from .plan import make_plan
 from .worker import Payload, WorkerContext
@@ -77,8 +77,8 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         if executor_name == "local":
             workers = workers or _cpus()
         with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address) as executor:
-            states, arch, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
-            payload = Payload.build(spec, states, data, arch)
+            states, arch, ranges, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
+            payload = Payload.build(spec, states, data, arch, ranges=ranges)
             coordinator_ctx = WorkerContext(payload, device="cpu")
             if any(h.programming is not None and h.programming.strategy == "optimize" for h in spec.hardware):
                 from ..programming.study import study_strategies
@@ -86,7 +86,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                 with _status(console, "optimising weight programming"):
                     strategies = study_strategies(
                         list(spec.hardware), coordinator_ctx.networks, spec.times, ModelCache(options.cache_dir).root,
-                        lambda line: console.print(escape(line), highlight=False),
+                        lambda line: console.print(escape(line), highlight=False), coordinator_ctx.ranges,
                     )  # fmt: skip
                 payload = dataclasses.replace(payload, strategies=strategies)
             problems = coordinator_ctx.problems()
@@ -124,9 +124,9 @@ def _status(console: Console, text: str) -> contextlib.AbstractContextManager[ob
 
 def _train(
     spec: StudySpec, data: Dataset, executor: Executor, cache: ModelCache, console: Console
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Params], dict[str, str]]:
-    """Every variant's weights and architecture: from the cache, or trained by the
-    executor (in parallel where it can) and then cached."""
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Params], dict[str, dict[str, float] | None], dict[str, str]]:
+    """Every variant's weights, architecture and trained weight ranges: from the cache, or
+    trained by the executor (in parallel where it can) and then cached."""
     jobs = {v.name: TrainJob(spec.model_of(v).name, spec.model_of(v).params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
     done: dict[str, TrainedModel] = {}
     status: dict[str, str] = {}
@@ -150,7 +150,11 @@ def _train(
             console.print(report_table(name, result.report))
     states = {v.name: done[v.name].state_dict for v in spec.variants}
     arch = {v.name: done[v.name].model_params or spec.model_of(v).params for v in spec.variants}
-    return states, arch, status
+    ranges = {v.name: done[v.name].ranges for v in spec.variants}
+    for v in spec.variants:  # the store's weight_scale_used coordinate says so
+        if (ranges[v.name] is not None) != TRAINERS.get(v.trainer.name).obj.has_ranges():
+            raise McStudyError(f"the trained model of variant {v.name!r} does not match its trainer's weight ranges; clear the model cache ({cache.root})")
+    return states, arch, ranges, status
 
 
 def report_table(variant: str, rows: list[dict[str, object]]) -> Table:

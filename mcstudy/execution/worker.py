@@ -42,6 +42,7 @@ class Payload:
     x_cal: np.ndarray
     y_cal: np.ndarray
     strategies: dict[str, dict[str, Strategy]] = field(default_factory=dict)  # hardware -> variant -> optimised strategy
+    ranges: dict[str, dict[str, float] | None] = field(default_factory=dict)  # variant -> trained weight ranges (or None)
 
     @classmethod
     def build(
@@ -51,11 +52,12 @@ class Payload:
         data: Dataset,
         model_params: dict[str, Params] | None = None,
         strategies: dict[str, dict[str, Strategy]] | None = None,
+        ranges: dict[str, dict[str, float] | None] | None = None,
     ) -> "Payload":
         arch = {v.name: (model_params or {}).get(v.name) or spec.model_of(v).params for v in spec.variants}
         return cls(
             spec, states, arch, data.input_shape, data.n_classes, data.x_test, data.y_test, data.x_cal, data.y_cal,
-            strategies or {},
+            strategies or {}, ranges or {},
         )  # fmt: skip
 
 
@@ -88,10 +90,12 @@ class WorkerContext:
         self.device = torch.device(device or spec.execution.device)
         self.threads = spec.execution.threads_per_worker
         self.networks: dict[str, AnalogNetwork] = {}
+        self.ranges: dict[str, list[float] | None] = {}  # each variant's trained weight ranges, in layer order
         for v in spec.variants:
             model = build_model(spec.model_of(v).name, payload.model_params[v.name], payload.input_shape, payload.n_classes)
             model.load_state_dict(payload.states[v.name])
             self.networks[v.name] = AnalogNetwork(model).to(self.device)
+            self.ranges[v.name] = self.networks[v.name].layer_ranges(payload.ranges.get(v.name))
         self.populations = {h.name: h.build() for h in spec.hardware}
         # populations whose strategy was optimised for each variant's network
         self.variant_populations = {
@@ -123,7 +127,7 @@ class WorkerContext:
         net = self.networks[variant.name]
         population = self.variant_populations.get((variant.name, pop_spec.name)) or self.populations[pop_spec.name]
         stream = chip_stream(spec.seed, pop_spec.chip_key, range(unit.start, unit.stop), self.device)
-        chips = population.program(net.nominal, stream, net.granules)
+        chips = population.program(net.nominal, stream, net.granules, self.ranges[variant.name])
         states = [proc.prepare(chips, net, self.data) for proc in self.procedures]
         shape = (len(self.procedures), len(spec.times), unit.n_chips)
         metrics = {m: np.full(shape, np.nan, dtype=np.float64) for m in spec.metrics}

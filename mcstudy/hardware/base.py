@@ -33,6 +33,13 @@ class DeviceModel(ABC):
         """Largest programmable conductance, µS (every device's parameters name it ``g_max``)."""
         return float(self.params.g_max)  # type: ignore[attr-defined]
 
+    @property
+    def on_off_ratio(self) -> float | None:
+        """``G_max / G_off`` of a device with a finite off state (its lowest programmable
+        conductance), or None where the model's off state is 0 S. A population's mapping
+        uses it as ``G_min`` unless the mapping sets its own ``on_off_ratio``."""
+        return None
+
     @abstractmethod
     def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
         """Program target conductances ``g_target`` (µS, leading chip dim): every per-device
@@ -42,6 +49,12 @@ class DeviceModel(ABC):
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Conductance ``t`` seconds after programming without read noise, and the read
         noise's standard deviation (µS; None when the device has none)."""
+
+    def vector_fresh_fraction(self, t: float) -> float:
+        """The share of the read-noise variance (``mean_and_sigma``'s σ², at ``t``) that is
+        fresh for every matrix-vector product when noise is drawn per input vector; the rest
+        is common to every product of one read. Default 1: white read noise."""
+        return 1.0
 
     def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
         """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``.

@@ -7,21 +7,26 @@ fresh read noise from a sub-stream named by the read's tag and time, so "the sam
 later" and "a new chip" can never be confused.
 
 Read noise is drawn per read of the chip (default, as aihwkit does), or, with
-``read_noise: per_vector``, for every input vector: then a read returns the mean
-weights and their variance, and the layer adds Gaussian noise of variance
-``Σ_j σ_ij² x_j²`` to each output — the exact output-space distribution, without
-sampling a noisy weight matrix per input.
+``read_noise: per_vector``, split by the device (``DeviceModel.vector_fresh_fraction``)
+into a part common to every matrix-vector product of one read — drawn once per read,
+like the per-read noise — and a part fresh for every product: the read then returns the
+weights with the common part and the fresh part's variance, and the layer adds Gaussian
+noise of variance ``Σ_j σ_ij² x_j²`` to each output of each input vector (and of each
+call of the layer: an LSTM's time steps) — the exact output-space distribution, without
+sampling a noisy weight matrix per input. For PCM's 1/f noise products microseconds
+apart share almost all of it (``pcm.vector_fresh_fraction``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from ..registry import Params
-from ..rng import Stream
+from ..rng import Stream, draw_normal
 from .base import DEVICES, MAPPINGS, DeviceModel, DeviceState
 from .layout import from_flat, to_flat
 from .mapping import Mapping
@@ -30,6 +35,24 @@ from .tiles import TileGrid, TileSpec
 from .variation import Variation, apply_variation, chip_level_draws
 
 ReadNoiseMode = Literal["per_read", "per_vector"]
+WeightScale = Literal["auto", "trained", "layer", "tile"]
+"""Which weight maps to full conductance (G_max) in each crossbar tile: the range the
+trainer used (``trained``; every tile of a layer shares it, and with shared ranges every
+layer), the layer's own largest |w| (``layer``), or each tile's own largest |w|
+(``tile``); ``auto`` is ``trained`` for a network whose trainer recorded ranges
+(quantisation-, variability-, hardware-aware, uniform/unipolar) and ``tile`` otherwise."""
+
+
+def tile_scales(scale: str, w: torch.Tensor, grid: TileGrid, trained: float | None) -> torch.Tensor:
+    """The full-scale weight of every tile of one layer's matrix ``w`` ``(n_tiles,)``, for a
+    resolved weight scale (``trained``, ``layer`` or ``tile``; :data:`WeightScale`)."""
+    if scale == "trained":
+        if trained is None:
+            raise ValueError("weight_scale 'trained' needs the weight ranges of the network's trainer; it recorded none")
+        return torch.full((grid.n_tiles,), trained, dtype=w.dtype, device=w.device)
+    if scale == "layer":
+        return w.abs().max().expand(grid.n_tiles).clone()
+    return grid.tile_abs_max(w)
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,11 @@ class Population:
     tile: TileSpec = TileSpec()
     periphery: PeripherySpec = PeripherySpec()
     read_noise: ReadNoiseMode = "per_read"
+    weight_scale: WeightScale = "auto"
+
+    def __post_init__(self) -> None:
+        # a device with a finite off state sets the mapping's G_min unless the mapping sets its own
+        object.__setattr__(self, "mapping", self.mapping.with_off_state(self.device.on_off_ratio))
 
     @classmethod
     def build(
@@ -78,6 +106,7 @@ class Population:
         tile: TileSpec | None = None,
         periphery: PeripherySpec | None = None,
         read_noise: ReadNoiseMode = "per_read",
+        weight_scale: WeightScale = "auto",
     ) -> "Population":
         return cls(
             DEVICES.get(device).obj(device_params),
@@ -86,18 +115,30 @@ class Population:
             tile or TileSpec(),
             periphery or PeripherySpec(),
             read_noise,
+            weight_scale,
         )
 
-    def program(self, weights: list[torch.Tensor], stream: Stream, granules: list[int] | None = None) -> "ChipBatch":
+    def scale_used(self, has_ranges: bool) -> str:
+        """The weight scale a network is programmed with: ``weight_scale``, with ``auto``
+        resolved by whether the network's trainer recorded ranges."""
+        if self.weight_scale == "auto":
+            return "trained" if has_ranges else "tile"
+        return self.weight_scale
+
+    def program(
+        self, weights: list[torch.Tensor], stream: Stream, granules: list[int] | None = None, ranges: list[float] | None = None
+    ) -> "ChipBatch":
         """Fabricate and program the chips of ``stream`` with weight matrices ``weights``
         (each ``(out, in)``, the same for every chip). ``granules[i]`` is the number of
-        crossbar rows that must stay on one tile (kh·kw for a convolution)."""
+        crossbar rows that must stay on one tile (kh·kw for a convolution); ``ranges[i]``
+        the full-scale weight the network's trainer used for layer ``i`` (see
+        :data:`WeightScale`), None where it has none."""
         g_max = self.device.g_max
         layers: list[_Layer] = []
         for i, w in enumerate(weights):
             w = w.to(stream.device)
             grid = TileGrid.build(w.shape[0], w.shape[1], self.tile, granules[i] if granules else 1)
-            tile_max = grid.tile_abs_max(w)
+            tile_max = tile_scales(self.scale_used(ranges is not None), w, grid, None if ranges is None else ranges[i])
             w_max = grid.per_weight(tile_max)
             targets, coeff = self.mapping.targets(w, w_max, g_max)
             varied = apply_variation(self.variation, targets, stream.child("variation"), i, g_max, grid)
@@ -164,7 +205,10 @@ class ChipBatch:
             if pop.read_noise == "per_vector":
                 g, sigma = device.mean_and_sigma(layer.state, t)
                 if sigma is not None:
-                    var = mapping.decode_variance(from_flat(sigma, layer.shape), layer.coeff, layer.w_max, g_max)
+                    fresh = device.vector_fresh_fraction(t)
+                    if fresh < 1.0:  # the part every product of this read shares: G = max(G + σ_s·z, 0)
+                        g = (g + math.sqrt(1.0 - fresh) * sigma * draw_normal(read_stream, g, "shared")).clamp_(min=0.0)
+                    var = mapping.decode_variance(from_flat(sigma * math.sqrt(fresh), layer.shape), layer.coeff, layer.w_max, g_max)
                 w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
             else:
                 w = self._read_weights(i, t, read_stream)

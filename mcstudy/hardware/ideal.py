@@ -1,4 +1,11 @@
-"""The ideal device: conductances read exactly as programmed, at every time."""
+"""The ideal device: conductances read exactly as programmed, at every time.
+
+An ideal device has no physics and so no physical unit: its conductances are in units
+of G_max (``g_max = 1``). In these units the weight -> conductance -> weight round trip
+runs exactly the arithmetic of ``Mapping.transfer``, so a chip of ideal devices
+reproduces a trainer's forward pass bit for bit (DESIGN.md: deployed is trained). With
+another ``g_max`` the round trip can differ from it in the last bit (µS values are
+scaled in and out)."""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from .base import DEVICES, DeviceModel, DeviceState
 
 
 class IdealParams(Params):
-    g_max: float = Field(25.0, gt=0, description="largest conductance, µS")
+    g_max: float = Field(1.0, gt=0, description="largest conductance (default 1: conductances in units of G_max)")
 
 
 @DEVICES.register("ideal", IdealParams)

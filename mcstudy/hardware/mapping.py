@@ -12,7 +12,11 @@ shared *encoding* then turns a device value into a conductance:
 - ``f(x) = (1 − e^(−βx)) / (1 − e^(−β))``: the nonlinear level-to-conductance curve
   (β = ``nonlinearity``; 0 is linear). The mapper does not know it.
 - ``G_min = G_max / on_off_ratio``: a finite on/off ratio, so "zero" is not zero.
-- ``a_d = 1 + asymmetry`` on the devices of the negative side, 1 elsewhere.
+- ``a_d``: the +/- asymmetry. The devices of the negative side respond with ``1 + asymmetry``
+  times the scale of the positive side; the side with the larger scale spans the full
+  range [G_min, G_max] and the other is shrunk to fit (``a⁺ = 1/(1 + asymmetry)``,
+  ``a⁻ = 1`` for ``asymmetry > 0``; ``a⁺ = 1``, ``a⁻ = 1 + asymmetry`` for ``asymmetry < 0``),
+  so no target ever leaves [G_min, G_max].
 
 Reading decodes linearly, as the periphery does: ``w = w_max · Σ_d c_d (G_d − G_min)/(G_max − G_min)``
 with the mapping's coefficients ``c_d`` (the G_min reference is subtracted digitally).
@@ -20,6 +24,7 @@ with the mapping's coefficients ``c_d`` (the G_min reference is subtracted digit
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from typing import Callable, Literal
@@ -40,7 +45,9 @@ class Encoding(Params):
     bits: PositiveInt | None = Field(None, le=16, description="device precision: 2**bits levels (None: analog)")
     on_off_ratio: float | None = Field(None, gt=1, description="G_max / G_min (None: G_min = 0)")
     nonlinearity: float = Field(0.0, description="β of the level-to-conductance curve (0: linear)")
-    asymmetry: float = Field(0.0, gt=-1, description="relative scale error of the negative-side devices")
+    asymmetry: float = Field(
+        0.0, gt=-1, description="scale of the negative-side devices relative to the positive side, minus 1 (the larger side spans [G_min, G_max])"
+    )
 
 
 class Mapping(ABC):
@@ -58,6 +65,15 @@ class Mapping(ABC):
         """Normalised weights ``u`` ``(out, in)`` in [-1, 1] (and the raw weights ``w``) ->
         device values ``(D, out, in)`` in [0, 1], put on the level grid with ``quantise``,
         and the decoding coefficients ``c_d`` broadcastable to ``(D, out, in)``."""
+
+    def with_off_state(self, on_off_ratio: float | None) -> "Mapping":
+        """This mapping with ``on_off_ratio`` as its G_min where it sets none of its own (a
+        device's finite off state, ``DeviceModel.on_off_ratio``); itself otherwise."""
+        if on_off_ratio is None or self.params.on_off_ratio is not None:
+            return self
+        out = copy.copy(self)
+        out.params = self.params.model_copy(update={"on_off_ratio": on_off_ratio})
+        return out
 
     # -- shared encoding ----------------------------------------------------------
     def g_min(self, g_max: float) -> float:
@@ -78,6 +94,13 @@ class Mapping(ABC):
             return v
         return (1 - torch.exp(-beta * v)) / (1 - math.exp(-beta))
 
+    def side_scales(self) -> list[float]:
+        """``a_d`` of every device: the negative side's scale is ``1 + asymmetry`` times the
+        positive side's, and the larger of the two is 1, so targets stay in [G_min, G_max]."""
+        raw = [1.0 + self.params.asymmetry if is_neg else 1.0 for is_neg in self.negative_side]
+        top = max(raw)  # a mapping without negative-side devices (unipolar) is unaffected
+        return [a / top for a in raw]
+
     def targets(
         self, w: torch.Tensor, w_max: torch.Tensor, g_max: float, quantise: Quantiser | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +109,7 @@ class Mapping(ABC):
         ``quantise`` (hardware-aware training) makes this differentiable in ``w``."""
         u = (w / w_max.clamp(min=torch.finfo(w.dtype).tiny)).clamp(-1.0, 1.0)
         v, coeff = self.split(u, w, quantise or self.quantise)
-        a = torch.tensor([1.0 + self.params.asymmetry if neg else 1.0 for neg in self.negative_side], dtype=w.dtype, device=w.device)
+        a = torch.tensor(self.side_scales(), dtype=w.dtype, device=w.device)
         g_min = self.g_min(g_max)
         return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(v), coeff.to(w)
 

@@ -4,13 +4,23 @@ The statistical PCM model of Nandakumar et al. (2019) and Joshi et al. (Nat. Com
 11, 2473, 2020), as used by Mackin et al. (Nat. Commun. 2022); SCIENCE.md §2. For a
 normalised target ``g = G_T / G_max``:
 
-- programming noise: ``σ_prog = c0 + c1·g + c2·g²`` µS; ``G_P = max(G_T + σ_prog·z, 0)``
+- programming noise: ``σ_prog = (c0 + c1·g + c2·g²)·G_max/G_ref`` µS, the polynomial
+  fitted at ``G_ref = 25 µS`` and scaled to the device's ``G_max`` (as the published
+  model and aihwkit's ``PCMLikeNoiseModel`` do); ``G_P = max(G_T + σ_prog·z, 0)``
 - drift exponent, drawn once at programming:
   ``μ_ν = clip(a_μ·ln g + b_μ, μ_min, μ_max)``, ``σ_ν = clip(a_σ·ln g + b_σ, σ_min, σ_max)``,
   ``ν = |μ_ν + σ_ν·z|``
 - drift: ``G_D(t) = G_P·(t/t0)^(−ν)`` for ``t ≥ t0`` (earlier reads see no drift)
 - 1/f read noise, drawn per read: ``Q_s = min(q / g_P^e, Q_max)`` with ``g_P = G_P/G_max``,
   ``σ_read = G_D·Q_s·√ln((t + t_read)/(2·t_read))``, ``G = max(G_D + σ_read·z, 0)``
+- per input vector (``read_noise: per_vector``): 1/f noise is a process with stationary
+  increments whose structure function has the same law, ``D(τ) = (G_D·Q_s)²·ln((τ +
+  t_read)/(2·t_read))``: ``σ_read² = D(t)`` is a read's deviation from the programmed
+  value, and two products ``Δ = vector_interval`` apart differ by noise of variance
+  ``D(Δ)``. Split as a part common to every product of one read, of variance
+  ``D(t) − D(Δ)/2``, and a part fresh for every product, of variance ``D(Δ)/2``, both
+  parts match: each product's total variance is the per-read law ``D(t)`` and
+  consecutive products differ by ``D(Δ)`` (:func:`vector_fresh_fraction`).
 
 Every constant is a named parameter of :class:`PCMParams` with the published default.
 The ``*_scale`` factors switch a mechanism off (0) or exaggerate it.
@@ -43,6 +53,9 @@ class PCMDriftReadParams(Params):
     prog_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_prog (0 switches it off)")
     drift_scale: float = Field(1.0, ge=0, description="multiplies ν (0 switches drift off)")
     read_noise_scale: float = Field(1.0, ge=0, description="multiplies σ_read (0 switches it off)")
+    vector_interval: float = Field(
+        1e-6, gt=0, description="time between two successive matrix-vector products on one crossbar, s (read_noise: per_vector)"
+    )
 
 
 class PCMParams(PCMDriftReadParams):
@@ -51,6 +64,7 @@ class PCMParams(PCMDriftReadParams):
     prog_c0: float = Field(0.26348, description="programming-noise polynomial, constant term, µS")
     prog_c1: float = Field(1.9650, description="programming-noise polynomial, linear term, µS")
     prog_c2: float = Field(-1.1731, description="programming-noise polynomial, quadratic term, µS")
+    prog_g_ref: float = Field(25.0, gt=0, description="G_max at which the σ_prog polynomial was fitted, µS (σ_prog scales by g_max / prog_g_ref)")
     mu_nu_slope: float = -0.0155
     mu_nu_intercept: float = 0.0244
     mu_nu_min: float = Field(0.049, ge=0)
@@ -61,6 +75,12 @@ class PCMParams(PCMDriftReadParams):
     sigma_nu_max: float = Field(0.045, ge=0)
 
 
+    @property
+    def prog_sigma_scale(self) -> float:
+        """What multiplies the σ_prog polynomial: ``prog_noise_scale · g_max / prog_g_ref``."""
+        return self.prog_noise_scale * (self.g_max / self.prog_g_ref)
+
+
 DEFAULT = PCMParams()
 
 
@@ -69,9 +89,10 @@ def _normalised(g: torch.Tensor, p: PCMDriftReadParams) -> torch.Tensor:
 
 
 def programming_sigma(g_target: torch.Tensor, p: PCMParams = DEFAULT) -> torch.Tensor:
-    """σ_prog (µS) for target conductances ``g_target`` (µS)."""
+    """σ_prog (µS) for target conductances ``g_target`` (µS): the polynomial in the normalised
+    target, scaled by ``g_max / prog_g_ref`` (and ``prog_noise_scale``)."""
     g = _normalised(g_target, p)
-    return (p.prog_c0 + p.prog_c1 * g + p.prog_c2 * g * g) * p.prog_noise_scale
+    return (p.prog_c0 + p.prog_c1 * g + p.prog_c2 * g * g) * p.prog_sigma_scale
 
 
 G_FLOOR = 1e-6
@@ -114,6 +135,16 @@ def read_noise_time_factor(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
     return math.sqrt(max(math.log((t + p.t_read) / (2.0 * p.t_read)), 0.0))
 
 
+def vector_fresh_fraction(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
+    """The share of the 1/f read-noise variance at ``t`` that is fresh for every matrix-vector
+    product, ``½·D(Δ)/D(t)`` with ``D(τ) = ln((τ + t_read)/(2·t_read))`` and
+    ``Δ = vector_interval``; the rest is common to every product of one read. 1 where the
+    read is no longer than the interval."""
+    total = read_noise_time_factor(t, p) ** 2
+    fresh = 0.5 * max(math.log((p.vector_interval + p.t_read) / (2.0 * p.t_read)), 0.0)
+    return 1.0 if total <= fresh else fresh / total
+
+
 def drift_factor(nu: torch.Tensor, t: float, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
     """(t/t0)^(−ν) = exp(−ν·ln(t/t0)), with no drift before t0."""
     return torch.exp(nu * -math.log(max(t, p.t0) / p.t0))
@@ -133,7 +164,7 @@ def _program_formula(
 
 def _program_constants(p: PCMParams) -> np.ndarray:
     """The constants :func:`kernels.pcm_program_finish` takes, as float32 (as the tensor code rounds them)."""
-    values = [p.g_max, p.prog_c0, p.prog_c1, p.prog_c2, p.prog_noise_scale, p.mu_nu_slope, p.mu_nu_intercept, p.mu_nu_min,
+    values = [p.g_max, p.prog_c0, p.prog_c1, p.prog_c2, p.prog_sigma_scale, p.mu_nu_slope, p.mu_nu_intercept, p.mu_nu_min,
               p.mu_nu_max, p.sigma_nu_slope, p.sigma_nu_intercept, p.sigma_nu_min, p.sigma_nu_max, p.drift_scale, G_FLOOR]  # fmt: skip
     return np.array(values, dtype=np.float32)
 
@@ -355,6 +386,9 @@ class PCMDevice(DeviceModel):
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         return drifted_and_sigma(state["g_prog"], state["nu"], t, self.params)
+
+    def vector_fresh_fraction(self, t: float) -> float:
+        return vector_fresh_fraction(t, self.params)
 
     def drifts(self) -> bool:
         return self.params.drift_scale > 0

@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from ..registry import Params
 from ..rng import Stream, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
-from .pcm import PCMDriftReadParams, drifted_and_sigma
+from .pcm import PCMDriftReadParams, drifted_and_sigma, vector_fresh_fraction
 
 COLUMNS = ("g", "sigma_prog", "mu_nu", "sigma_nu")
 
@@ -109,3 +109,6 @@ class TableDevice(DeviceModel):
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         return drifted_and_sigma(state["g_prog"], state["nu"], t, self.params)
+
+    def vector_fresh_fraction(self, t: float) -> float:
+        return vector_fresh_fraction(t, self.params)

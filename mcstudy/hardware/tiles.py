@@ -1,9 +1,10 @@
 """Crossbar tiles: how a layer's weight matrix is split over physical arrays.
 
 A crossbar of ``rows × cols`` holds ``rows`` inputs (fan-in) and ``cols`` outputs. A
-layer larger than one crossbar is split into a grid of tiles; each tile has its own
-weight-to-conductance scale (its largest |w| maps to the full conductance range) and
-its own between-tile variation draw, and with an ADC each row of tiles digitises its
+layer larger than one crossbar is split into a grid of tiles; each tile has a
+weight-to-conductance scale (the weight that maps to the full conductance range: the
+trainer's range, the layer's or the tile's own largest |w|, as the population's
+``weight_scale`` says; ``chip.WeightScale``) and its own between-tile variation draw, and with an ADC each row of tiles digitises its
 partial sums separately before they are added digitally.
 
 For convolutions the unrolled kernel ``(out, in_channels·kh·kw)`` is the crossbar

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..hardware.base import DeviceModel
+from ..hardware.chip import tile_scales
 from ..hardware.mapping import Encoding, Mapping
 from ..hardware.tiles import TileGrid, TileSpec
 from ..rng import fixed_stream
@@ -51,14 +52,19 @@ class StrategyMapping(Mapping):
         return quantise(self.strategy.conductances(u)), self.strategy.coefficients().view(4, 1, 1)
 
 
-def sample_weights(weights: list[torch.Tensor], granules: list[int], tile: TileSpec, n: int, seed: int) -> np.ndarray:
-    """``n`` normalised weights ``w / w_max`` (w_max: the weight's crossbar-tile maximum, as
-    programming uses) drawn uniformly from all analog layers' weights, with a fixed seed."""
+def sample_weights(
+    weights: list[torch.Tensor], granules: list[int], tile: TileSpec, n: int, seed: int,
+    scale: str = "tile", ranges: list[float] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``n`` normalised weights ``w / w_max`` drawn uniformly from all analog layers' weights,
+    with a fixed seed; ``w_max`` as programming takes it (``scale``: the resolved weight
+    scale, ``trained`` with the trainer's ``ranges``, ``layer`` or ``tile``)."""
     pooled = []
-    for w, granule in zip(weights, granules):
+    for i, (w, granule) in enumerate(zip(weights, granules)):
         w = w.detach().to(torch.float64).cpu()
         grid = TileGrid.build(w.shape[0], w.shape[1], tile, granule)
-        w_max = grid.per_weight(grid.tile_abs_max(w)).clamp(min=torch.finfo(torch.float64).tiny)
+        full = tile_scales(scale, w, grid, None if ranges is None else ranges[i])
+        w_max = grid.per_weight(full).clamp(min=torch.finfo(torch.float64).tiny)
         pooled.append((w / w_max).reshape(-1))
     u = torch.cat(pooled).numpy()
     rng = np.random.default_rng(seed)

@@ -15,13 +15,18 @@ from .optimize import ProgrammingObjective, SearchResult, optimize_strategy, sam
 from .strategy import Strategy
 
 
-def objective_for(net: AnalogNetwork, population: PopulationSpec, times: tuple[float, ...]) -> ProgrammingObjective:
-    """The weight-error objective of ``net`` on ``population``'s devices at ``times``."""
+def objective_for(
+    net: AnalogNetwork, population: PopulationSpec, times: tuple[float, ...], ranges: list[float] | None = None
+) -> ProgrammingObjective:
+    """The weight-error objective of ``net`` on ``population``'s devices at ``times``, its
+    weights normalised as programming normalises them (``ranges``: the trainer's, if any)."""
     prog = population.programming
     assert prog is not None
-    u = sample_weights(net.nominal, net.granules, population.tile, prog.samples, prog.seed)
+    built = population.build()
+    scale = built.scale_used(ranges is not None)
+    u = sample_weights(net.nominal, net.granules, population.tile, prog.samples, prog.seed, scale, ranges)
     encoding = Encoding.model_validate({k: v for k, v in population.mapping.params.model_dump().items() if k in Encoding.model_fields})
-    return ProgrammingObjective(population.build().device, encoding, u, times, prog.knots, prog.seed)
+    return ProgrammingObjective(built.device, encoding, u, times, prog.knots, prog.seed)
 
 
 SEARCH_CODE_VERSION = 2  # bump when the objective or the search changes its numbers
@@ -35,13 +40,13 @@ def search_key(objective: ProgrammingObjective, population: PopulationSpec) -> s
 
 
 def strategy_for(
-    net: AnalogNetwork, population: PopulationSpec, times: tuple[float, ...], cache_root: Path
+    net: AnalogNetwork, population: PopulationSpec, times: tuple[float, ...], cache_root: Path, ranges: list[float] | None = None
 ) -> tuple[SearchResult, bool]:
     """The optimised strategy for ``net`` on ``population`` (from the cache if searched
     before); returns it and whether it came from the cache."""
     prog = population.programming
     assert prog is not None
-    objective = objective_for(net, population, times)
+    objective = objective_for(net, population, times, ranges)
     path = Path(cache_root) / "programming" / f"{search_key(objective, population)}.json"
     if path.exists():
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -61,14 +66,16 @@ def study_strategies(
     times: tuple[float, ...],
     cache_root: Path,
     log: Callable[[str], None] = lambda _: None,
+    ranges: dict[str, list[float] | None] | None = None,
 ) -> dict[str, dict[str, Strategy]]:
-    """``{hardware: {variant: strategy}}`` for every population with ``programming: optimize``."""
+    """``{hardware: {variant: strategy}}`` for every population with ``programming: optimize``
+    (``ranges``: each variant's trained weight ranges, in layer order, where it has them)."""
     out: dict[str, dict[str, Strategy]] = {}
     for pop in populations:
         if pop.programming is None or pop.programming.strategy != "optimize":
             continue
         for variant, net in networks.items():
-            result, cached = strategy_for(net, pop, times, cache_root)
+            result, cached = strategy_for(net, pop, times, cache_root, (ranges or {}).get(variant))
             out.setdefault(pop.name, {})[variant] = result.strategy
             how = "from cache" if cached else f"searched ({result.evaluations} evaluations)"
             log(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ class TrainedModel:
     seconds: float = 0.0
     model_params: Params | None = None  # the architecture, when the trainer chose it (a search)
     report: list[dict[str, Any]] = field(default_factory=list)  # what the trainer wants shown (candidates)
+    ranges: dict[str, float] | None = None  # analog weight name -> full-scale weight the trainer used (None: none)
 
 
 def training_seed(seed: int) -> int:
@@ -67,7 +69,7 @@ def run_train_job(job: TrainJob, data: Dataset) -> TrainedModel:
         torch.set_num_threads(before)
     state = {k: v.detach().clone() for k, v in outcome.model.state_dict().items()}
     chosen = None if outcome.model_params == job.model_params else outcome.model_params
-    return TrainedModel(job.key(data), state, outcome.history, False, time.perf_counter() - t0, chosen, outcome.report)
+    return TrainedModel(job.key(data), state, outcome.history, False, time.perf_counter() - t0, chosen, outcome.report, outcome.ranges)
 
 
 def load_trained(job: TrainJob, data: Dataset, cache: ModelCache) -> TrainedModel | None:
@@ -82,9 +84,13 @@ def load_trained(job: TrainJob, data: Dataset, cache: ModelCache) -> TrainedMode
             chosen = MODELS.get(job.model).params.model_validate(info["model_params"], strict=False)
         except Exception:  # a foreign or corrupt record: retrain
             return None
-    if not _compatible(build_model(job.model, chosen or job.model_params, data.input_shape, data.n_classes), state):
+    net = build_model(job.model, chosen or job.model_params, data.input_shape, data.n_classes)
+    if not _compatible(net, state):
         return None
-    return TrainedModel(job.key(data), state, info.get("history", []), True, 0.0, chosen, info.get("report", []))
+    ranges = info.get("ranges")
+    if ranges is not None and not _valid_ranges(ranges, analog_weight_names(net)):
+        return None  # a foreign or corrupt record: retrain
+    return TrainedModel(job.key(data), state, info.get("history", []), True, 0.0, chosen, info.get("report", []), ranges)
 
 
 def save_trained(trained: TrainedModel, job: TrainJob, cache: ModelCache) -> None:
@@ -93,7 +99,7 @@ def save_trained(trained: TrainedModel, job: TrainJob, cache: ModelCache) -> Non
         trained.key,
         trained.state_dict,
         {"model": job.model, "trainer": job.trainer, "history": trained.history, "seconds": trained.seconds,
-         "model_params": chosen, "report": trained.report},
+         "model_params": chosen, "report": trained.report, "ranges": trained.ranges},
     )  # fmt: skip
 
 
@@ -108,6 +114,13 @@ def train_or_load(
     trained = run_train_job(job, data)
     save_trained(trained, job, cache)
     return trained
+
+
+def _valid_ranges(ranges: Any, names: list[str]) -> bool:
+    return (
+        isinstance(ranges, dict) and set(ranges) == set(names)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in ranges.values())
+    )  # fmt: skip
 
 
 def _compatible(net: nn.Module, state: dict[str, torch.Tensor]) -> bool:

@@ -3,9 +3,10 @@
 A trainer is a small class that may transform the crossbar weights used in each forward
 pass (``weights``: quantise, inject noise, apply a hardware transfer function), transform
 the inputs of every crossbar layer (``activation``: quantise), constrain the weights after
-each optimiser step (``after_step``) and finish the trained model (``finish``); the loop,
-optimiser, schedule and seeding are common, so trainers differ only in what they are
-about.
+each optimiser step (``after_step``), finish the trained model (``finish``) and say which
+weight range it trained each layer with (``ranges``: the weight that maps to full
+conductance, which deployment then uses); the loop, optimiser, schedule and seeding are
+common, so trainers differ only in what they are about.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class TrainOutcome:
     model_params: Params
     history: list[float]
     report: list[dict[str, Any]] = field(default_factory=list)
+    ranges: dict[str, float] | None = None  # analog weight name -> the full-scale weight the trainer used
 
 
 class Trainer:
@@ -71,7 +73,19 @@ class Trainer:
         """Build the model (initial weights from ``seed``) and train it. A trainer that
         searches architectures overrides this."""
         net = init_model(model, model_params, data, seed)
-        return TrainOutcome(net, model_params, self.fit(net, data, seed))
+        history = self.fit(net, data, seed)
+        return TrainOutcome(net, model_params, history, ranges=self.ranges(net))
+
+    @classmethod
+    def has_ranges(cls) -> bool:
+        """Whether this trainer trains with a weight range per layer (see :meth:`ranges`)."""
+        return cls.ranges is not Trainer.ranges
+
+    def ranges(self, model: nn.Module) -> dict[str, float] | None:
+        """The full-scale weight of every analog layer of the finished ``model`` — the
+        weight the trainer's own forward pass mapped to full conductance — by parameter
+        name; None for a trainer without one (float training)."""
+        return None
 
     def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
         """The crossbar weights the forward pass uses (default: themselves). ``progress``

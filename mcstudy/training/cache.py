@@ -19,7 +19,7 @@ import torch
 
 from ..registry import Params
 
-TRAINING_CODE_VERSION = 4
+TRAINING_CODE_VERSION = 5  # 5: QAT grid through the mapping's transfer, continuous HWA surrogate, ranges recorded
 
 
 def default_cache_dir() -> Path:

@@ -3,10 +3,11 @@
 The deterministic hardware transfer function — 2**bits conductance levels, the nonlinear
 level-to-conductance curve, the on/off ratio and the +/- asymmetry of
 ``mcstudy.hardware.mapping`` — is in the forward pass. Its staircase is replaced by a
-smooth surrogate, ``floor(y) + sigmoid((frac(y) − ½)/τ)``, whose sharpness τ is
-annealed from ``tau_start`` to 0 over the first ``anneal`` fraction of training; the
-rest of training (and the deployed model) uses the exact function, with straight-through
-gradients. Activations are quantised like the periphery's DAC.
+smooth surrogate (:func:`soft_levels`: one normalised sigmoid per level step, continuous
+and continuously differentiable for every τ > 0), whose width τ is annealed from
+``tau_start`` to 0 over the first ``anneal`` fraction of training; the rest of training
+(and the deployed model) uses the exact function, with straight-through gradients.
+Activations are quantised like the periphery's DAC.
 """
 
 from __future__ import annotations
@@ -24,19 +25,39 @@ from .base import TRAINERS
 from .quantized import QATParams, _Quantising, ste, weight_ranges
 
 
+def soft_step(frac: torch.Tensor, tau: float) -> torch.Tensor:
+    """One smoothed level step on ``frac`` in [0, 1]: the logistic sigmoid of width ``tau``
+    (level steps) centred on ½, rescaled to run from exactly 0 at ``frac = 0`` to exactly 1
+    at ``frac = 1``:
+
+        s(f) = ½ + ½·tanh((f − ½)/(2τ)) / tanh(1/(4τ))
+
+    (``σ(x) = ½ + ½·tanh(x/2)``, so this is ``(σ((f−½)/τ) − σ(−½/τ)) / (σ(½/τ) − σ(−½/τ))``).
+    Its slope is the same at both ends (the sigmoid's derivative is even about ½), so
+    consecutive steps join with a continuous value *and* a continuous derivative; it is
+    monotone, and as τ → 0 it tends to the unit step at ½ (rounding)."""
+    half = 0.5 / math.tanh(0.25 / tau)
+    return 0.5 + half * torch.tanh((frac - 0.5) / (2.0 * tau))
+
+
 def soft_levels(bits: int | None, tau: float) -> Quantiser:
-    """A smooth staircase onto ``2**bits`` levels of [0, 1]; exact rounding (with straight-
-    through gradients) when ``tau`` is 0."""
+    """A smooth staircase onto the ``2**bits`` levels ``k/(2**bits − 1)`` of [0, 1]
+    (Obradovic et al.'s continuously differentiable surrogate of the level grid):
+    ``q(v) = (⌊y⌋ + s(y − ⌊y⌋)) / (2**bits − 1)`` with ``y = v·(2**bits − 1)`` and the
+    normalised sigmoid step :func:`soft_step` of width ``tau`` (in level steps). ``q`` is
+    continuous and continuously differentiable in ``v`` for every ``tau > 0``, monotone,
+    exact at every level, and tends to rounding as ``tau → 0``; at ``tau = 0`` it is
+    exact rounding with straight-through gradients."""
 
     def q(v: torch.Tensor) -> torch.Tensor:
         if bits is None:
             return v
         steps = 2**bits - 1
-        y = v * steps
         if tau <= 0:
-            return ste(v, torch.round(y) / steps)
+            return ste(v, torch.round(v * steps) / steps)
+        y = v * steps
         base = torch.floor(y).detach()
-        return (base + torch.sigmoid((y - base - 0.5) / tau)) / steps
+        return (base + soft_step(y - base, tau)) / steps
 
     return q
 

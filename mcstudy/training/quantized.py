@@ -1,12 +1,15 @@
 """Quantisation-aware training, its variability-aware extension, and post-training
 quantisation (the baseline every paper compares with).
 
-Weights are quantised on the grid an n-bit differential pair can realise: a layer's
-weights take the values ``k·w_max/(2**bits − 1)``, ``|k| ≤ 2**bits − 1``, with ``w_max``
-the layer's largest |w| (``ranges: per_layer``) or the largest over all layers
-(``shared``). Inputs of every crossbar layer are quantised like the periphery's DAC
-(``mcstudy.hardware.periphery``). Gradients pass the rounding straight through (STE;
-Bengio et al. 2013).
+Weights are quantised on the grid an n-bit differential pair realises: a layer's weights
+take the values ``(k/(2**bits − 1))·w_max``, ``|k| ≤ 2**bits − 1``, with ``w_max`` the
+layer's largest |w| (``ranges: per_layer``) or the largest over all layers (``shared``).
+They are computed by the differential mapping's own transfer function
+(``Mapping.transfer``, in units of G_max), so ideal n-bit devices deployed with the
+trainer's ranges (a population's ``weight_scale: trained``, the default where a trainer
+has ranges) reproduce them bit for bit. Inputs of every crossbar layer are quantised like
+the periphery's DAC (``mcstudy.hardware.periphery``). Gradients pass the rounding
+straight through (STE; Bengio et al. 2013).
 
 Variability-aware training (Deng & Orshansky, DATE 2022) samples fresh within-chip and
 between-chip variation on the quantised weights at every forward pass, with the same
@@ -22,9 +25,10 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveInt
 
+from ..hardware.base import MAPPINGS
 from ..hardware.periphery import DACSpec, input_scale, quantise_input
 from ..hardware.variation import Variation
-from .base import TRAINERS, Trainer, TrainParams
+from .base import TRAINERS, Trainer, TrainParams, analog_weight_names
 
 
 def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -42,9 +46,16 @@ def weight_ranges(ws: dict[str, torch.Tensor], ranges: str) -> dict[str, torch.T
 
 
 def quantise_weight(w: torch.Tensor, w_max: torch.Tensor, bits: int) -> torch.Tensor:
-    """Round to the n-bit differential grid ``k·w_max/(2**bits − 1)`` (clipping at ±w_max)."""
-    step = w_max / (2**bits - 1)
-    return torch.round(w.clamp(-w_max, w_max) / step) * step
+    """``w`` on the n-bit differential grid ``(k/(2**bits − 1))·w_max`` (clipping at ±w_max),
+    with straight-through gradients inside the range: exactly the weights an ideal n-bit
+    differential pair decodes (``Mapping.transfer``)."""
+    entry = MAPPINGS.get("differential")
+    mapping = entry.obj(entry.params(bits=bits))
+    steps = 2**bits - 1
+    shape = w.shape
+    flat = w.reshape(shape[0], -1)
+    full = w_max.expand(flat.shape) if w_max.dim() == 0 else w_max.reshape(flat.shape)
+    return mapping.transfer(flat, full, lambda v: ste(v, torch.round(v * steps) / steps)).reshape(shape)
 
 
 def quantise_activation(x: torch.Tensor, dac: DACSpec) -> torch.Tensor:
@@ -81,7 +92,7 @@ class _Quantising(Trainer):
 
     def quantised(self, ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ranges = weight_ranges(ws, self.params.ranges)
-        return {n: ste(w, quantise_weight(w, ranges[n], self.params.bits)) for n, w in ws.items()}
+        return {n: quantise_weight(w, ranges[n], self.params.bits) for n, w in ws.items()}
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.params.activation_bits
@@ -89,6 +100,13 @@ class _Quantising(Trainer):
 
     def uses_activation(self) -> bool:
         return self.params.activation_bits is not None
+
+    def ranges(self, model: nn.Module) -> dict[str, float] | None:
+        """Each analog layer's full-scale weight as the forward pass used it: the layer's
+        (or, with ``ranges: shared``, every layer's) largest |w|."""
+        params = dict(model.named_parameters())
+        names = analog_weight_names(model)
+        return {n: float(r) for n, r in weight_ranges({n: params[n] for n in names}, self.params.ranges).items()}
 
     @torch.no_grad()
     def finish(self, model: nn.Module, names: list[str]) -> None:

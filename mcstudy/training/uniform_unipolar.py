@@ -11,11 +11,15 @@ uses. The trainer searches layer widths and, for ``sign: layer``, per-layer pola
 each candidate is trained (quantisation-aware, sign-projected after every step) and
 scored under a device model on the *calibration* split — never the test split — and the
 best candidate is the variant. Every candidate's accuracy, device count and ADC count
-are reported.
+are reported. Candidates are scored exactly as they deploy: with the trainer's shared
+weight range as the weight-to-conductance scale (``weight_scale: trained``), and with the
+DAC the trainer quantised its activations to (bits, range, mode and sign).
 
 Counting: devices = Σ weights × devices per weight (1 unipolar, 2 differential); ADCs =
-Σ crossbar columns, one ADC per column: out × devices per weight × row tiles (of
-``tile_rows`` inputs), the differential pair's two columns digitised separately.
+Σ outputs × row tiles (of ``tile_rows`` inputs) × ADCs per output: 1 for a unipolar
+column, ``differential_adcs`` for a differential pair — 1 where G⁺ − G⁻ is subtracted in
+the analog domain before one ADC (the default: the strongest differential baseline), 2
+where each of the pair's columns is digitised and subtracted digitally.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pydantic import Field, PositiveInt
 from ..analog import AnalogNetwork
 from ..data import Dataset
 from ..hardware import DEVICES, MAPPINGS, PeripherySpec, Population, Variation
-from ..hardware.periphery import DACSpec
+from ..hardware.periphery import ADCSpec
 from ..registry import Params
 from ..rng import chip_stream
 from .base import TRAINERS, TrainOutcome, analog_weight_names, init_model
@@ -51,7 +55,12 @@ class UniformUnipolarParams(QATParams):
     score_device: Literal["ideal", "pcm", "rram", "sram"] = "ideal"
     score_sigma: float = Field(0.0, ge=0, description="within-chip lognormal σ of the scoring chips")
     score_chips: PositiveInt = 8
-    tile_rows: PositiveInt = 256
+    score_adc_bits: PositiveInt | None = Field(None, le=24, description="ADC bits of the scoring chips (None: exact outputs), as the deployed population's")
+    score_adc_range: float = Field(10.0, gt=0, description="ADC full scale of the scoring chips, as the deployed population's")
+    tile_rows: PositiveInt = Field(256, description="crossbar rows per tile, for the ADC count")
+    differential_adcs: Literal[1, 2] = Field(
+        1, description="ADCs per differential output: 1 (analog subtraction of G⁺ − G⁻) or 2 (each column digitised)"
+    )
 
 
 @TRAINERS.register("uniform_unipolar", UniformUnipolarParams)
@@ -98,7 +107,7 @@ class UniformUnipolar(QuantizationAware):
                     best = (accuracy, -devices, (trained, arch))
         assert best is not None
         trained, arch = best[2]
-        return TrainOutcome(trained[0], arch, trained[1], report)
+        return TrainOutcome(trained[0], arch, trained[1], report, self.ranges(trained[0]))
 
     def _block_signs(self, model: str, arch: Params, data: Dataset, seed: int) -> list[torch.Tensor]:
         """Each output's block sign, from a short unconstrained warm-up (the mapping's rule)."""
@@ -128,22 +137,26 @@ class UniformUnipolar(QuantizationAware):
             device.obj(device.params()),
             mapping.obj(mapping.params(bits=p.bits, **blocks)),
             Variation.model_validate({"within": {"sigma": p.score_sigma}}),
-            periphery=PeripherySpec(dac=DACSpec(bits=p.activation_bits, range=p.activation_range, mode=p.activation_mode)),
+            periphery=PeripherySpec(
+                dac=self._dac(), adc=ADCSpec(bits=p.score_adc_bits, range=p.score_adc_range)
+            ),
         )
 
     def _score(self, trained: tuple[nn.Module, list[float]], data: Dataset, unipolar: bool) -> float:
         net = AnalogNetwork(trained[0])
-        chips = self._population(unipolar).program(net.nominal, chip_stream(0, "uniform_unipolar.score", range(self.params.score_chips)), net.granules)
+        stream = chip_stream(0, "uniform_unipolar.score", range(self.params.score_chips))
+        chips = self._population(unipolar).program(net.nominal, stream, net.granules, net.layer_ranges(self.ranges(trained[0])))
         x, y = torch.from_numpy(data.x_cal), torch.from_numpy(data.y_cal)
         return float(net.score(x, y, chips.read(20.0))["accuracy"].mean())
 
     def _counts(self, trained: tuple[nn.Module, list[float]], unipolar: bool) -> tuple[int, int]:
         per = 1 if unipolar else 2
+        adcs_per_output = 1 if unipolar else self.params.differential_adcs
         devices = adcs = 0
         params = dict(trained[0].named_parameters())
         for w in (params[n] for n in analog_weight_names(trained[0])):
             out, fan_in = w.shape[0], w[0].numel()
             devices += out * fan_in * per
-            adcs += out * per * math.ceil(fan_in / self.params.tile_rows)
+            adcs += out * adcs_per_output * math.ceil(fan_in / self.params.tile_rows)
         return devices, adcs
 
