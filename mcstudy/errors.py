@@ -14,7 +14,7 @@ class SpecError(McStudyError):
     """A study file that does not validate. Holds every problem found, each with its field path."""
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
-        self.problems = list(problems)
+        self.problems = list(dict.fromkeys(problems))  # each once (sweep points share their sections)
         self.source = source
         super().__init__(str(self))
 

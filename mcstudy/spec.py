@@ -34,7 +34,7 @@ from pydantic import BaseModel, BeforeValidator, Field, PositiveInt, ValidationE
 from .data import DATASETS, DataSpec
 from .errors import McStudyError, SpecError
 from .hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
-from .hardware.chip import ReadNoiseMode, WeightScale
+from .hardware.chip import ReadNoiseMode, WeightScale, off_state_problem
 from .models import MODELS
 from .procedures import PROCEDURES, study_metrics
 from .programming import Strategy, StrategyMapping
@@ -657,6 +657,11 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
                 except ValueError as e:
                     problems.append((f"{where}.device.csv", str(e)))
             mapping = _component(praw.get("mapping"), MAPPINGS, f"{where}.mapping", "kind", problems, default="differential")
+            if device is not None and mapping is not None:
+                device_ratio = DEVICES.get(device.name).obj(device.params).on_off_ratio
+                mapping_ratio = getattr(mapping.params, "on_off_ratio", None)
+                if device_ratio is not None and mapping_ratio is not None and mapping_ratio > device_ratio:
+                    problems.append((f"{where}.mapping.on_off_ratio", off_state_problem(mapping_ratio, device_ratio)))
             try:
                 plain = _PopulationSections.model_validate({k: v for k, v in praw.items() if k in _PopulationSections.model_fields})
             except ValidationError as e:

@@ -325,11 +325,13 @@ def test_rram_off_state_is_finite_and_spread() -> None:
     expected = math.sqrt(2) * 0.1 * math.sqrt(math.exp(0.25**2) - 1) * math.exp(0.25**2 / 2) / 0.9  # G_off spread / (G_max − G_off)
     assert abs(zero.mean().item()) < 5 * expected / math.sqrt(zero.numel())
     assert abs(zero.std().item() - expected) < 5 * expected / math.sqrt(2 * zero.numel())
-    # a mapping with its own on/off ratio keeps it; None on the device is the ideal 0 S off state
-    own = Population(dev, entry.obj(entry.params(on_off_ratio=50.0)), Variation())
-    assert own.mapping.g_min(dev.g_max) == pytest.approx(dev.g_max / 50)
+    # a mapping with its own (smaller) on/off ratio keeps it; None on the device is the ideal 0 S off state
+    own = Population(dev, entry.obj(entry.params(on_off_ratio=5.0)), Variation())
+    assert own.mapping.g_min(dev.g_max) == pytest.approx(dev.g_max / 5)
     ideal_off = Population(RRAMDevice(RRAMParams(on_off_ratio=None)), entry.obj(entry.params()), Variation())
     assert ideal_off.mapping.g_min(dev.g_max) == 0.0
+    with pytest.raises(ValueError, match="below the device's off state"):  # a mapping cannot target below it
+        Population(dev, entry.obj(entry.params(on_off_ratio=100.0)), Variation())
 
 
 def test_sram_mismatch_follows_pelgrom() -> None:

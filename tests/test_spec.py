@@ -116,6 +116,7 @@ BAD_INPUTS = [
     ("bad name", _mutate("variants.bad name", {"trainer": "standard"}), "variants.bad name", "names may use"),
     ("missing root", _mutate("data.dataset", "mnist"), "data.root", "set data.root"),
     ("trained scale without ranges", _mutate("hardware.pcm.weight_scale", "trained"), "hardware.pcm.weight_scale", "variant 'float' uses 'standard'"),
+    ("mapping below the device's off state", _mutate("hardware.pcm", {"device": "rram", "mapping": {"on_off_ratio": 100}}), "hardware.pcm.mapping.on_off_ratio", "below the device's off state"),
     ("unknown weight scale", _mutate("hardware.pcm.weight_scale", "column"), "hardware.pcm.weight_scale", "'auto', 'trained', 'layer' or 'tile'"),
 ]
 

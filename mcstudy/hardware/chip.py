@@ -43,6 +43,13 @@ layer), the layer's own largest |w| (``layer``), or each tile's own largest |w|
 (quantisation-, variability-, hardware-aware, uniform/unipolar) and ``tile`` otherwise."""
 
 
+def off_state_problem(mapping_ratio: float, device_ratio: float) -> str:
+    return (
+        f"an on/off ratio of {mapping_ratio:g} puts G_min below the device's off state (its on/off ratio is "
+        f"{device_ratio:g}); set the device's on_off_ratio, or a mapping ratio of at most {device_ratio:g}"
+    )
+
+
 def tile_scales(scale: str, w: torch.Tensor, grid: TileGrid, trained: float | None) -> torch.Tensor:
     """The full-scale weight of every tile of one layer's matrix ``w`` ``(n_tiles,)``, for a
     resolved weight scale (``trained``, ``layer`` or ``tile``; :data:`WeightScale`)."""
@@ -92,8 +99,12 @@ class Population:
     weight_scale: WeightScale = "auto"
 
     def __post_init__(self) -> None:
-        # a device with a finite off state sets the mapping's G_min unless the mapping sets its own
-        object.__setattr__(self, "mapping", self.mapping.with_off_state(self.device.on_off_ratio))
+        # a device with a finite off state sets the mapping's G_min unless the mapping sets its own,
+        # which cannot lie below the device's off state
+        device_ratio, mapping_ratio = self.device.on_off_ratio, self.mapping.params.on_off_ratio
+        if device_ratio is not None and mapping_ratio is not None and mapping_ratio > device_ratio:
+            raise ValueError(off_state_problem(mapping_ratio, device_ratio))
+        object.__setattr__(self, "mapping", self.mapping.with_off_state(device_ratio))
 
     @classmethod
     def build(
