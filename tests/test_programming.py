@@ -188,3 +188,22 @@ def test_variants_may_train_their_own_model(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(SpecError, match=r"variants.noise_injection.model.depth"):
         load_study(path)
+
+
+def test_the_objective_programs_the_devices_the_chips_deploy_with() -> None:
+    """The search sees the deployed physics: an RRAM population's finite off state (its
+    G_min) and the network's weights normalised by the deployed weight scale."""
+    from mcstudy.programming.study import objective_for
+    from mcstudy.spec import parse_study
+
+    raw = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("studies", "quickstart.yaml").read_text())
+    raw["hardware"] = {"rram": {"device": "rram", "mapping": "multi_pair", "programming": "optimize"}}
+    spec = parse_study(yaml.safe_dump(raw))
+    pop = spec.population("rram")
+    torch.manual_seed(0)
+    net = AnalogNetwork(build_model("mlp", spec.model.params, (1, 8, 8), 10))
+    objective = objective_for(net, pop, spec.times)
+    deployed = pop.build().mapping
+    assert objective.encoding.on_off_ratio == deployed.params.on_off_ratio == 10.0
+    with_ranges = objective_for(net, pop, spec.times, ranges=[2.0 * float(w.abs().max()) for w in net.nominal])
+    assert np.abs(with_ranges.weights).max() <= 0.5 + 1e-6  # normalised by the trainer's (here doubled) ranges

@@ -142,6 +142,20 @@ def test_a_tile_without_the_layers_largest_weight_keeps_the_trainers_grid() -> N
     assert torch.equal(tiled[:, :256], q[:, :256])
 
 
+def test_grid_weights_pass_a_unit_gradient_everywhere_also_at_zero() -> None:
+    """The differential transfer is linear in w for a linear encoding: its straight-through
+    gradient is 1 at every weight, including exact zeros (which uniform/unipolar training
+    produces), not 2 where both sides of the pair would pass it."""
+    w = torch.tensor([0.0, 0.3, -0.5, 1.0, -1.0, 0.0], requires_grad=True)
+    quantise_weight(w, torch.tensor(1.0), 2).sum().backward()
+    assert torch.equal(w.grad, torch.ones(6))
+    rule = HardwareAware(HWAParams(bits=2, nonlinearity=2.0))
+    for tau in (0.3, 0.0):
+        x = torch.tensor([[0.0, 1e-7, -1e-7, 0.5]], requires_grad=True)
+        rule.mapping().transfer(x, torch.ones(1, 4), soft_levels(2, tau)).sum().backward()
+        assert x.grad[0, 0].item() == pytest.approx(x.grad[0, 1].item(), rel=1e-4)  # continuous at zero, not doubled
+
+
 def test_soft_levels_anneal_to_exact_rounding() -> None:
     v = torch.linspace(0, 1, 1001)
     exact = torch.round(v * 7) / 7
@@ -310,7 +324,7 @@ def test_uniform_unipolar_search_reports_candidates_and_deploys_its_choice(tmp_p
     step = max(w.abs().max() for w in weights) / 7
     for w in weights:
         torch.testing.assert_close(w / step, torch.round(w / step), rtol=0, atol=1e-4)
-    # the chosen architecture survives the cache
+    # the chosen architecture and the trained ranges survive the cache
     cache = ModelCache(tmp_path)
     from mcstudy.training import load_trained, save_trained
 
@@ -318,6 +332,12 @@ def test_uniform_unipolar_search_reports_candidates_and_deploys_its_choice(tmp_p
     save_trained(result, job, cache)
     again = load_trained(job, DATA, cache)
     assert again is not None and again.model_params == result.model_params and again.report == result.report
+    assert again.ranges == result.ranges and len(set(result.ranges.values())) == 1  # uniform scaling: one range
+    # a record without the ranges its trainer records (written before they were) is retrained, not trusted
+    import dataclasses as dc
+
+    save_trained(dc.replace(result, ranges=None), job, cache)
+    assert load_trained(job, DATA, cache) is None
 
 
 @pytest.mark.parametrize("sign", ["layer", "none"])

@@ -1,7 +1,8 @@
 """Weight <-> conductance mappings (SCIENCE.md §3).
 
 Every mapping works on normalised weights ``u = w / w_max`` in [-1, 1], where
-``w_max`` is the largest |w| of the weight's crossbar tile, and splits them into
+``w_max`` is the full-scale weight of the weight's crossbar tile (the trainer's range,
+the layer's or the tile's largest |w|: ``chip.WeightScale``), and splits them into
 normalised device values ``v_d`` in [0, 1] for its ``D`` devices per weight. The
 shared *encoding* then turns a device value into a conductance:
 
@@ -172,7 +173,9 @@ class DifferentialPair(Mapping):
     negative_side = (False, True)
 
     def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
-        v = quantise(torch.stack((u.clamp(min=0), (-u).clamp(min=0))))
+        # one side takes u = 0 (clamping both would pass the gradient twice there)
+        zero = torch.zeros((), dtype=u.dtype, device=u.device)
+        v = quantise(torch.stack((torch.where(u >= 0, u, zero), torch.where(u < 0, -u, zero))))
         return v, torch.tensor([1.0, -1.0], dtype=torch.float64).view(2, 1, 1)
 
 

@@ -20,7 +20,11 @@ normalised target ``g = G_T / G_max``:
   ``D(Δ)``. Split as a part common to every product of one read, of variance
   ``D(t) − D(Δ)/2``, and a part fresh for every product, of variance ``D(Δ)/2``, both
   parts match: each product's total variance is the per-read law ``D(t)`` and
-  consecutive products differ by ``D(Δ)`` (:func:`vector_fresh_fraction`).
+  consecutive products differ by ``D(Δ)`` (:func:`vector_fresh_fraction`). Products
+  further apart within one read also differ by only ``D(Δ)`` here, where the process
+  would give ``D(k·Δ)``: the split keeps every product's variance and the neighbours'
+  correlation exact, and understates how far products many intervals apart decorrelate
+  (for 10⁴ products 1 µs apart, ``D(10 ms)`` is about ten times ``D(1 µs)``).
 
 Every constant is a named parameter of :class:`PCMParams` with the published default.
 The ``*_scale`` factors switch a mechanism off (0) or exaggerate it.

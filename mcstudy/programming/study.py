@@ -25,7 +25,9 @@ def objective_for(
     built = population.build()
     scale = built.scale_used(ranges is not None)
     u = sample_weights(net.nominal, net.granules, population.tile, prog.samples, prog.seed, scale, ranges)
-    encoding = Encoding.model_validate({k: v for k, v in population.mapping.params.model_dump().items() if k in Encoding.model_fields})
+    # the encoding the chips are programmed with: the study's, with the device's off state where it sets none
+    deployed = built.mapping.params.model_dump()
+    encoding = Encoding.model_validate({k: v for k, v in deployed.items() if k in Encoding.model_fields})
     return ProgrammingObjective(built.device, encoding, u, times, prog.knots, prog.seed)
 
 

@@ -88,6 +88,8 @@ def load_trained(job: TrainJob, data: Dataset, cache: ModelCache) -> TrainedMode
     if not _compatible(net, state):
         return None
     ranges = info.get("ranges")
+    if TRAINERS.get(job.trainer).obj.has_ranges() != (ranges is not None):
+        return None  # a record from before the trainer recorded its ranges: retrain
     if ranges is not None and not _valid_ranges(ranges, analog_weight_names(net)):
         return None  # a foreign or corrupt record: retrain
     return TrainedModel(job.key(data), state, info.get("history", []), True, 0.0, chosen, info.get("report", []), ranges)

@@ -6,6 +6,10 @@ weight, like conductance noise relative to G_max), or multiplicative, ``w·(1 + 
 The gradient computed at the noisy weights updates the clean weights. Optionally the
 weights are clipped to ``±clip·std(W)`` of their layer after every step, which keeps
 the mapping's scale from being set by a few outliers (Joshi et al., Nat. Commun. 2020).
+
+It trains float weights and records no weight range, so ``weight_scale: auto`` deploys
+its networks with each tile's own scale; its additive noise is relative to the layer's
+largest weight, which is the deployed scale under ``weight_scale: layer``.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from pydantic import Field, PositiveInt
 
 from ..analog import AnalogNetwork
 from ..data import Dataset
-from ..hardware import DEVICES, MAPPINGS, PeripherySpec, Population, Variation
+from ..hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
 from ..hardware.periphery import ADCSpec
 from ..registry import Params
 from ..rng import chip_stream
@@ -57,7 +57,7 @@ class UniformUnipolarParams(QATParams):
     score_chips: PositiveInt = 8
     score_adc_bits: PositiveInt | None = Field(None, le=24, description="ADC bits of the scoring chips (None: exact outputs), as the deployed population's")
     score_adc_range: float = Field(10.0, gt=0, description="ADC full scale of the scoring chips, as the deployed population's")
-    tile_rows: PositiveInt = Field(256, description="crossbar rows per tile, for the ADC count")
+    tile_rows: PositiveInt = Field(256, description="crossbar rows per tile of the scoring chips and the ADC count")
     differential_adcs: Literal[1, 2] = Field(
         1, description="ADCs per differential output: 1 (analog subtraction of G⁺ − G⁻) or 2 (each column digitised)"
     )
@@ -137,6 +137,7 @@ class UniformUnipolar(QuantizationAware):
             device.obj(device.params()),
             mapping.obj(mapping.params(bits=p.bits, **blocks)),
             Variation.model_validate({"within": {"sigma": p.score_sigma}}),
+            tile=TileSpec(rows=p.tile_rows),
             periphery=PeripherySpec(
                 dac=self._dac(), adc=ADCSpec(bits=p.score_adc_bits, range=p.score_adc_range)
             ),
