@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import McStudyError
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chips", type=_positive_int, help="override the study's chip count")
     run.add_argument("--block-size", type=_positive_int, help="chips per work unit")
     run.add_argument("--overwrite", action="store_true", help="replace a store written by a different study")
+    run.add_argument("--repair", action="store_true", help="recompute the damaged units of the store (see mcstudy verify)")
     run.add_argument("--cache-dir", type=Path, help="trained-model cache (default: $MCSTUDY_CACHE or ~/.cache/mcstudy)")
     run.add_argument("--quiet", action="store_true", help="no progress output; print only the summary table")
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="report directory (default: <store>-report beside a local store, else ./<study>-report)")
     rep.add_argument("--confidence", type=_fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
 
+    ver = sub.add_parser("verify", help="check a store: every array's metadata and every finished unit's checksummed chunks")
+    ver.add_argument("store", help="results store: a path or an fsspec URL")
+
     exp = sub.add_parser("export", help="export a store's per-chip results")
     exp.add_argument("store", help="results store: a path or an fsspec URL")
     exp.add_argument("--parquet", type=Path, required=True, help="Parquet file to write: one row per variant, hardware, procedure, time and chip")
@@ -93,9 +97,11 @@ def _fraction(text: str) -> float:
 
 def console(stderr: bool = False, quiet: bool = False) -> Console:
     """A terminal console, or for logs and pipes one that never wraps lines and is wide
-    enough that the summary table is not cut."""
-    c = Console(stderr=stderr, quiet=quiet)
-    return c if c.is_terminal else Console(stderr=stderr, quiet=quiet, width=160, soft_wrap=True)
+    enough that the summary table is not cut. Never markup: every string mcstudy prints
+    may hold a user's text (a path, a name), and "[/b]" in it must print as itself; style
+    comes from ``Text`` objects and ``style=`` arguments only."""
+    c = Console(stderr=stderr, quiet=quiet, markup=False, highlight=False)
+    return c if c.is_terminal else Console(stderr=stderr, quiet=quiet, width=160, soft_wrap=True, markup=False, highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,17 +115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args, out)
         if args.command == "export":
             return _export(args, out)
+        if args.command == "verify":
+            return _verify(args, out)
         if args.command == "bench":
             return _bench(args, out, err)
         if args.command == "optimize-programming":
             return _optimize_programming(args, out, err)
         return _run(args, out, err)
     except McStudyError as e:
-        err.print(f"[bold red]mcstudy: error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        err.print(Text.assemble(("mcstudy: error: ", "bold red"), str(e)), soft_wrap=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         err.print("mcstudy: interrupted; rerun the same command to resume")
         return 130
+    except OSError as e:  # the operating system refused a file a user named (permissions, space, names)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        err.print(Text.assemble(("mcstudy: error: ", "bold red"), f"{where}{e.strerror or e}"), soft_wrap=True)
+        return EXIT_USER_ERROR
 
 
 def _validate(args: argparse.Namespace, out: Console) -> int:
@@ -128,7 +140,7 @@ def _validate(args: argparse.Namespace, out: Console) -> int:
     spec = load_study(args.study, chips=args.chips)
     n = len(spec.variants) * len(spec.hardware) * len(spec.procedures) * len(spec.times) * spec.chips
     out.print(
-        f"{args.study}: valid study [bold]{spec.name}[/] — {len(spec.variants)} variant(s) × "
+        f"{args.study}: valid study {spec.name} — {len(spec.variants)} variant(s) × "
         f"{len(spec.hardware)} population(s) × {len(spec.procedures)} procedure(s) × {len(spec.times)} time(s) × "
         f"{spec.chips} chips = {n:,} chip evaluations; spec hash {spec.hash[:12]}",
         highlight=False,
@@ -144,6 +156,9 @@ def _report(args: argparse.Namespace, out: Console) -> int:
     from .store import Location, open_results
 
     ds = open_results(args.store)
+    _whole(args.store, ds)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise McStudyError(f"--out {args.out} is a file; the report is a directory (index.html and figures/)")
     target = args.out
     if target is None:
         if Location(args.store).url:
@@ -165,9 +180,51 @@ def _export(args: argparse.Namespace, out: Console) -> int:
         raise McStudyError(f"--parquet {args.parquet} is a directory; give a file name")
     if not args.parquet.parent.exists():
         raise McStudyError(f"--parquet: the directory {args.parquet.parent} does not exist")
-    rows = export_parquet(open_results(args.store), args.parquet)
+    ds = open_results(args.store)
+    _whole(args.store, ds)
+    rows = export_parquet(ds, args.parquet)
     out.print(f"wrote {rows:,} rows to {args.parquet}", highlight=False)
     return 0
+
+
+def _names(ds: "object") -> tuple[list[str], list[str]] | None:
+    """The store's variant and hardware names, for messages."""
+    try:
+        return list(map(str, ds["variant"].values)), list(map(str, ds["hardware"].values))  # type: ignore[index]
+    except Exception:
+        return None
+
+
+def _whole(store: str, ds: "object") -> None:
+    """Refuse to read a damaged store (a missing chunk would read as NaN, silently)."""
+    from .store import Location
+    from .verify import verify
+
+    damage = verify(Location(store))
+    if not damage.intact:
+        found = "\n  ".join(damage.lines(_names(ds)))
+        raise McStudyError(f"{store} is damaged; nothing was read from it:\n  {found}\nmcstudy verify {store} lists it; mcstudy run STUDY --out {store} --repair mends it")
+
+
+def _verify(args: argparse.Namespace, out: Console) -> int:
+    """Exit 0 when the store is whole, 1 when it is damaged (2: not a store)."""
+    from .store import Location, open_results
+    from .verify import verify
+
+    location = Location(args.store)
+    ds = open_results(args.store, check=False)
+    with out.status("verifying every finished unit") if out.is_terminal else _nothing():
+        damage = verify(location)
+    names = _names(ds)
+    if damage.intact:
+        out.print(f"{args.store}: intact ({damage.units_checked} finished units checked: every chunk present, checksums match)")
+        return 0
+    out.print(Text.assemble((f"{args.store}: damaged", "bold red")))
+    for line in damage.lines(names, most=200):
+        out.print(f"  - {line}")
+    fix = "recompute it with mcstudy run STUDY --out STORE --overwrite" if damage.fatal else "mcstudy run STUDY --out STORE --repair recomputes exactly these"
+    out.print(fix)
+    return 1
 
 
 def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -223,7 +280,7 @@ def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) 
     with err.status(f"searching ({prog.maxiter} generations at most, {prog.workers} worker(s))") if err.is_terminal else _nothing():
         result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)
     result.save(args.out, times=list(spec.times), study=spec.name, population=pop.name, variant=vname)
-    table = Table(title=f"weight error after global drift compensation: {escape(vname)} on {escape(pop.name)}")
+    table = Table(title=f"weight error after global drift compensation: {vname} on {pop.name}")
     for col in ("time", "naive", "optimised", "ratio"):
         table.add_column(col, justify="right")
     for t, a, b in zip(spec.times, result.naive_errors, result.errors):
@@ -258,6 +315,7 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         block_size=args.block_size,
         address=args.address,
         overwrite=args.overwrite,
+        repair=args.repair,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
@@ -284,7 +342,7 @@ def render_summary(df: "object", within: float, title: str) -> Table:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     last = None
     for row in df.to_dict("records"):
-        key = (escape(str(row["variant"])), escape(str(row["hardware"])), escape(str(row["procedure"])))  # names are user input
+        key = (str(row["variant"]), str(row["hardware"]), str(row["procedure"]))
         if last is not None and key[:2] != last[:2]:
             table.add_section()
         shown = key if key != last else ("", "", "")

@@ -18,9 +18,10 @@ T = TypeVar("T")
 
 class Params(BaseModel):
     """Base of every parameter model: frozen, strict (no ``"3"`` -> 3 coercion; sequences
-    are tuples), and unknown keys are errors."""
+    are tuples), unknown keys are errors, and every number is finite (``.inf`` or ``.nan``
+    in a study file, or a number too large for a float, is refused)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class NoParams(Params):

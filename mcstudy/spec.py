@@ -49,6 +49,19 @@ trained weight ranges, the per-vector read-noise split, σ_prog ∝ G_max, asymm
 [G_min, G_max], RRAM's finite off state, ideal devices in units of G_max."""
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+
+# What a study may ask for: a study file is untrusted input, and each bound keeps a typo
+# (chips: 10**12) from exhausting memory instead of failing with a message (README, "Limits").
+MAX_FILE_BYTES = 1 << 20  # 1 MiB of YAML
+MAX_YAML_NODES = 100_000  # YAML nodes after expanding aliases (a "billion laughs" file is refused)
+MAX_NAME_LENGTH = 100  # a study's or an entry's name (it becomes a file name)
+MAX_CHIPS = 10_000_000
+MAX_TIMES = 1_000
+MAX_TIME_SECONDS = 1000 * 365 * 86400.0  # a thousand years
+MAX_VARIANTS = 1_000  # after sweeps
+MAX_POPULATIONS = 10_000  # after sweeps
+MAX_PROCEDURES = 100
+MAX_RESULTS = 5_000_000_000  # variants × populations × procedures × times × chips
 _NAME_RE = re.compile(NAME_PATTERN)
 
 # -- times -------------------------------------------------------------------------
@@ -82,7 +95,7 @@ def format_time(seconds: float) -> str:
     return f"{seconds:.3g} s"
 
 
-TimeSeconds = Annotated[float, BeforeValidator(parse_time), Field(gt=0)]
+TimeSeconds = Annotated[float, BeforeValidator(parse_time), Field(gt=0, le=MAX_TIME_SECONDS)]
 
 
 # -- sections validated as plain models --------------------------------------------
@@ -107,11 +120,11 @@ class AnalysisSpec(Params):
 
 
 class _StudyFile(Params):
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
-    seed: int = Field(0, ge=0)
-    chips: PositiveInt = 100
-    times: tuple[TimeSeconds, ...] = Field(min_length=1)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME_LENGTH)
+    description: str = Field("", max_length=10_000)
+    seed: int = Field(0, ge=0, lt=2**63)
+    chips: PositiveInt = Field(100, le=MAX_CHIPS)
+    times: tuple[TimeSeconds, ...] = Field(min_length=1, max_length=MAX_TIMES)
     data: DataSpec = DataSpec()
     model: str | dict[str, Any]
     variants: dict[str, Any] = Field(min_length=1)
@@ -274,14 +287,40 @@ def load_study(path: str | Path, chips: int | None = None) -> StudySpec:
     """Read and validate a study file. ``chips`` overrides the file's chip count."""
     p = Path(path)
     try:
-        text = p.read_text()
+        if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+            raise SpecError([("", f"the file is {p.stat().st_size:,} bytes; a study file may have at most {MAX_FILE_BYTES:,}")], str(p))
+        data = p.read_bytes()
     except OSError as e:
         raise SpecError([("", f"cannot read the file: {e.strerror or e}")], str(p)) from None
-    return parse_study(text, source=str(p), base_dir=p.parent, chips=chips)
+    return parse_study(decode_text(data, str(p)), source=str(p), base_dir=p.parent, chips=chips)
+
+
+def decode_text(data: bytes, source: str) -> str:
+    """A study file's text: UTF-8 (with or without a byte-order mark), or UTF-16/32 with
+    one; anything else is refused with the offending byte's position."""
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+                       (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):  # fmt: skip
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError as e:
+                raise SpecError([("", f"not valid {codec.upper()} text (byte {e.start}): save the file as UTF-8")], source) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SpecError(
+            [("", f"not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} (offset {e.start}); save the file as UTF-8")], source
+        ) from None
+    if "\x00" in text:
+        raise SpecError([("", "the file holds NUL characters: not a text file (or UTF-16 without a byte-order mark); save it as UTF-8")], source)
+    return text
 
 
 def parse_study(text: str, source: str = "<string>", base_dir: Path | None = None, chips: int | None = None) -> StudySpec:
     """Validate study-file text (see :func:`load_study`)."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise SpecError([("", f"the study text has more than {MAX_FILE_BYTES:,} bytes")], source)
     raw = _read_yaml(text, source)
     if chips is not None:
         raw["chips"] = chips
@@ -311,6 +350,12 @@ def parse_study(text: str, source: str = "<string>", base_dir: Path | None = Non
     times = tuple(sorted(top.times))
     if len(set(times)) != len(times):
         problems.append(("times", f"duplicate times; got {[format_time(t) for t in top.times]}"))
+    for section, n, limit in (("variants", len(variants), MAX_VARIANTS), ("hardware", len(hardware), MAX_POPULATIONS), ("procedures", len(procedures), MAX_PROCEDURES)):
+        if n > limit:
+            problems.append((section, f"{n:,} entries after expanding sweeps; a study may have at most {limit:,}"))
+    results = len(variants) * len(hardware) * len(procedures) * len(times) * top.chips
+    if results > MAX_RESULTS:
+        problems.append(("chips", f"{len(variants)} variants × {len(hardware)} populations × {len(procedures)} procedures × {len(times)} times × {top.chips:,} chips = {results:,} results per metric; at most {MAX_RESULTS:,}"))
     if problems:
         raise SpecError(problems, source)
     assert model is not None
@@ -339,6 +384,11 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise SpecError([("", f"not valid YAML: {e}")], source) from None
+    except RecursionError:
+        raise SpecError([("", "the YAML is nested too deeply")], source) from None
+    size = _expanded_size(node, {})
+    if size > MAX_YAML_NODES:
+        raise SpecError([("", f"the YAML expands to {size:,} nodes through its aliases (*name); at most {MAX_YAML_NODES:,}")], source)
     dups: list[tuple[str, str]] = []
     _find_duplicate_keys(node, (), dups)
     if dups:
@@ -350,6 +400,28 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError([("", f"the file must hold a mapping of study fields; got {type(raw).__name__}")], source)
     return _tuples(raw)
+
+
+def _expanded_size(node: yaml.Node | None, memo: dict[int, int]) -> int:
+    """Nodes of the document once every alias is expanded, counted without expanding
+    (each node once; an alias re-uses its anchor's count), saturating past the limit."""
+    if node is None:
+        return 0
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_YAML_NODES + 1  # a node that contains itself expands for ever
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        children = [n for kv in node.value for n in kv]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    else:
+        children = []
+    for child in children:
+        total = min(total + _expanded_size(child, memo), MAX_YAML_NODES + 1)
+    memo[key] = total
+    return total
 
 
 def _find_duplicate_keys(node: yaml.Node | None, path: tuple[str, ...], out: list[tuple[str, str]]) -> None:

@@ -17,13 +17,12 @@ different study is refused unless the user asks to overwrite it.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
-import hashlib
 import json
+from dataclasses import dataclass
 import os
 import platform
 import shutil
-import socket
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,14 +32,15 @@ import numpy as np
 import xarray as xr
 
 from .errors import StoreError
+from .location import Location, StoreLock, is_url  # noqa: F401  (re-exported: the store API)
 from .procedures import METRIC_ATTRS, METRICS
 from .spec import PHYSICS_VERSION, StudySpec, format_time
+from .verify import FORMAT_VERSION, Damage, checksummed, repair, variables_attr, verify
 
 if TYPE_CHECKING:  # the store does not depend on how results were produced
     from .execution.plan import WorkUnit
     from .execution.worker import UnitResult
 
-FORMAT_VERSION = 1
 _PACKAGES = ("mcstudy", "torch", "numpy", "xarray", "zarr", "dask", "pydantic", "scikit-learn", "ray")
 
 def package_versions() -> dict[str, str]:
@@ -128,7 +128,9 @@ def template(
         "mcstudy_format": FORMAT_VERSION,
         **(extra_attrs or {}),
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds.attrs["mcstudy_variables"] = variables_attr(ds)
+    return ds
 
 
 def _physics_version(canonical: Any) -> int:
@@ -139,68 +141,16 @@ def _physics_version(canonical: Any) -> int:
         return 1
 
 
-def is_url(path: str | Path) -> bool:
-    """An fsspec URL (``s3://bucket/x.zarr``, ``file:///...``) rather than a local path."""
-    return "://" in str(path)
+def _open(location: Location) -> xr.Dataset:
+    with warnings.catch_warnings():  # zarr warns about what a damaged store lacks; mcstudy reports it itself
+        warnings.simplefilter("ignore", UserWarning)
+        return xr.open_zarr(location.target, consolidated=False, storage_options=location.storage_options)
 
 
-class Location:
-    """Where a store lives: a local directory or an fsspec URL (with its filesystem
-    package installed, e.g. s3fs for ``s3://``)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.raw = str(path)
-        self.url = is_url(path)
-        if self.url:
-            import fsspec
-
-            try:
-                self.fs, self.fs_path = fsspec.core.url_to_fs(self.raw)
-            except (ImportError, ValueError) as e:
-                raise StoreError(f"cannot open store URL {self.raw}: {e}") from None
-
-    def __str__(self) -> str:
-        return self.raw
-
-    @property
-    def storage_options(self) -> dict[str, Any] | None:
-        """fsspec options for xarray/zarr (local ``file://`` URLs create their folders)."""
-        if not self.url:
-            return None
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
-        return {"auto_mkdir": True} if protocol in ("file", "local") else {}
-
-    def exists(self) -> bool:
-        return self.fs.exists(self.fs_path) if self.url else Path(self.raw).exists()
-
-    def is_zarr(self) -> bool:
-        if self.url:
-            return self.fs.exists(f"{self.fs_path}/zarr.json")
-        return (Path(self.raw) / "zarr.json").is_file()
-
-    def remove(self) -> None:
-        if self.url:
-            self.fs.rm(self.fs_path, recursive=True)
-        else:
-            shutil.rmtree(self.raw)
-
-    def lock_path(self) -> Path:
-        """A local lock file: beside a local store, or in the cache for a URL."""
-        if self.url:
-            from .training import default_cache_dir
-
-            digest = hashlib.sha256(self.raw.encode()).hexdigest()[:24]
-            return default_cache_dir() / "locks" / f"{digest}.lock"
-        p = Path(self.raw)
-        return p.parent / f".{p.name}.lock"
-
-
-def _open(location: "Location") -> xr.Dataset:
-    return xr.open_zarr(location.raw, consolidated=False, storage_options=location.storage_options)
-
-
-def open_results(path: str | Path) -> xr.Dataset:
-    """Open a study's results lazily as an xarray Dataset."""
+def open_results(path: str | Path, check: bool = True) -> xr.Dataset:
+    """Open a study's results lazily as an xarray Dataset. With ``check`` (the default), a
+    store that lacks an array it was created with, or comes from a newer mcstudy, is
+    refused rather than opened without it (``mcstudy verify`` checks every chunk too)."""
     loc = Location(path)
     if not loc.exists():
         raise StoreError(f"no results store at {loc}")
@@ -210,49 +160,26 @@ def open_results(path: str | Path) -> xr.Dataset:
         raise StoreError(f"{loc} is not a readable zarr store: {e}") from None
     if "spec_hash" not in ds.attrs:
         raise StoreError(f"{loc} is a zarr store but not an mcstudy results store")
+    if check:
+        fmt = ds.attrs.get("mcstudy_format")
+        if isinstance(fmt, int) and fmt > FORMAT_VERSION:
+            raise StoreError(f"{loc} was written by a newer mcstudy (store format {fmt}; this one reads {FORMAT_VERSION})")
+        try:
+            expected = json.loads(ds.attrs.get("mcstudy_variables", "{}"))
+        except ValueError:
+            raise StoreError(f"{loc}: the attribute mcstudy_variables is unreadable; run mcstudy verify {loc}") from None
+        missing = sorted(set(expected) - set(ds.variables))
+        if missing:
+            raise StoreError(f"{loc} is damaged: array(s) missing: {', '.join(missing)}; run mcstudy verify {loc}")
     return ds
 
 
-class StoreLock:
-    """One run per store: an exclusive ``flock`` on a lock file next to the store.
+@dataclass(frozen=True)
+class Resume:
+    """An existing store of the same study: its block size, and what :func:`verify` found."""
 
-    The kernel releases the lock when its process ends, however it ends (SIGKILL
-    included), so a killed run never leaves a lock that blocks the resume.
-    """
-
-    def __init__(self, location: Location) -> None:
-        self.location = location
-        self.path = location.lock_path()
-        self._file: Any = None
-
-    def __enter__(self) -> "StoreLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StoreError(
-                f"{self.location} is being written by another mcstudy run ({holder}); "
-                "wait for it to finish, or write to another --out"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        started = _dt.datetime.now().isoformat(timespec="seconds")
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
-        f.flush()
-        self._file = f
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.seek(0)
-            self._file.truncate()
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+    block_size: int
+    damage: Damage
 
 
 class ResultStore:
@@ -263,18 +190,32 @@ class ResultStore:
         self.block_size = block_size
 
     @staticmethod
-    def check(location: Location, spec: StudySpec, overwrite: bool) -> int | None:
-        """Whether ``location`` can take this study: returns the block size of an existing
-        store of the same study (to resume), None if a new store will be written; refuses
-        a store of another study (unless ``overwrite``) and anything that is not a store."""
+    def check(location: Location, spec: StudySpec, overwrite: bool, repair: bool = False) -> Resume | None:
+        """Whether ``location`` can take this study: an existing store of the same study to
+        resume (verified first: a damaged store is refused unless ``repair``), or None if a
+        new store will be written; refuses a store of another study (unless ``overwrite``)
+        and anything that is not a store."""
         if not location.exists():
+            if repair:
+                raise StoreError(f"--repair: there is no store at {location} to repair")
             return None
         if not location.is_zarr():
             raise StoreError(f"{location} exists and is not an mcstudy results store; choose another --out")
-        existing = open_results(location.raw)
+        existing = open_results(location.target, check=False)
         old = str(existing.attrs.get("spec_hash"))
         if old == spec.hash and not overwrite:
-            return int(existing.attrs["block_size"])
+            damage = verify(location)
+            if not damage.intact:
+                names = ([v.name for v in spec.variants], [h.name for h in spec.hardware])
+                found = "\n  ".join(damage.lines(names))
+                if damage.fatal:
+                    raise StoreError(f"{location} cannot be resumed:\n  {found}\nrecompute it with --overwrite")
+                if not repair:
+                    raise StoreError(f"{location} is damaged; it is not resumed over:\n  {found}\nrerun with --repair to recompute exactly the damaged units")
+            block = damage.block_size or existing.attrs.get("block_size")
+            return Resume(int(block), damage)
+        if repair:
+            raise StoreError(f"--repair: {location} holds another study (spec hash {old[:12]}…); nothing to repair")
         if not overwrite:
             physics = _physics_version(existing.attrs.get("spec_canonical"))
             if physics != PHYSICS_VERSION:
@@ -298,24 +239,28 @@ class ResultStore:
         draw_names: list[str],
         overwrite: bool = False,
         extra_attrs: dict[str, Any] | None = None,
+        resume: Resume | None = None,
     ) -> tuple["ResultStore", bool]:
-        """Open the store of this study to resume it, or create it. Returns ``(store, resumed)``.
-        The caller holds the :class:`StoreLock`."""
-        resume_block = cls.check(location, spec, overwrite)
-        if resume_block is not None:
-            return cls(location, resume_block), True
+        """Open the store of this study to resume it (``resume``: what :meth:`check` found;
+        damage is repaired first), or create it. Returns ``(store, resumed)``. The caller
+        holds the :class:`StoreLock`."""
+        if resume is not None:
+            if not resume.damage.intact:
+                repair(location, resume.damage, template(spec, resume.block_size, float_metrics, draw_names, extra_attrs))
+            return cls(location, resume.block_size), True
         if location.exists():
             location.remove()
         ds = template(spec, block_size, float_metrics, draw_names, extra_attrs)
+        encoding = checksummed(ds)
         if location.url:
-            ds.to_zarr(location.raw, mode="w-", compute=False, consolidated=False, storage_options=location.storage_options)
+            ds.to_zarr(location.target, mode="w-", compute=False, consolidated=False, storage_options=location.storage_options, encoding=encoding)
         else:  # build it aside and rename: a killed run never leaves half a template
-            final = Path(location.raw)
+            final = Path(location.target)
             final.parent.mkdir(parents=True, exist_ok=True)
             for stale in final.parent.glob(f".{final.name}.creating-*"):
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".{final.name}.creating-{os.getpid()}"
-            ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False)
+            ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=encoding)
             os.rename(tmp, final)
         return cls(location, min(block_size, spec.chips)), False
 
@@ -333,9 +278,10 @@ class ResultStore:
         region = {"variant": slice(u.variant, u.variant + 1), "hardware": slice(u.hardware, u.hardware + 1), "chip": slice(u.start, u.stop)}
         dims5 = ("variant", "hardware", "procedure", "time", "chip")
         block = xr.Dataset({m: (dims5, v[None, None].astype(np.float32)) for m, v in result.metrics.items()})
-        opts = dict(region=region, consolidated=False, storage_options=self.location.storage_options)
-        block.to_zarr(self.location.raw, **opts)
+        # every chunk of a finished unit is written, even all-NaN ones: verify() knows a missing chunk is damage
+        opts = dict(region=region, consolidated=False, storage_options=self.location.storage_options, write_empty_chunks=True)
+        block.to_zarr(self.location.target, **opts)
         marks: dict[str, Any] = {"done": (("variant", "hardware", "chip"), np.ones((1, 1, u.n_chips), dtype=bool))}
         for name, values in result.draws.items():
             marks[name] = (("hardware", "chip"), values[None].astype(np.float32))
-        xr.Dataset(marks).to_zarr(self.location.raw, **opts)
+        xr.Dataset(marks).to_zarr(self.location.target, **opts)

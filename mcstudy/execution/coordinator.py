@@ -19,8 +19,8 @@ from typing import Literal
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..data import Dataset, load_dataset
@@ -44,6 +44,7 @@ class RunOptions:
     block_size: int | None = None
     address: str | None = None
     overwrite: bool = False
+    repair: bool = False  # recompute the damaged units of an existing store (mcstudy verify lists them)
     cache_dir: Path | None = None
     progress: bool = True
 
@@ -60,7 +61,7 @@ class RunReport:
 
 def run_study(spec: StudySpec, options: RunOptions, console: Console | None = None) -> RunReport:
     """Run (or resume) a study and write its store. Returns what was done."""
-    console = console or Console(stderr=True, quiet=not options.progress)
+    console = console or Console(stderr=True, quiet=not options.progress, markup=False, highlight=False)
     t_start = time.perf_counter()
     ex = spec.execution
     executor_name = options.executor or ex.executor
@@ -69,15 +70,17 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         raise McStudyError("execution.device is 'cuda' but torch sees no CUDA device")
 
     data = load_dataset(spec.data, spec.seed)
-    console.print(f"[bold]{spec.name}[/]: {data.summary()}")
+    console.print(Text.assemble((spec.name, "bold"), f": {data.summary()}"))
     location = Location(options.out)
+    location.check_writable(options.overwrite)
+    cache = ModelCache(options.cache_dir)
     with StoreLock(location):
-        ResultStore.check(location, spec, options.overwrite)  # refuse early, before any training
+        resume = ResultStore.check(location, spec, options.overwrite, options.repair)  # refuse early, before any training
         workers = 1 if executor_name == "serial" else (options.workers or ex.workers)
         if executor_name == "local":
             workers = workers or _cpus()
         with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address) as executor:
-            states, arch, ranges, trained = _train(spec, data, executor, ModelCache(options.cache_dir), console)
+            states, arch, ranges, trained = _train(spec, data, executor, cache, console)
             payload = Payload.build(spec, states, data, arch, ranges=ranges)
             coordinator_ctx = WorkerContext(payload, device="cpu")
             if any(h.programming is not None and h.programming.strategy == "optimize" for h in spec.hardware):
@@ -85,8 +88,8 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
 
                 with _status(console, "optimising weight programming"):
                     strategies = study_strategies(
-                        list(spec.hardware), coordinator_ctx.networks, spec.times, ModelCache(options.cache_dir).root,
-                        lambda line: console.print(escape(line), highlight=False), coordinator_ctx.ranges,
+                        list(spec.hardware), coordinator_ctx.networks, spec.times, cache.root,
+                        lambda line: console.print(line, markup=False, highlight=False), coordinator_ctx.ranges,
                     )  # fmt: skip
                 payload = dataclasses.replace(payload, strategies=strategies)
             problems = coordinator_ctx.problems()
@@ -94,7 +97,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                 raise SpecError(problems, spec.source_path or None)
             float_metrics = coordinator_ctx.float_metrics()
             for name, m in float_metrics.items():
-                console.print(f"  float accuracy of [cyan]{escape(name)}[/]: {m['accuracy']:.4f}")
+                console.print(Text.assemble("  float accuracy of ", (name, "cyan"), f": {m['accuracy']:.4f}"))
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
             models = {v.name: {"model": spec.model_of(v).name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
             extra = {"variant_models": json.dumps(models, sort_keys=True)}
@@ -102,7 +105,9 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                 extra["programming_strategies"] = json.dumps(
                     {h: {v: s.to_dict() for v, s in per.items()} for h, per in payload.strategies.items()}, sort_keys=True
                 )
-            store, resumed = ResultStore.open_or_create(location, spec, block_size, float_metrics, draw_names, options.overwrite, extra)
+            if resume is not None and not resume.damage.intact:
+                console.print(f"  repairing {location}: {len(resume.damage.units)} damaged unit(s), {len(resume.damage.arrays)} damaged array(s)")
+            store, resumed = ResultStore.open_or_create(location, spec, block_size, float_metrics, draw_names, options.overwrite, extra, resume)
             plan = make_plan(spec, store.block_size)
             todo = store.pending(plan)
             if resumed:
@@ -137,14 +142,14 @@ def _train(
             missing.append(name)
         else:
             done[name], status[name] = hit, "cached"
-            console.print(f"  variant [cyan]{escape(name)}[/] ({job.trainer}): loaded from cache")
+            console.print(Text.assemble("  variant ", (name, "cyan"), f" ({job.trainer}): loaded from cache"))
     if missing:
         with _status(console, f"training {len(missing)} variant(s) on {executor.name}: {', '.join(missing)}"):
             results = executor.train([jobs[n] for n in missing], data)
         for name, result in zip(missing, results):
             save_trained(result, jobs[name], cache)
             done[name], status[name] = result, "trained"
-            console.print(f"  variant [cyan]{escape(name)}[/] ({jobs[name].trainer}): trained in {result.seconds:.1f} s")
+            console.print(Text.assemble("  variant ", (name, "cyan"), f" ({jobs[name].trainer}): trained in {result.seconds:.1f} s"))
     for name, result in done.items():
         if result.report:
             console.print(report_table(name, result.report))
@@ -159,11 +164,11 @@ def _train(
 
 def report_table(variant: str, rows: list[dict[str, object]]) -> Table:
     """A trainer's report (e.g. the candidates of an architecture search) as a table."""
-    table = Table(title=f"variant {escape(variant)}: training report")
+    table = Table(title=Text(f"variant {variant}: training report"))
     for key in rows[0]:
         table.add_column(str(key), justify="right")
     for row in rows:
-        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in row.values()))
+        table.add_row(*(Text(f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row.values()))
     return table
 
 

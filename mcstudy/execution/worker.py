@@ -18,6 +18,7 @@ import torch
 
 from ..analog import AnalogNetwork
 from ..data import Dataset
+from ..errors import McStudyError
 from ..models import build_model
 from ..procedures import METRICS, PROCEDURES, EvalData
 from ..programming import Strategy
@@ -137,6 +138,14 @@ class WorkerContext:
                 result = proc.evaluate(state, chips, read, t, net, self.data)
                 for m in (*METRICS, *proc.extra_metrics):
                     metrics[m][pi, ti] = result[m].cpu().numpy()
+        bad = ~np.isfinite(metrics["loss"]) | ~np.isfinite(metrics["accuracy"])
+        if bad.any():
+            _, _, chip = np.nonzero(bad)
+            raise McStudyError(
+                f"chip {unit.start + int(chip.min())} of population {pop_spec.name!r} gave a non-finite loss with variant "
+                f"{variant.name!r}: its weights or outputs overflowed. A parameter of the population is too large to "
+                "simulate (a variation sigma or a scale far beyond physical values?); nothing of this unit was written"
+            )
         draws = {k: v.cpu().numpy() for k, v in chips.draws().items()}
         return UnitResult(unit, metrics, draws, time.perf_counter() - t0)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import McStudyError
 from ..registry import Params
 
 TRAINING_CODE_VERSION = 5  # 5: QAT grid through the mapping's transfer, continuous HWA surrogate, ranges recorded
@@ -48,7 +49,9 @@ class ModelCache:
     """A directory of ``<key>.pt`` state dicts with ``<key>.json`` metadata."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        if self.root.exists() and not self.root.is_dir():
+            raise McStudyError(f"the model cache {self.root} is a file, not a directory (--cache-dir or $MCSTUDY_CACHE)")
 
     def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         pt, meta = self.root / f"{key}.pt", self.root / f"{key}.json"
@@ -64,7 +67,10 @@ class ModelCache:
         return state, info
 
     def save(self, key: str, state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise McStudyError(f"cannot create the model cache {self.root}: {e.strerror or e} (--cache-dir or $MCSTUDY_CACHE)") from None
         for suffix, write in ((".pt", lambda f: torch.save(state, f)), (".json", lambda f: f.write(json.dumps(info, indent=1).encode()))):
             fd, tmp = tempfile.mkstemp(dir=self.root, suffix=suffix + ".tmp")
             with os.fdopen(fd, "wb") as f:
