@@ -18,6 +18,7 @@ from rich.text import Text
 
 from . import __version__
 from .errors import McStudyError
+from .interrupts import Interrupted, stopping_on_signals
 
 EXIT_USER_ERROR = 2
 
@@ -108,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = console()
     err = console(stderr=True)
+    with stopping_on_signals():
+        return _main(args, out, err)
+
+
+def _main(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
         if args.command == "validate":
             return _validate(args, out)
@@ -125,9 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except McStudyError as e:
         err.print(Text.assemble(("mcstudy: error: ", "bold red"), str(e)), soft_wrap=True)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        err.print("mcstudy: interrupted; rerun the same command to resume")
-        return 130
+    except KeyboardInterrupt as e:
+        how = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
+        code = e.exit_code if isinstance(e, Interrupted) else 130
+        resume = "; every finished unit is in the store: rerun the same command to resume" if args.command == "run" else ""
+        err.print(f"mcstudy: stopped by {how}{resume}")
+        return code
     except OSError as e:  # the operating system refused a file a user named (permissions, space, names)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         err.print(Text.assemble(("mcstudy: error: ", "bold red"), f"{where}{e.strerror or e}"), soft_wrap=True)

@@ -106,7 +106,7 @@ class ExecutionSpec(Params):
 
     executor: Literal["serial", "local", "ray"] = "local"
     address: str | None = Field(None, description="Ray cluster: 'local' (start one), 'auto' or HOST:PORT")
-    workers: PositiveInt | None = Field(None, description="worker processes or Ray actors (default: CPU count)")
+    workers: PositiveInt | None = Field(None, le=100_000, description="worker processes or Ray actors (default: CPU count)")
     block_size: PositiveInt = Field(64, description="chips per work unit")
     threads_per_worker: PositiveInt = Field(1, description="torch threads in each worker")
     eval_batch: PositiveInt = Field(1024, description="test samples per forward pass")
@@ -611,6 +611,10 @@ def _expand(
             return []
     if not leaves:
         return [(name, raw, ())]
+    combos = math.prod(len(values) for _, values in leaves)
+    if combos > MAX_POPULATIONS:  # refused before anything is expanded
+        problems.append((where, f"the sweep expands to {combos:,} entries; a study may have at most {MAX_POPULATIONS:,}"))
+        return []
     out = []
     for combo in itertools.product(*(values for _, values in leaves)):
         entry = raw

@@ -172,3 +172,91 @@ def test_ray_job_submit_against_a_started_cluster(tmp_path: Path, cache_dir: Pat
         assert bool(ds["done"].all())
     finally:
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+_PRIVACY_PROBE = """
+import json, os
+from pathlib import Path
+
+
+def _tcp_listeners() -> set[tuple[str, int]]:
+    '''Listening TCP sockets of this machine, as (address, port).'''
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            ip, port = fields[1].split(":")
+            if len(ip) == 8:
+                addr = ".".join(str(b) for b in bytes.fromhex(ip)[::-1])
+            elif ip.startswith("0000000000000000FFFF0000"):  # ::ffff:a.b.c.d
+                addr = ".".join(str(b) for b in bytes.fromhex(ip[24:])[::-1])
+            else:
+                addr = "::1" if ip == "00000000000000000000000001000000" else ip
+            out.add((addr, int(port, 16)))
+    return out
+
+
+home_token = Path.home() / ".ray" / "auth_token"
+had = home_token.exists()
+before = _tcp_listeners()
+from mcstudy.execution.ray_executor import RayExecutor
+out = {}
+for run in range(2):  # a second instance in the same process (a notebook's second study) works too
+    executor = RayExecutor(workers=1)
+    import ray
+    out["opened"] = sorted(_tcp_listeners() - before)
+    private = Path(executor._owns.dir)
+    token = private / "auth_token"
+    out["modes"] = [oct(private.stat().st_mode & 0o777), oct(token.stat().st_mode & 0o777)]
+    out["token_path_set"] = os.environ.get("RAY_AUTH_TOKEN_PATH") == str(token)
+    out["answer"] = ray.get(ray.remote(lambda: 42).remote())
+    executor.close()
+    out["left"] = private.exists() or ray.is_initialized() or "RAY_AUTH_TOKEN_PATH" in os.environ
+out["home_token_created"] = home_token.exists() and not had
+print(json.dumps(out))
+"""
+
+
+def test_a_local_ray_instance_is_private() -> None:
+    """The instance mcstudy starts itself: every server it opens listens on loopback only,
+    its token is a 0600 file in a 0700 directory (nothing in ~/.ray), and it leaves no
+    file behind. In a fresh process, as a user's run is."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    probe = _PRIVACY_PROBE
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["opened"], "Ray opened no listener?"
+    assert {addr for addr, _ in out["opened"]} <= {"127.0.0.1", "::1"}, out["opened"]
+    assert out["modes"] == ["0o700", "0o600"] and out["token_path_set"] and out["answer"] == 42
+    assert not out["left"] and not out["home_token_created"]
+
+
+def test_an_unreachable_cluster_fails_within_bounded_time(tmp_path: Path, cache_dir: Path) -> None:
+    """A refused port fails at the TCP check; a server that accepts and never answers
+    fails after one bounded connection attempt (ray_executor.CONNECT_SECONDS)."""
+    import socket
+
+    from mcstudy.execution.ray_executor import CONNECT_SECONDS
+
+    from .conftest import run_cli
+
+    study = small_study(tmp_path, chips=4)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(silent.accept()[0]) for _ in range(64)], daemon=True).start()
+    for address, within in (("127.0.0.1:1", 20.0), (f"127.0.0.1:{silent.getsockname()[1]}", CONNECT_SECONDS + 20.0)):
+        t0 = time.time()
+        r = run_cli("run", study, "--executor", "ray", "--address", address, "--out", tmp_path / "never.zarr", cache=cache_dir)
+        assert r.returncode == 2 and "Ray cluster at" in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert time.time() - t0 < within, time.time() - t0
+    assert not (tmp_path / "never.zarr").exists()
+    silent.close()

@@ -18,24 +18,42 @@ from .base import DATASETS, DatasetEntry, DataSpec, RawData
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (LeCun's format: magic, big-endian dims, raw data)."""
+MAX_FILE_BYTES = 1 << 30  # an IDX file's declared data: EMNIST's largest split (byclass, train) is 0.55 GB
+
+
+def read_idx(path: Path, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    """Read one IDX file (LeCun's format: magic, big-endian dims, raw data), gzipped or not.
+
+    The header is read and checked first — magic number, dimensions, and the data size it
+    declares against ``max_bytes`` and, for a plain file, against the file's size — then
+    exactly the declared bytes are read from the stream, so a small file that declares (or
+    decompresses to) gigabytes is refused before they are read."""
     try:
-        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataError(f"{path} is not an IDX file (bad magic number)")
+            ndim = head[3]
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path} is truncated or has no dimensions (header)")
+            dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            if 0 in dims:
+                raise DataError(f"{path} holds no data: its dimensions are {dims}")
+            expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
+            if expected > max_bytes:
+                raise DataError(f"{path} declares {expected:,} data bytes (dimensions {dims}); at most {max_bytes:,} are read")
+            if path.suffix != ".gz" and path.stat().st_size != 4 + 4 * ndim + expected:
+                raise DataError(f"{path} holds {path.stat().st_size - 4 - 4 * ndim:,} data bytes, its header says {expected:,}")
+            data = f.read(expected)
+            if len(data) != expected or f.read(1):
+                raise DataError(f"{path} holds {'fewer' if len(data) != expected else 'more'} data bytes than its header says ({expected:,})")
+    except DataError:
+        raise
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is truncated (header)")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path} holds {len(raw) - header} data bytes, its header says {expected}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=dtype).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path:

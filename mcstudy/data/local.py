@@ -39,8 +39,13 @@ class SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused to load {module}.{name}")
 
 
-def safe_load_pickle(path: Path) -> Any:
+MAX_PICKLE_BYTES = 1 << 30  # a CIFAR-10 batch is 31 MB
+
+
+def safe_load_pickle(path: Path, max_bytes: int = MAX_PICKLE_BYTES) -> Any:
     try:
+        if path.stat().st_size > max_bytes:
+            raise DataError(f"{path} has {path.stat().st_size:,} bytes; a CIFAR batch is read only up to {max_bytes:,}")
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
@@ -80,9 +85,14 @@ def _load_cifar10(spec: DataSpec) -> RawData:
     return RawData(x, y, (3, 32, 32), 10, x_test, y_test)
 
 
+MAX_TEXT_BYTES = 2 << 30  # UCI HAR's largest file is 66 MB
+
+
 def _load_txt(path: Path, dtype: type) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"missing UCI HAR file {path}")
+    if path.stat().st_size > MAX_TEXT_BYTES:
+        raise DataError(f"{path} has {path.stat().st_size:,} bytes; a UCI HAR file is read only up to {MAX_TEXT_BYTES:,}")
     try:
         return np.loadtxt(path, dtype=dtype, ndmin=2 if dtype is np.float32 else 1)
     except ValueError as e:

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..data import Dataset, load_dataset
 from ..errors import McStudyError, SpecError
+from ..interrupts import critical
 from ..spec import StudySpec
 from ..store import Location, ResultStore, StoreLock
 from ..registry import Params
@@ -117,7 +118,8 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                 with _progress(console) as progress:
                     task = progress.add_task(executor.describe(), total=sum(u.n_chips for u in todo))
                     for result in executor.run(todo):
-                        store.write(result)
+                        with critical():  # a signal lands after the unit is written and marked done
+                            store.write(result)
                         progress.advance(task, result.unit.n_chips)
     return RunReport(str(location), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..data import Dataset
-from ..errors import WorkerError
+from ..errors import McStudyError, WorkerError
+from ..interrupts import ignore_interrupts
 from ..registry import Registry
 from ..training import TrainedModel, TrainJob, run_train_job
 from .plan import WorkUnit
@@ -52,14 +53,15 @@ class Executor(ABC):
     def describe(self) -> str:
         return f"{self.name} × {self.workers}"
 
-    def close(self) -> None:  # noqa: B027 (executors without resources need no cleanup)
-        """Release workers and connections."""
+    def close(self, aborted: bool = False) -> None:  # noqa: B027 (executors without resources need no cleanup)
+        """Release workers and connections; ``aborted`` (an error or an interrupt ended the
+        run): stop them at once rather than letting running work finish."""
 
     def __enter__(self) -> "Executor":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(aborted=exc_type is not None)
 
 
 EXECUTORS: Registry[type[Executor]] = Registry("executor")
@@ -88,9 +90,11 @@ _CONTEXT: tuple[str, WorkerContext] | None = None  # (payload file, the context 
 
 
 def _init_worker() -> None:
-    """A local worker leaves without tearing the interpreter down: it holds nothing to save
+    """A local worker ignores Ctrl-C (the coordinator, which gets it too, terminates its
+    workers) and leaves without tearing the interpreter down: it holds nothing to save
     (results go back as they are made), and unloading PyTorch and the compiled kernels
     took ~0.8 s, which the coordinator spent waiting at the end of every run."""
+    ignore_interrupts()
     atexit.register(_leave)
 
 
@@ -113,6 +117,25 @@ def _run_unit(payload_file: str, unit: WorkUnit) -> UnitResult:
     return _CONTEXT[1].run(unit)
 
 
+_PAYLOAD_PREFIX = "mcstudy-payload-"
+
+
+def _remove_stale_payloads() -> None:
+    """Payload files of runs that were killed (SIGKILL leaves no chance to clean up): each
+    name holds its coordinator's pid, and a file whose process is gone is removed."""
+    for f in Path(tempfile.gettempdir()).glob(f"{_PAYLOAD_PREFIX}*-*.pkl"):
+        try:
+            pid = int(f.name[len(_PAYLOAD_PREFIX) :].split("-")[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
 _WORKER_DIED = (
     "a local worker process exited (exit code {code}) before its work was done; the store keeps every "
     "finished chip and rerunning resumes. If you call mcstudy from a Python script, put the call under "
@@ -129,8 +152,16 @@ class LocalExecutor(Executor):
 
     watch_seconds = 2.0  # how often a run with nothing finished checks that its workers live
 
+    max_per_cpu = 8  # more worker processes than this per core only thrash (each holds the payload)
+
     def __init__(self, workers: int | None = None, address: str | None = None) -> None:
-        super().__init__(workers or os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+        if workers is not None and workers > self.max_per_cpu * cpus:
+            raise McStudyError(
+                f"--workers {workers}: the local executor runs at most {self.max_per_cpu * cpus} worker processes on this "
+                f"machine's {cpus} cores; use --executor ray for more"
+            )
+        super().__init__(workers or cpus)
         self.pool: ProcessPoolExecutor | None = None
         self.payload_file: str | None = None
         self.broken = False
@@ -152,7 +183,8 @@ class LocalExecutor(Executor):
         # main guard) would otherwise leave the parent blocked for ever writing a payload
         # larger than the pipe's buffer (CPython's spawn keeps the pipe's read end open
         # until the write completes). Each worker reads it once, at its first unit.
-        fd, path = tempfile.mkstemp(prefix="mcstudy-payload-", suffix=".pkl")
+        _remove_stale_payloads()
+        fd, path = tempfile.mkstemp(prefix=f"{_PAYLOAD_PREFIX}{os.getpid()}-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
         self.payload_file = path
@@ -200,12 +232,22 @@ class LocalExecutor(Executor):
             self.broken = True
             raise WorkerError(_WORKER_DIED.format(code=dead[0].exitcode))
 
-    def close(self) -> None:
-        if self.pool is not None:
-            if self.broken or not self.started:  # a pool that lost a worker, or was never needed: stop it
-                for p in list((getattr(self.pool, "_processes", None) or {}).values()):
-                    p.terminate()
-            self.pool.shutdown(wait=not self.broken, cancel_futures=True)
-        if self.payload_file is not None:
-            Path(self.payload_file).unlink(missing_ok=True)
-            self.payload_file = None
+    def close(self, aborted: bool = False) -> None:
+        try:
+            if self.pool is not None:
+                procs = list((getattr(self.pool, "_processes", None) or {}).values())
+                if aborted or self.broken or not self.started:  # interrupted, lost a worker, or never needed: stop now
+                    for p in procs:
+                        p.terminate()
+                    self.pool.shutdown(wait=False, cancel_futures=True)
+                    for p in procs:
+                        p.join(timeout=5)
+                        if p.is_alive():
+                            p.kill()
+                else:
+                    self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
+        finally:
+            if self.payload_file is not None:
+                Path(self.payload_file).unlink(missing_ok=True)
+                self.payload_file = None

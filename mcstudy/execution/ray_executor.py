@@ -7,20 +7,35 @@ tasks. Fault tolerance is Ray's own: a lost actor (process or node) is restarted
 (``max_restarts``) and its unit retried (``max_task_retries``); each unit's result
 reaches the coordinator exactly once, so it is written exactly once.
 
-A cluster mcstudy starts itself (``--address local``, the default) runs with Ray's
-token authentication on, with the node address 127.0.0.1 and without the dashboard.
+A Ray instance mcstudy starts itself (``--address local``, the default) is private to
+this machine and this user (:class:`LocalRay`): every Ray server binds 127.0.0.1 only
+(Ray's ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` mode; ``_node_ip_address`` alone is
+rewritten to the routable address on Linux), there is no dashboard and no metrics
+export, token authentication is on with a fresh token in a 0600 file inside a 0700
+directory (unless ``RAY_AUTH_TOKEN`` is set), Ray's session files live in that directory
+under umask 077, and the directory is removed when the instance shuts down. Joining a
+cluster (``--address HOST:PORT``) fails within :data:`CONNECT_SECONDS` when nothing
+answers there: a TCP check first, then one bounded connection attempt.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
+import socket
+import tempfile
 from functools import lru_cache
 from typing import Any, Iterable, Iterator
 
-# Ray reads its authentication mode when it is imported: keep token authentication on
-# for every cluster mcstudy starts or joins (a user's explicit setting wins).
+# Ray reads its authentication mode and its connection timeouts when it is imported: keep
+# token authentication on for every cluster mcstudy starts or joins, and bound a join
+# (CONNECT_SECONDS); a user's explicit setting wins.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+_JOIN_ENV = {"RAY_gcs_rpc_server_connect_timeout_s": "5", "RAY_py_gcs_connect_timeout_s": "10", "RAY_NUM_REDIS_GET_RETRIES": "1"}
+for _key, _value in _JOIN_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 from ..data import Dataset  # noqa: E402
 from ..errors import McStudyError  # noqa: E402
@@ -58,26 +73,122 @@ def _remotes() -> tuple[Any, Any]:
     return worker, train
 
 
-def ensure_ray(address: str | None, workers: int | None) -> bool:
-    """Connect to (or start) Ray; returns whether this call started the connection."""
+CONNECT_SECONDS = 30.0
+"""An unreachable ``--address`` fails within about this long: a 5 s TCP check, then one
+connection attempt of at most 5 + 5 + 10 s (Ray's GCS channel, its pub-sub channel and
+the cluster-id fetch: RAY_gcs_rpc_server_connect_timeout_s, RAY_py_gcs_connect_timeout_s,
+RAY_NUM_REDIS_GET_RETRIES, set when this module is imported — before Ray — unless set)."""
+
+
+_TOKEN: list[str] = []
+
+
+def _process_token() -> str:
+    """One token per process: Ray's driver keeps the first token it loads, so a second
+    instance started in the same process (a notebook's second run) must use the same."""
+    if not _TOKEN:
+        _TOKEN.append(os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(32))
+    return _TOKEN[0]
+
+
+class LocalRay:
+    """A private local Ray instance (module docstring): started by :meth:`start`, removed
+    with its files by :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="mcstudy-ray-")  # 0700; short, for Ray's unix sockets
+        self._saved: dict[str, str | None] = {}
+        self._constants: dict[str, Any] = {}
+
+    def _set_env(self, key: str, value: str) -> None:
+        self._saved.setdefault(key, os.environ.get(key))
+        os.environ[key] = value
+
+    def start(self, workers: int | None) -> None:
+        import ray
+        from ray._private import ray_constants
+
+        self._set_env("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every server on 127.0.0.1 (read by Ray's processes)
+        self._set_env("RAY_USAGE_STATS_ENABLED", "0")
+        self._set_env("RAY_NUM_REDIS_GET_RETRIES", "20")  # a starting GCS gets Ray's usual time; the bound is for joins
+        for name, value in (("ENABLE_RAY_CLUSTER", False), ("NUM_REDIS_GET_RETRIES", 20)):
+            self._constants[name] = getattr(ray_constants, name)
+            setattr(ray_constants, name, value)  # this process may have imported ray before the variables were set
+        if not os.environ.get("RAY_AUTH_TOKEN"):
+            token = os.path.join(self.dir, "auth_token")
+            fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(_process_token())
+            self._set_env("RAY_AUTH_TOKEN_PATH", token)  # Ray's processes read it while the instance lives
+        umask = os.umask(0o077)  # Ray's session files, logs and sockets: this user's only
+        try:
+            ray.init(
+                address="local",  # never join a cluster named by RAY_ADDRESS
+                num_cpus=workers or os.cpu_count() or 1,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=os.path.join(self.dir, "session"),
+                _system_config={"enable_metrics_collection": False},
+                configure_logging=True,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
+        except Exception:
+            self.stop()
+            raise
+        finally:
+            os.umask(umask)
+
+    def stop(self) -> None:
+        import ray
+        from ray._private import ray_constants
+
+        if ray.is_initialized():
+            ray.shutdown()
+        for key, value in self._constants.items():
+            setattr(ray_constants, key, value)
+        for key, old in self._saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        self._saved, self._constants = {}, {}
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _reachable(address: str) -> None:
+    """A quick TCP check of ``HOST:PORT`` (refused ports and blackholes fail here, in 5 s at most)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # 'auto', ray:// client addresses: Ray's own lookup
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5.0).close()
+    except OSError as e:
+        raise McStudyError(f"cannot reach the Ray cluster at {address!r}: {e.strerror or e} (no answer within 5 s)") from None
+
+
+def ensure_ray(address: str | None, workers: int | None) -> LocalRay | bool:
+    """Connect to (or start) Ray. Returns the :class:`LocalRay` this call started, True when
+    it joined a cluster, False when Ray was already connected."""
+    if address not in (None, "local"):
+        _reachable(address)
     import ray
 
     if ray.is_initialized():
         return False
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address in (None, "local"):
-        ray.init(
-            num_cpus=workers or os.cpu_count() or 1,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            configure_logging=True,
-            **quiet,  # type: ignore[arg-type]
-        )
-    else:
-        try:
-            ray.init(address=address, **quiet)  # type: ignore[arg-type]
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise McStudyError(f"cannot connect to the Ray cluster at {address!r}: {e}") from None
+        local = LocalRay()
+        local.start(workers)
+        return local
+    from ray._private import ray_constants
+
+    retries, ray_constants.NUM_REDIS_GET_RETRIES = ray_constants.NUM_REDIS_GET_RETRIES, int(os.environ["RAY_NUM_REDIS_GET_RETRIES"])
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except Exception as e:  # Ray raises ConnectionError, RuntimeError, TimeoutError, ValueError, …
+        raise McStudyError(f"cannot connect to the Ray cluster at {address!r}: {e}") from None
+    finally:
+        ray_constants.NUM_REDIS_GET_RETRIES = retries
     return True
 
 
@@ -88,9 +199,9 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+        self._owns = ensure_ray(address, workers)  # a LocalRay to stop, True (joined: disconnect), or False
         import ray
 
-        self._owns = ensure_ray(address, workers)
         n = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
         super().__init__(n, address)
         self.actors: list[Any] = []
@@ -132,12 +243,15 @@ class RayExecutor(Executor):
                 idle.append(in_flight.pop(ref))
                 yield ray.get(ref)
 
-    def close(self) -> None:
+    def close(self, aborted: bool = False) -> None:
         import ray
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
         self.actors = []
         self._payload_ref = None
-        if self._owns:
+        if isinstance(self._owns, LocalRay):
+            self._owns.stop()
+        elif self._owns:
             ray.shutdown()
+        self._owns = False
