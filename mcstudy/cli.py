@@ -33,6 +33,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mcstudy", description="Monte Carlo variability studies of neural networks on analog in-memory-computing chips."
@@ -49,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help="Ray cluster for --executor ray: 'local' starts one here (default), 'auto' or HOST:PORT joins one"
     )
     run.add_argument("--chips", type=_positive_int, help="override the study's chip count")
+    run.add_argument("--seed", type=_nonnegative_int, help="override the study's seed (training, data split, chips): a reproduction's other seeds")
     run.add_argument("--block-size", type=_positive_int, help="chips per work unit")
     run.add_argument("--overwrite", action="store_true", help="replace a store written by a different study")
     run.add_argument("--repair", action="store_true", help="recompute the damaged units of the store (see mcstudy verify)")
@@ -58,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a study file without running it")
     val.add_argument("study", type=Path, help="study file (YAML)")
     val.add_argument("--chips", type=_positive_int, help="override the study's chip count")
+    val.add_argument("--seed", type=_nonnegative_int, help="override the study's seed")
 
     opt = sub.add_parser("optimize-programming", help="search a weight-programming strategy for a population (Mackin et al.)")
     opt.add_argument("study", type=Path, help="study file (YAML)")
@@ -76,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("store", help="results store: a path or an fsspec URL")
     rep.add_argument("--out", type=Path, help="report directory (default: <store>-report beside a local store, else ./<study>-report)")
     rep.add_argument("--confidence", type=_fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
+
+    cmp_ = sub.add_parser("compare", help="paired differences between two variants, procedures or populations, chip by chip, with intervals")
+    cmp_.add_argument("store", help="results store: a path or an fsspec URL")
+    cmp_.add_argument("dim", choices=["variant", "procedure", "hardware"], help="what differs")
+    cmp_.add_argument("a", help="the one compared")
+    cmp_.add_argument("b", help="the one it is compared with")
+    cmp_.add_argument("--metric", default="accuracy", help="per-chip metric (default accuracy)")
+    cmp_.add_argument("--confidence", type=_fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
+    cmp_.add_argument("--where", action="append", default=[], metavar="DIM=NAME", help="keep only these cells, e.g. --where hardware=pcm (repeatable)")
 
     ver = sub.add_parser("verify", help="check a store: every array's metadata and every finished unit's checksummed chunks")
     ver.add_argument("store", help="results store: a path or an fsspec URL")
@@ -123,6 +144,8 @@ def _main(args: argparse.Namespace, out: Console, err: Console) -> int:
             return _export(args, out)
         if args.command == "verify":
             return _verify(args, out)
+        if args.command == "compare":
+            return _compare(args, out)
         if args.command == "bench":
             return _bench(args, out, err)
         if args.command == "optimize-programming":
@@ -146,7 +169,7 @@ def _main(args: argparse.Namespace, out: Console, err: Console) -> int:
 def _validate(args: argparse.Namespace, out: Console) -> int:
     from .spec import load_study
 
-    spec = load_study(args.study, chips=args.chips)
+    spec = load_study(args.study, chips=args.chips, seed=args.seed)
     n = len(spec.variants) * len(spec.hardware) * len(spec.procedures) * len(spec.times) * spec.chips
     out.print(
         f"{args.study}: valid study {spec.name} — {len(spec.variants)} variant(s) × "
@@ -213,6 +236,37 @@ def _whole(store: str, ds: "object") -> None:
     if not damage.intact:
         found = "\n  ".join(damage.lines(_names(ds)))
         raise McStudyError(f"{store} is damaged; nothing was read from it:\n  {found}\nmcstudy verify {store} lists it; mcstudy run STUDY --out {store} --repair mends it")
+
+
+def _compare(args: argparse.Namespace, out: Console) -> int:
+    """A paired comparison as a table; the intervals are over chips (the same chips in a and b)."""
+    from .analysis import paired_table
+    from .store import open_results
+
+    ds = open_results(args.store)
+    _whole(args.store, ds)
+    if args.metric not in ds or "chip" not in ds[args.metric].dims:
+        raise McStudyError(f"--metric {args.metric!r} is not a per-chip metric of {args.store}")
+    for cond in args.where:
+        dim, sep, name = cond.partition("=")
+        if not sep or dim not in ("variant", "procedure", "hardware") or dim == args.dim:
+            raise McStudyError(f"--where {cond!r}: give DIM=NAME with DIM one of variant, procedure, hardware (not {args.dim})")
+        if name not in [str(v) for v in ds[dim].values]:
+            raise McStudyError(f"--where {cond!r}: no {dim} {name!r}; have {', '.join(map(str, ds[dim].values))}")
+        ds = ds.sel({dim: [name]})
+    df = paired_table(ds, args.dim, args.a, args.b, args.confidence, args.metric)
+    units = df.attrs["units"]
+    table = Table(title=f"{args.a} − {args.b} ({args.metric}, {units}; {int(args.confidence * 100)} % t-interval over the same chips)")
+    cells = [c for c in ("variant", "hardware", "procedure", "time") if c in df.columns]
+    for col in (*cells, "difference", "interval", "wins", "chips"):
+        table.add_column(col, justify="left" if col in cells else "right")
+    for row in df.to_dict("records"):
+        table.add_row(
+            *(str(row[c]) for c in cells), f"{row['difference']:+.2f}", f"{row['lower']:+.2f} … {row['upper']:+.2f}",
+            f"{100 * row['wins']:.0f} %", str(row["chips"]),
+        )  # fmt: skip
+    out.print(table)
+    return 0
 
 
 def _verify(args: argparse.Namespace, out: Console) -> int:
@@ -315,8 +369,9 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from .spec import load_study
     from .store import open_results
 
-    spec = load_study(args.study, chips=args.chips)
-    path = args.out or Path("results") / f"{spec.name}.zarr"
+    spec = load_study(args.study, chips=args.chips, seed=args.seed)
+    default = f"{spec.name}.zarr" if args.seed is None else f"{spec.name}-seed{spec.seed}.zarr"
+    path = args.out or Path("results") / default
     options = RunOptions(
         out=path,
         executor=args.executor,

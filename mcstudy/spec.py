@@ -188,7 +188,9 @@ class PopulationSpec:
             self.device.name, self.device.params, self.mapping.name, self.mapping.params,
             self.variation, self.tile, self.periphery, self.read_noise, self.weight_scale,
         )  # fmt: skip
-        chosen = strategy or self.strategy or (Strategy.naive() if self.programming and self.programming.strategy == "naive" else None)
+        named = {"naive": Strategy.naive, "equal": Strategy.equal}
+        preset = named.get(self.programming.strategy) if self.programming else None
+        chosen = strategy or self.strategy or (preset() if preset else None)
         if chosen is None:
             return pop
         return dataclasses.replace(pop, mapping=StrategyMapping(chosen, self.mapping.params))  # type: ignore[arg-type]
@@ -283,8 +285,8 @@ class StudySpec:
 # -- loading -----------------------------------------------------------------------
 
 
-def load_study(path: str | Path, chips: int | None = None) -> StudySpec:
-    """Read and validate a study file. ``chips`` overrides the file's chip count."""
+def load_study(path: str | Path, chips: int | None = None, seed: int | None = None) -> StudySpec:
+    """Read and validate a study file. ``chips`` and ``seed`` override the file's."""
     p = Path(path)
     try:
         if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
@@ -292,7 +294,7 @@ def load_study(path: str | Path, chips: int | None = None) -> StudySpec:
         data = p.read_bytes()
     except OSError as e:
         raise SpecError([("", f"cannot read the file: {e.strerror or e}")], str(p)) from None
-    return parse_study(decode_text(data, str(p)), source=str(p), base_dir=p.parent, chips=chips)
+    return parse_study(decode_text(data, str(p)), source=str(p), base_dir=p.parent, chips=chips, seed=seed)
 
 
 def decode_text(data: bytes, source: str) -> str:
@@ -317,13 +319,17 @@ def decode_text(data: bytes, source: str) -> str:
     return text
 
 
-def parse_study(text: str, source: str = "<string>", base_dir: Path | None = None, chips: int | None = None) -> StudySpec:
+def parse_study(
+    text: str, source: str = "<string>", base_dir: Path | None = None, chips: int | None = None, seed: int | None = None
+) -> StudySpec:
     """Validate study-file text (see :func:`load_study`)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise SpecError([("", f"the study text has more than {MAX_FILE_BYTES:,} bytes")], source)
     raw = _read_yaml(text, source)
     if chips is not None:
         raw["chips"] = chips
+    if seed is not None:
+        raw["seed"] = seed
     problems: list[tuple[str, str]] = []
     try:
         top = _StudyFile.model_validate(raw)
@@ -669,10 +675,11 @@ def _programming_shorthand(v: Any) -> Any:
 
 class ProgrammingSpec(Params):
     """How weights are split over the four devices of a ``multi_pair`` population
-    (Mackin et al.): the mapping's own split (``default``), the ``naive`` strategy,
+    (Mackin et al.): the mapping's own split (``default``), the ``naive`` strategy, the
+    ``equal`` split (both pairs carry the weight equally, F = 1, full range),
     ``optimize`` (searched once per variant and cached), or a saved strategy file."""
 
-    strategy: str = Field("default", description="default | naive | optimize | path to a strategy JSON file")
+    strategy: str = Field("default", description="default | naive | equal | optimize | path to a strategy JSON file")
     knots: int = Field(5, ge=2, le=16, description="knots of the piecewise-linear functions (optimize)")
     samples: PositiveInt = Field(4096, description="weights sampled from the network for the objective (optimize)")
     maxiter: PositiveInt = Field(60, description="differential-evolution generations at most (optimize)")
@@ -683,7 +690,7 @@ class ProgrammingSpec(Params):
 
     @property
     def file(self) -> bool:
-        return self.strategy not in ("default", "naive", "optimize")
+        return self.strategy not in ("default", "naive", "equal", "optimize")
 
 
 class _PopulationSections(Params):

@@ -13,13 +13,16 @@ chunked) and returns an ``xarray.Dataset`` over the remaining dimensions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 from scipy import stats as _st
 
 from ..errors import McStudyError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SLACK = 1e-6  # float32 rounding of accuracies; far below one test sample
 
@@ -155,6 +158,33 @@ def paired_difference(
     return out
 
 
+def paired_table(
+    ds: xr.Dataset, dim: str, a: str, b: str, confidence: float = 0.95, metric: str = "accuracy"
+) -> "pd.DataFrame":
+    """:func:`paired_difference` as one row per remaining cell (e.g. hardware × procedure ×
+    time for ``dim="variant"``): the mean difference ``a − b`` over the same chips with its
+    Student-t interval, in percentage points for accuracies, and the share of chips ``a`` wins."""
+    import pandas as pd
+
+    res = paired_difference(ds, dim, a, b, confidence, metric).compute()
+    scale = 100.0 if metric.startswith("accuracy") else 1.0
+    cells = [d for d in ("variant", "hardware", "procedure", "time") if d in res["mean"].dims]
+    labels = dict(zip(ds["time"].values.tolist(), map(str, ds["time_label"].values.tolist()))) if "time_label" in ds else {}
+    rows = []
+    for idx in np.ndindex(*(res.sizes[d] for d in cells)):
+        at = dict(zip(cells, idx))
+        cell = res.isel(at)
+        row = {d: (labels.get(float(cell[d]), str(cell[d].values)) if d == "time" else str(cell[d].values)) for d in cells}
+        row.update({
+            "difference": scale * float(cell["mean"]), "lower": scale * float(cell["lower"]), "upper": scale * float(cell["upper"]),
+            "wins": float(cell["wins"]), "ties": float(cell["ties"]), "chips": int(cell["chips"]),
+        })  # fmt: skip
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs = {"dim": dim, "a": a, "b": b, "confidence": confidence, "metric": metric, "units": "pp" if scale == 100.0 else metric}
+    return out
+
+
 def chips_needed(
     ds: xr.Dataset,
     half_width: float,
@@ -222,4 +252,4 @@ def mean_ci(ds: xr.Dataset, confidence: float = 0.95, metric: str = "accuracy") 
     return _t_interval(ds[metric], confidence)
 
 
-__all__ = ["chip_yield_ci", "chips_needed", "mean_ci", "paired_difference", "quantiles_ci", "wilson_interval"]
+__all__ = ["chip_yield_ci", "chips_needed", "mean_ci", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]

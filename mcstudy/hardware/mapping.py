@@ -21,6 +21,14 @@ shared *encoding* then turns a device value into a conductance:
 
 Reading decodes linearly, as the periphery does: ``w = w_max · Σ_d c_d (G_d − G_min)/(G_max − G_min)``
 with the mapping's coefficients ``c_d`` (the G_min reference is subtracted digitally).
+
+A *pre-distorting* mapper (``predistort: true``, differential and unipolar mappings — the
+baseline a hardware-aware trainer must beat) knows the level curve and the asymmetry: for
+each device it picks the level whose realised conductance is nearest the linear target,
+``x = f⁻¹(s·v/a_d)`` rounded to the level grid in conductance space, with
+``s = min_d a_d`` (the weaker side's full scale), and the digital decode divides by ``s``.
+It cannot undo the levels' resolution or the on/off ratio's offset noise, only the curve's
+and the asymmetry's deterministic distortion.
 """
 
 from __future__ import annotations
@@ -49,6 +57,12 @@ class Encoding(Params):
     asymmetry: float = Field(
         0.0, gt=-1, description="scale of the negative-side devices relative to the positive side, minus 1 (the larger side spans [G_min, G_max])"
     )
+
+
+class MapperParams(Encoding):
+    """An encoding whose mapper may pre-distort for the curve and the asymmetry it knows."""
+
+    predistort: bool = Field(False, description="pick each device's level for its realised conductance (knowing the curve and the asymmetry)")
 
 
 class Mapping(ABC):
@@ -109,10 +123,31 @@ class Mapping(ABC):
         full scale ``w_max`` (both ``(out, in)``), and the decoding coefficients. A smooth
         ``quantise`` (hardware-aware training) makes this differentiable in ``w``."""
         u = (w / w_max.clamp(min=torch.finfo(w.dtype).tiny)).clamp(-1.0, 1.0)
-        v, coeff = self.split(u, w, quantise or self.quantise)
         a = torch.tensor(self.side_scales(), dtype=w.dtype, device=w.device)
         g_min = self.g_min(g_max)
+        if self.predistorts:
+            v, coeff = self.split(u, w, lambda x: x)  # the linear device values the decode needs
+            return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(self._predistorted(v, a)), coeff.to(w)
+        v, coeff = self.split(u, w, quantise or self.quantise)
         return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(v), coeff.to(w)
+
+    @property
+    def predistorts(self) -> bool:
+        return bool(getattr(self.params, "predistort", False))
+
+    def _predistorted(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Levels ``(D, out, in)`` whose realised value ``a_d·f(level)`` is nearest ``s·v``."""
+        scale = float(a.min())
+        y = (scale * v / a.view(-1, 1, 1)).clamp(0.0, 1.0)  # the value f must reach on each device
+        beta = self.params.nonlinearity
+        x = y if beta == 0 else -torch.log1p(-y * (1 - math.exp(-beta))) / beta  # f⁻¹
+        bits = self.params.bits
+        if bits is None:
+            return x.clamp(0.0, 1.0)
+        steps = 2**bits - 1
+        lo = (torch.floor(x * steps) / steps).clamp(0.0, 1.0)
+        hi = (torch.ceil(x * steps) / steps).clamp(0.0, 1.0)
+        return torch.where((self.level_curve(hi) - y).abs() < (self.level_curve(lo) - y).abs(), hi, lo)
 
     def decode(self, g: torch.Tensor, coeff: torch.Tensor, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
         """Weights ``(C, out, in)`` from conductances ``(C, D, out, in)`` (differentiable)."""
@@ -126,8 +161,10 @@ class Mapping(ABC):
         return None
 
     def decode_scale(self, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
-        """``w_max / (G_max − G_min)``: weight per µS of decoded conductance, ``(out, in)``."""
-        return w_max / (g_max - self.g_min(g_max))
+        """``w_max / (G_max − G_min)``: weight per µS of decoded conductance, ``(out, in)``
+        (divided by the weaker side's scale where the mapper pre-distorts)."""
+        scale = w_max / (g_max - self.g_min(g_max))
+        return scale / min(self.side_scales()) if self.predistorts else scale
 
     def decode_flat(
         self, g: torch.Tensor, shape: tuple[int, int, int], coeff: torch.Tensor, w_max: torch.Tensor, g_max: float
@@ -162,10 +199,10 @@ class Mapping(ABC):
 
     def decode_variance(self, sigma: torch.Tensor, coeff: torch.Tensor, w_max: torch.Tensor, g_max: float) -> torch.Tensor:
         """Variance of the decoded weight ``(C, out, in)`` for independent device noise ``sigma`` (C, D, out, in) µS."""
-        return ((coeff * sigma) ** 2).sum(1) * (w_max / (g_max - self.g_min(g_max))) ** 2
+        return ((coeff * sigma) ** 2).sum(1) * self.decode_scale(w_max, g_max) ** 2
 
 
-@MAPPINGS.register("differential", Encoding)
+@MAPPINGS.register("differential", MapperParams)
 class DifferentialPair(Mapping):
     """Differential pair: ``w ∝ G⁺ − G⁻``, the device of the other sign at G_min."""
 
@@ -205,7 +242,7 @@ class MultiPair(Mapping):
         return v, torch.tensor([f, -f, 1.0, -1.0], dtype=torch.float64).view(4, 1, 1) / (f + 1)
 
 
-class UnipolarParams(Encoding):
+class UnipolarParams(MapperParams):
     polarity: Literal["auto", "positive", "negative"] = Field(
         "auto", description="sign of each block; auto: the sign carrying more total |w|"
     )

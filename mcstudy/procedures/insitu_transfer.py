@@ -50,7 +50,7 @@ from .costs import LearningCost
 
 
 class InsituTransferParams(Params):
-    layers: PositiveInt = Field(1, description="retrain the last this many analog layers")
+    layers: int = Field(1, ge=0, description="retrain the last this many analog layers (0: only the neuron trims, an ablation)")
     trims: Literal["auto", "all", "none"] = Field(
         "auto", description="train every layer's neuron gain and offset: where the population has operating-point drift or neuron mismatch, always, or never"
     )
@@ -192,6 +192,8 @@ class InsituTransfer(Procedure):
         n = x.shape[0]
         weights, scales, shifts = self._init(chips, net, prep)
         params = [*weights.values(), *scales.values(), *shifts.values()]
+        if not params:  # nothing to learn on this population (layers 0 and no trims)
+            return read, [None] * len(net.layers), [None] * len(net.layers)
         stream: Stream = chips.stream.child("insitu_transfer", float(t))
         n_layers = len(net.layers)
         step = 0
@@ -234,6 +236,8 @@ class InsituTransfer(Procedure):
         """Counts for one chip (see the module docstring)."""
         p = self.params
         retrained, trimmed = self.retrained(net), self.trimmed(chips, net)
+        if not retrained and not trimmed:
+            return LearningCost(state_values=0, multiplies=0)
         lowest = min([*retrained, *trimmed])
         macs = [prep.outputs[i] * prep.fan_in[i] for i in range(len(net.layers))]
         per_sample = 0

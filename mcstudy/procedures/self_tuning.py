@@ -8,6 +8,10 @@ they match the nominal model's statistics on the same batch:
     a = σ_nominal / σ_chip,   b = μ_nominal − a·μ_chip   (``mode: scale_shift``)
     a = σ_nominal / σ_chip,   b = 0                      (``mode: scale``)
 
+With ``when: once`` each chip is tuned a single time, on a read at ``tune_time`` after
+programming, and keeps those trims at every later time (as a chip calibrated at the
+factory or at power-up would): drift after the tuning is then not corrected.
+
 Layers are tuned in order, each seeing the already-tuned layers before it (one pass).
 The nominal statistics are those of the trained (digital) network, computed once and
 stored with the deployed model. Statistics are taken after the neurons and before the
@@ -35,10 +39,12 @@ Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std, each (C, 1|out)
 
 @dataclass(frozen=True)
 class Reference:
-    """The nominal model's per-layer statistics and its output values per input."""
+    """The nominal model's per-layer statistics and its output values per input; with
+    ``when: once``, the chips' trims from their tuning read."""
 
     stats: list[Stats]
     outputs: int
+    fixed: tuple[list[torch.Tensor], list[torch.Tensor | None]] | None = None
 
 
 class SelfTuningParams(Params):
@@ -46,6 +52,8 @@ class SelfTuningParams(Params):
     granularity: Literal["layer", "channel"] = Field("channel", description="one trim per layer, or per output channel")
     samples: PositiveInt = Field(128, description="calibration inputs per tuning (from the calibration split)")
     record_before: bool = Field(True, description="also score the chip before tuning (accuracy_before)")
+    when: Literal["every_time", "once"] = Field("every_time", description="tune at every drift time, or once (at tune_time) and keep the trims")
+    tune_time: float = Field(20.0, gt=0, description="time after programming of the single tuning read (when: once), s")
 
 
 def _stats(y: torch.Tensor, granularity: str) -> Stats:
@@ -77,7 +85,10 @@ class SelfTuning(Procedure):
         """The nominal model's statistics, layer by layer (the same for every chip)."""
         x = self._batch(data)
         ys = layer_outputs(net, x, net.nominal_read(), "self_tuning")
-        return Reference([_stats(y, self.params.granularity) for y in ys], sum(y[0, 0].numel() for y in ys))
+        ref = Reference([_stats(y, self.params.granularity) for y in ys], sum(y[0, 0].numel() for y in ys))
+        if self.params.when == "once":  # one tuning read after programming; its trims are kept
+            ref = Reference(ref.stats, ref.outputs, self.trims(ref, chips.read(self.params.tune_time, tag="self_tuning"), net, data))
+        return ref
 
     def trims(self, reference: Reference, read: ChipRead, net: AnalogNetwork, data: EvalData) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
         """Each layer's scale and shift ``(C, 1|out)`` for the chips of ``read``."""
@@ -110,6 +121,6 @@ class SelfTuning(Procedure):
         self, state: Reference, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
         before = net.score(data.x_test, data.y_test, read, batch=data.batch)["accuracy"] if self.params.record_before else None
-        scales, shifts = self.trims(state, read, net, data)
+        scales, shifts = state.fixed if state.fixed is not None else self.trims(state, read, net, data)
         out = net.score(data.x_test, data.y_test, read, scales, data.batch, shifts)
         return with_before_and_costs(out, before, self.cost(state, self._batch(data).shape[0]).figures(None))

@@ -119,6 +119,12 @@ class Strategy:
         """The plain differential pair at full range: G⁺ = |w| / w_max, F = 1, no LSP."""
         return cls((0.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), 1.0, 0.5, "naive")
 
+    @classmethod
+    def equal(cls) -> "Strategy":
+        """The best simple four-device split: both pairs carry the weight equally at full
+        range, G⁺ = g⁺ = |w| / w_max, F = 1, s = 1 (averaging the two pairs' noise)."""
+        return cls((0.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.0, 1.0), (0.0, 0.0), 1.0, 1.0, "equal")
+
     @staticmethod
     def n_parameters(n_knots: int) -> int:
         """Length of a search vector: G⁺, G⁻, g⁻ at every knot, then F and the scale."""
