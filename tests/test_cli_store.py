@@ -119,3 +119,24 @@ def test_a_store_of_earlier_physics_is_never_resumed(tmp_path: Path, cache_dir: 
     r = run_cli("run", study, "--out", out, "--executor", "serial", cache=cache_dir)
     assert r.returncode == 2 and "physics version 1" in r.stderr and f"this is {PHYSICS_VERSION}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_seed_override_and_paired_comparison_through_the_cli(tmp_path: Path, cache_dir: Path) -> None:
+    study = small_study(tmp_path, chips=6)
+    r = run_cli("run", study, "--seed", "5", "--executor", "serial", cwd=tmp_path, cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "results" / "quickstart-seed5.zarr"  # each seed its own store
+    ds = open_results(store)
+    assert ds.attrs["seed"] == 5 and ds.attrs["spec_hash"] == load_study(study, seed=5).hash != load_study(study).hash
+    r = run_cli("compare", store, "variant", "noise_injection", "float", "--where", "procedure=inference")
+    assert r.returncode == 0, r.stderr
+    from mcstudy.analysis import paired_table
+
+    df = paired_table(ds.sel(procedure=["inference"]), "variant", "noise_injection", "float")
+    assert len(df) == 4 and (df["chips"] == 6).all() and (df["lower"] <= df["difference"]).all() and (df["difference"] <= df["upper"]).all()
+    first = df.iloc[0]
+    assert f"{first['difference']:+.2f}" in r.stdout and f"{first['lower']:+.2f} … {first['upper']:+.2f}" in r.stdout
+    d = 100 * (ds["accuracy"].sel(variant="noise_injection") - ds["accuracy"].sel(variant="float")).sel(procedure="inference").isel(time=0)
+    assert abs(float(d.mean()) - first["difference"]) < 1e-6  # float32 store values
+    r = run_cli("compare", store, "variant", "noise_injection", "float", "--where", "procedure=nope")
+    assert r.returncode == 2 and "no procedure 'nope'" in r.stderr

@@ -277,3 +277,43 @@ def test_a_procedure_that_cannot_run_on_the_network_is_refused_before_anything_i
     assert r.returncode == 2, r.stderr
     assert "procedures.insitu: layers is 7 but the network has 3 analog layers" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_self_tuning_once_keeps_the_trims_of_its_tuning_read(net: AnalogNetwork) -> None:
+    """``when: once``: a chip tuned at 20 s keeps those trims later, so drift after the
+    tuning is not corrected; ``every_time`` re-tunes on each read."""
+    device, mapping = DEVICES.get("pcm"), MAPPINGS.get("differential")
+    pop = Population(device.obj(device.params()), mapping.obj(mapping.params()), Variation.model_validate({"between": {"sigma": 0.3, "granularity": "layer"}}))
+    chips = pop.program(net.nominal, chip_stream(3, "once", range(4)), net.granules)
+    data = _data()
+    once = SelfTuning(SelfTuningParams(when="once", tune_time=20.0))
+    state = once.prepare(chips, net, data)
+    assert state.fixed is not None
+    tuning_read = chips.read(20.0, tag="self_tuning")
+    scales, shifts = once.trims(state, tuning_read, net, data)
+    for a, b in zip(scales, state.fixed[0]):
+        assert torch.equal(a, b)  # the trims of the 20 s tuning read ...
+    year = chips.read(365 * 86400.0)
+    later = once.evaluate(state, chips, year, 365 * 86400.0, net, data)
+    kept = net.score(data.x_test, data.y_test, year, state.fixed[0], data.batch, state.fixed[1])
+    torch.testing.assert_close(later["accuracy"], kept["accuracy"])  # ... applied a year later, unchanged
+    every = SelfTuning(SelfTuningParams())
+    retuned = every.evaluate(every.prepare(chips, net, data), chips, year, 365 * 86400.0, net, data)
+    assert not torch.equal(retuned["accuracy"], later["accuracy"])
+
+
+def test_insitu_transfer_ablation_of_the_last_layer_and_the_trims(net: AnalogNetwork) -> None:
+    """``layers: 0`` trains only the neuron trims; ``trims: none`` only the last layer."""
+    chips = _population(periphery=DRIFT).program(net.nominal, chip_stream(2, "drift", range(3)), net.granules)
+    read, data = chips.read(20.0), _data()
+    only_trims = InsituTransfer(InsituTransferParams(layers=0, trims="all", epochs=2))
+    only_layer = InsituTransfer(InsituTransferParams(layers=1, trims="none", epochs=2))
+    nothing = InsituTransfer(InsituTransferParams(layers=0, trims="none", epochs=2))
+    tuned, scales, shifts = only_trims.learn(chips, read, 20.0, net, data, only_trims.prepare(chips, net, data))
+    assert all(torch.equal(a.weight, b.weight) for a, b in zip(tuned.layers, read.layers))  # no weight retrained
+    assert all(s is not None for s in scales)
+    tuned, scales, shifts = only_layer.learn(chips, read, 20.0, net, data, only_layer.prepare(chips, net, data))
+    assert not torch.equal(tuned.layers[-1].weight, read.layers[-1].weight) and all(s is None for s in scales)
+    out = nothing.evaluate(nothing.prepare(chips, net, data), chips, read, 20.0, net, data)
+    torch.testing.assert_close(out["accuracy"], out["accuracy_before"])  # learns nothing, costs nothing
+    assert float(out["learn_energy_pj"].max()) == 0.0

