@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from rich.console import Console
@@ -81,7 +81,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         if executor_name == "local":
             workers = workers or _cpus()
         with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address) as executor:
-            states, arch, ranges, trained = _train(spec, data, executor, cache, console)
+            states, arch, ranges, trained, trained_reports = _train(spec, data, executor, cache, console)
             payload = Payload.build(spec, states, data, arch, ranges=ranges)
             coordinator_ctx = WorkerContext(payload, device="cpu")
             if any(h.programming is not None and h.programming.strategy == "optimize" for h in spec.hardware):
@@ -102,6 +102,8 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
             models = {v.name: {"model": spec.model_of(v).name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
             extra = {"variant_models": json.dumps(models, sort_keys=True)}
+            if any(trained_reports.values()):  # e.g. a search's candidates, with their device and ADC counts
+                extra["training_reports"] = json.dumps(trained_reports, sort_keys=True, default=str)
             if payload.strategies:
                 extra["programming_strategies"] = json.dumps(
                     {h: {v: s.to_dict() for v, s in per.items()} for h, per in payload.strategies.items()}, sort_keys=True
@@ -131,9 +133,12 @@ def _status(console: Console, text: str) -> contextlib.AbstractContextManager[ob
 
 def _train(
     spec: StudySpec, data: Dataset, executor: Executor, cache: ModelCache, console: Console
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Params], dict[str, dict[str, float] | None], dict[str, str]]:
-    """Every variant's weights, architecture and trained weight ranges: from the cache, or
-    trained by the executor (in parallel where it can) and then cached."""
+) -> tuple[
+    dict[str, dict[str, torch.Tensor]], dict[str, Params], dict[str, dict[str, float] | None], dict[str, str], dict[str, list[dict[str, Any]]]
+]:
+    """Every variant's weights, architecture, trained weight ranges, how it was obtained
+    and its trainer's report: from the cache, or trained by the executor (in parallel
+    where it can) and then cached."""
     jobs = {v.name: TrainJob(spec.model_of(v).name, spec.model_of(v).params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
     done: dict[str, TrainedModel] = {}
     status: dict[str, str] = {}
@@ -158,10 +163,11 @@ def _train(
     states = {v.name: done[v.name].state_dict for v in spec.variants}
     arch = {v.name: done[v.name].model_params or spec.model_of(v).params for v in spec.variants}
     ranges = {v.name: done[v.name].ranges for v in spec.variants}
+    reports = {v.name: done[v.name].report for v in spec.variants}
     for v in spec.variants:  # the store's weight_scale_used coordinate says so
         if (ranges[v.name] is not None) != TRAINERS.get(v.trainer.name).obj.has_ranges():
             raise McStudyError(f"the trained model of variant {v.name!r} does not match its trainer's weight ranges; clear the model cache ({cache.root})")
-    return states, arch, ranges, status
+    return states, arch, ranges, status, reports
 
 
 def report_table(variant: str, rows: list[dict[str, object]]) -> Table:

@@ -31,6 +31,7 @@ from pydantic import Field, PositiveInt
 from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
+from ..times import TimeSeconds
 from .base import PROCEDURES, EvalData, Procedure, layer_outputs, with_before_and_costs
 from .costs import LearningCost
 
@@ -53,7 +54,7 @@ class SelfTuningParams(Params):
     samples: PositiveInt = Field(128, description="calibration inputs per tuning (from the calibration split)")
     record_before: bool = Field(True, description="also score the chip before tuning (accuracy_before)")
     when: Literal["every_time", "once"] = Field("every_time", description="tune at every drift time, or once (at tune_time) and keep the trims")
-    tune_time: float = Field(20.0, gt=0, description="time after programming of the single tuning read (when: once), s")
+    tune_time: TimeSeconds = Field(20.0, description="time after programming of the single tuning read (when: once), s")
 
 
 def _stats(y: torch.Tensor, granularity: str) -> Stats:
