@@ -7,10 +7,11 @@ message and exits with code 2; only a bug in mcstudy shows a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +32,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
     return value
+
+
+def _bounded_int(most: int) -> "Callable[[str], int]":
+    def parse(text: str) -> int:
+        value = _positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"expected at most {most}, got {value}")
+        return value
+
+    return parse
 
 
 def _nonnegative_int(text: str) -> int:
@@ -61,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chips", type=_positive_int, help="override the study's chip count")
     run.add_argument("--seed", type=_nonnegative_int, help="override the study's seed (training, data split, chips): a reproduction's other seeds")
     run.add_argument("--block-size", type=_positive_int, help="chips per work unit")
-    run.add_argument("--overwrite", action="store_true", help="replace a store written by a different study")
-    run.add_argument("--repair", action="store_true", help="recompute the damaged units of the store (see mcstudy verify)")
+    mend = run.add_mutually_exclusive_group()
+    mend.add_argument("--overwrite", action="store_true", help="replace a store written by a different study")
+    mend.add_argument("--repair", action="store_true", help="recompute the damaged units of the store (see mcstudy verify)")
     run.add_argument("--cache-dir", type=Path, help="trained-model cache (default: $MCSTUDY_CACHE or ~/.cache/mcstudy)")
     run.add_argument("--quiet", action="store_true", help="no progress output; print only the summary table")
 
@@ -76,13 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--population", required=True, help="a multi_pair hardware population of the study")
     opt.add_argument("--variant", help="whose trained network's weights to use (default: the first variant)")
     opt.add_argument("--out", type=Path, required=True, help="strategy file to write (JSON)")
-    opt.add_argument("--workers", type=_positive_int, help="processes evaluating candidates (default: the population's programming.workers)")
+    opt.add_argument("--workers", type=_bounded_int(64), help="processes evaluating candidates (default: the population's programming.workers)")
     opt.add_argument("--cache-dir", type=Path, help="trained-model cache (default: $MCSTUDY_CACHE or ~/.cache/mcstudy)")
 
     ben = sub.add_parser("bench", help="measure throughput against the float forward and a one-chip-at-a-time loop")
     ben.add_argument("--quick", action="store_true", help="shorter measurements and smaller studies")
     ben.add_argument("--json", type=Path, help="write the figures as JSON")
-    ben.add_argument("--block-size", type=_positive_int, default=8, help="chips per block of the batched path (default 8: fastest on a CPU, see benchmarks/README.md)")
+    ben.add_argument("--block-size", type=_bounded_int(4096), default=8, help="chips per block of the batched path (default 8: fastest on a CPU, see benchmarks/README.md)")
 
     rep = sub.add_parser("report", help="write an HTML report (figures, tables with confidence intervals, provenance) of a store")
     rep.add_argument("store", help="results store: a path or an fsspec URL")
@@ -127,6 +139,7 @@ def console(stderr: bool = False, quiet: bool = False) -> Console:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # zarr's tasks on a damaged store: mcstudy reports the damage
     args = build_parser().parse_args(argv)
     out = console()
     err = console(stderr=True)
@@ -160,6 +173,9 @@ def _main(args: argparse.Namespace, out: Console, err: Console) -> int:
         resume = "; every finished unit is in the store: rerun the same command to resume" if args.command == "run" else ""
         err.print(f"mcstudy: stopped by {how}{resume}")
         return code
+    except MemoryError:
+        err.print(Text.assemble(("mcstudy: error: ", "bold red"), "out of memory: the study asks for more than this machine has (fewer chips per --block-size, a smaller model or dataset)"))
+        return EXIT_USER_ERROR
     except OSError as e:  # the operating system refused a file a user named (permissions, space, names)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         err.print(Text.assemble(("mcstudy: error: ", "bold red"), f"{where}{e.strerror or e}"), soft_wrap=True)
@@ -187,10 +203,12 @@ def _report(args: argparse.Namespace, out: Console) -> int:
     from .analysis import write_report
     from .store import Location, open_results
 
+    _whole(args.store)
     ds = open_results(args.store)
-    _whole(args.store, ds)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise McStudyError(f"--out {args.out} is a file; the report is a directory (index.html and figures/)")
+    if args.out is not None and ((args.out / "zarr.json").exists() or _inside_a_store(args.out / "index.html")):
+        raise McStudyError(f"--out {args.out} is (or is inside) a results store; write the report elsewhere")
     target = args.out
     if target is None:
         if Location(args.store).url:
@@ -208,18 +226,40 @@ def _export(args: argparse.Namespace, out: Console) -> int:
     from .analysis import export_parquet
     from .store import open_results
 
-    if args.parquet.is_dir():
-        raise McStudyError(f"--parquet {args.parquet} is a directory; give a file name")
-    if not args.parquet.parent.exists():
-        raise McStudyError(f"--parquet: the directory {args.parquet.parent} does not exist")
-    ds = open_results(args.store)
-    _whole(args.store, ds)
-    rows = export_parquet(ds, args.parquet)
+    output_file(args.parquet, "--parquet")
+    _whole(args.store)
+    rows = export_parquet(open_results(args.store), args.parquet)
     out.print(f"wrote {rows:,} rows to {args.parquet}", highlight=False)
     return 0
 
 
-def _names(ds: "object") -> tuple[list[str], list[str]] | None:
+def _inside_a_store(path: Path) -> Path | None:
+    """The zarr store that ``path`` would be written into, if any."""
+    for parent in path.resolve().parents:
+        if (parent / "zarr.json").is_file():
+            return parent
+    return None
+
+
+def output_file(path: Path, flag: str) -> Path:
+    """A file the command may write: in an existing directory, not a directory, not a
+    device, pipe or socket (replacing /dev/null would break the machine), and not inside
+    a results store."""
+    if str(path) == "":
+        raise McStudyError(f"{flag} is empty; give a file name")
+    if path.is_dir():
+        raise McStudyError(f"{flag} {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise McStudyError(f"{flag} {path} exists and is not a regular file (a device, pipe or socket); give a file name")
+    if not path.parent.exists():
+        raise McStudyError(f"{flag} {path}: the directory {path.parent} does not exist")
+    store = _inside_a_store(path)
+    if store is not None:
+        raise McStudyError(f"{flag} {path} is inside the results store {store}; write it elsewhere")
+    return path
+
+
+def _names(ds: "object | None") -> tuple[list[str], list[str]] | None:
     """The store's variant and hardware names, for messages."""
     try:
         return list(map(str, ds["variant"].values)), list(map(str, ds["hardware"].values))  # type: ignore[index]
@@ -227,14 +267,21 @@ def _names(ds: "object") -> tuple[list[str], list[str]] | None:
         return None
 
 
-def _whole(store: str, ds: "object") -> None:
+def _whole(store: str) -> None:
     """Refuse to read a damaged store (a missing chunk would read as NaN, silently)."""
-    from .store import Location
+    from .store import Location, open_results
     from .verify import verify
 
-    damage = verify(Location(store))
+    location = Location(store)
+    if not location.exists():
+        raise McStudyError(f"no results store at {store}")
+    damage = verify(location)
     if not damage.intact:
-        found = "\n  ".join(damage.lines(_names(ds)))
+        try:
+            names = _names(open_results(store, check=False))
+        except McStudyError:
+            names = None
+        found = "\n  ".join(damage.lines(names))
         raise McStudyError(f"{store} is damaged; nothing was read from it:\n  {found}\nmcstudy verify {store} lists it; mcstudy run STUDY --out {store} --repair mends it")
 
 
@@ -243,10 +290,11 @@ def _compare(args: argparse.Namespace, out: Console) -> int:
     from .analysis import paired_table
     from .store import open_results
 
+    _whole(args.store)
     ds = open_results(args.store)
-    _whole(args.store, ds)
-    if args.metric not in ds or "chip" not in ds[args.metric].dims:
-        raise McStudyError(f"--metric {args.metric!r} is not a per-chip metric of {args.store}")
+    metrics = [str(n) for n, v in ds.data_vars.items() if v.dims == ("variant", "hardware", "procedure", "time", "chip")]
+    if args.metric not in metrics:
+        raise McStudyError(f"--metric {args.metric!r} is not a per-chip metric of {args.store}; have {', '.join(metrics)}")
     for cond in args.where:
         dim, sep, name = cond.partition("=")
         if not sep or dim not in ("variant", "procedure", "hardware") or dim == args.dim:
@@ -275,10 +323,14 @@ def _verify(args: argparse.Namespace, out: Console) -> int:
     from .verify import verify
 
     location = Location(args.store)
-    ds = open_results(args.store, check=False)
+    if not location.exists():
+        raise McStudyError(f"no results store at {args.store}")
     with out.status("verifying every finished unit") if out.is_terminal else _nothing():
         damage = verify(location)
-    names = _names(ds)
+    try:
+        names = _names(open_results(args.store, check=False))
+    except McStudyError:  # a damaged coordinate: positions instead of names
+        names = None
     if damage.intact:
         out.print(f"{args.store}: intact ({damage.units_checked} finished units checked: every chunk present, checksums match)")
         return 0
@@ -293,8 +345,8 @@ def _verify(args: argparse.Namespace, out: Console) -> int:
 def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
     from . import bench
 
-    if args.json is not None and (args.json.is_dir() or not args.json.parent.exists()):
-        raise McStudyError(f"--json {args.json}: give a file in an existing directory")
+    if args.json is not None:
+        output_file(args.json, "--json")
     result = bench.run(quick=args.quick, block=args.block_size, log=lambda line: err.print(line, highlight=False))
     for table in bench.tables(result):
         out.print(table)
@@ -327,8 +379,7 @@ def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) 
     vname = args.variant or variants[0]
     if vname not in variants:
         raise McStudyError(f"--variant {vname!r} is not a variant of {args.study}; have {', '.join(variants)}")
-    if args.out.is_dir() or not args.out.parent.exists():
-        raise McStudyError(f"--out {args.out}: give a file in an existing directory")
+    output_file(args.out, "--out")
     prog = pop.programming if pop.programming is not None and pop.programming.strategy == "optimize" else ProgrammingSpec()
     prog = prog.model_copy(update={"strategy": "optimize", **({"workers": args.workers} if args.workers else {})})
     pop = dataclasses.replace(pop, programming=prog, strategy=None)
@@ -371,6 +422,10 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     spec = load_study(args.study, chips=args.chips, seed=args.seed)
     default = f"{spec.name}.zarr" if args.seed is None else f"{spec.name}-seed{spec.seed}.zarr"
+    if args.out == "":
+        raise McStudyError("--out is empty; give a path or a URL (or leave --out out: results/<study>.zarr)")
+    if args.cache_dir is not None and str(args.cache_dir) in ("", "."):
+        raise McStudyError(f"--cache-dir {str(args.cache_dir)!r}: give the model cache its own directory")
     path = args.out or Path("results") / default
     options = RunOptions(
         out=path,

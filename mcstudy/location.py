@@ -38,6 +38,7 @@ from .errors import StoreError
 LEASE_SECONDS = 120.0
 LEASE_SETTLE_SECONDS = 1.0
 READ_ONLY_PROTOCOLS = ("http", "https", "ftp", "github", "zip", "tar")
+EPHEMERAL_PROTOCOLS = ("memory",)  # gone when the process ends
 
 T = TypeVar("T")
 
@@ -97,6 +98,8 @@ class Location:
         if self.url:
             if self.protocol in READ_ONLY_PROTOCOLS:
                 raise StoreError(f"--out {self.given}: {self.protocol}:// stores cannot be written; use a path or an object store URL (s3://, gs://, ...)")
+            if self.protocol in EPHEMERAL_PROTOCOLS:
+                raise StoreError(f"--out {self.given}: a {self.protocol}:// store vanishes when mcstudy exits; use a path or an object store URL")
             return
         path = Path(os.path.expanduser(self.raw))
         for part in path.parts:
@@ -115,6 +118,8 @@ class Location:
             raise StoreError(f"{self.given}: {ancestor} is a file, not a directory")
         if real.exists() and not real.is_dir():
             raise StoreError(f"{self.given} is a file, not a results store")
+        if real.is_dir() and not (real / "zarr.json").is_file():
+            raise StoreError(f"{self.given} exists and is not an mcstudy results store; choose another --out")
         writable = real if real.exists() else ancestor
         if not os.access(writable, os.W_OK | os.X_OK):
             raise StoreError(f"{self.given}: no permission to write in {writable}")

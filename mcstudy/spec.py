@@ -74,7 +74,7 @@ class ExecutionSpec(Params):
     address: str | None = Field(None, description="Ray cluster: 'local' (start one), 'auto' or HOST:PORT")
     workers: PositiveInt | None = Field(None, le=100_000, description="worker processes or Ray actors (default: CPU count)")
     block_size: PositiveInt = Field(64, description="chips per work unit")
-    threads_per_worker: PositiveInt = Field(1, description="torch threads in each worker")
+    threads_per_worker: PositiveInt = Field(1, le=256, description="torch threads in each worker")
     eval_batch: PositiveInt = Field(1024, description="test samples per forward pass")
     device: Literal["cpu", "cuda"] = "cpu"
 
@@ -103,6 +103,13 @@ class _StudyFile(Params):
 # -- the validated study -----------------------------------------------------------
 
 
+def _dump(params: BaseModel) -> dict[str, Any]:
+    """Parameters as they enter a study's hash: every value that differs from its default
+    (a new parameter with a default, added in a later mcstudy, does not change the hash of
+    studies that do not set it; a changed default changes the numbers, and PHYSICS_VERSION)."""
+    return params.model_dump(mode="json", exclude_defaults=True)
+
+
 @dataclass(frozen=True)
 class Component:
     """A registry entry named in the study file, with its validated parameters."""
@@ -111,7 +118,7 @@ class Component:
     params: Params
 
     def canonical(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params.model_dump(mode="json")}
+        return {"name": self.name, **_dump(self.params)}
 
 
 @dataclass(frozen=True)
@@ -166,14 +173,15 @@ class PopulationSpec:
             "base": self.base,
             "device": self.device.canonical(),
             "mapping": self.mapping.canonical(),
-            "variation": self.variation.model_dump(mode="json"),
-            "tile": self.tile.model_dump(mode="json"),
-            "periphery": self.periphery.model_dump(mode="json"),
-            "read_noise": self.read_noise,
-            "weight_scale": self.weight_scale,
+            "variation": _dump(self.variation),
+            "tile": _dump(self.tile),
+            "periphery": _dump(self.periphery),
         }
+        for key, value, default in (("read_noise", self.read_noise, "per_read"), ("weight_scale", self.weight_scale, "auto")):
+            if value != default:
+                out[key] = value
         if self.programming is not None and self.programming.strategy != "default":
-            out["programming"] = self.programming.model_dump(mode="json")
+            out["programming"] = _dump(self.programming)
             if self.strategy is not None:  # the file's content, not its path, decides the numbers
                 out["programming"]["strategy"] = self.strategy.to_dict()
         if self.chips_of is not None:
@@ -213,7 +221,7 @@ class StudySpec:
             "seed": self.seed,
             "chips": self.chips,
             "times": list(self.times),
-            "data": self.data.model_dump(mode="json"),
+            "data": _dump(self.data),
             "model": self.model.canonical(),
             "variants": {v.name: v.canonical() for v in self.variants},
             "hardware": {h.name: h.canonical() for h in self.hardware},
@@ -254,6 +262,8 @@ class StudySpec:
 def load_study(path: str | Path, chips: int | None = None, seed: int | None = None) -> StudySpec:
     """Read and validate a study file. ``chips`` and ``seed`` override the file's."""
     p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        raise SpecError([("", "not a regular file (a device, pipe or socket); a study is a YAML file")], str(p))
     try:
         if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
             raise SpecError([("", f"the file is {p.stat().st_size:,} bytes; a study file may have at most {MAX_FILE_BYTES:,}")], str(p))
@@ -314,7 +324,8 @@ def parse_study(
     bases = {h.base for h in hardware}
     for h in hardware:
         if h.chips_of is not None and (h.chips_of not in bases or h.chips_of == h.base):
-            problems.append((f"hardware.{h.base}.chips_of", f"must name another hardware population; got {h.chips_of!r}; have {', '.join(sorted(bases - {h.base}))}"))
+            others = ", ".join(sorted(bases - {h.base})) or "no other population"
+            problems.append((f"hardware.{h.base}.chips_of", f"must name another hardware population; got {h.chips_of!r}; have {others}"))
     without = {n.split("[")[0]: c.name for n, c, _ in variants if not TRAINERS.get(c.name).obj.has_ranges()}
     for base in sorted({h.base for h in hardware if h.weight_scale == "trained"} if without else ()):
         listed = ", ".join(f"variant {v!r} uses {t!r}" for v, t in without.items())
@@ -498,6 +509,9 @@ def _component(
     if name is None:
         problems.append((f"{path}.{key}", f"required, but missing; allowed: {', '.join(registry.names())}"))
         return None
+    if not isinstance(name, str):
+        problems.append((f"{path}.{key}", f"expected a {registry.kind} name; got {name!r}; allowed: {', '.join(registry.names())}"))
+        return None
     if name not in registry:
         problems.append((f"{path}.{key}", registry.unknown_message(name)))
         return None
@@ -588,14 +602,19 @@ def _expand(
         problems.append((where, f"the sweep expands to {combos:,} entries; a study may have at most {MAX_POPULATIONS:,}"))
         return []
     out = []
+    seen: set[str] = set()
     for combo in itertools.product(*(values for _, values in leaves)):
         entry = raw
         sweep = []
         for (path, _), v in zip(leaves, combo):
             entry = _set_path(entry, path, v)
             sweep.append((".".join(path), float(v)))
-        label = ",".join(f"{p}={v:g}" for p, v in sweep)
-        out.append((f"{name}[{label}]", entry, tuple(sweep)))
+        full = f"{name}[{','.join(f'{p}={v:g}' for p, v in sweep)}]"
+        if full in seen:
+            problems.append((where, f"two sweep points get the name {full} (names show 6 significant digits); use values that differ in them"))
+            return []
+        seen.add(full)
+        out.append((full, entry, tuple(sweep)))
     return out
 
 
@@ -651,7 +670,7 @@ class ProgrammingSpec(Params):
     maxiter: PositiveInt = Field(60, description="differential-evolution generations at most (optimize)")
     popsize: PositiveInt = Field(12, description="population size per parameter (optimize)")
     tol: float = Field(1e-3, gt=0, description="relative convergence tolerance (optimize)")
-    workers: PositiveInt = Field(1, description="processes evaluating candidates in parallel (optimize)")
+    workers: PositiveInt = Field(1, le=64, description="processes evaluating candidates in parallel (optimize)")
     seed: int = Field(0, description="seed of the weight sample, the objective's noise and the search")
 
     @property

@@ -35,7 +35,7 @@ from .errors import StoreError
 from .location import Location, StoreLock, is_url  # noqa: F401  (re-exported: the store API)
 from .procedures import METRIC_ATTRS, METRICS
 from .spec import PHYSICS_VERSION, StudySpec, format_time
-from .verify import FORMAT_VERSION, Damage, checksummed, repair, variables_attr, verify
+from .verify import FORMAT_VERSION, Damage, checksummed, repair, store_attrs, variables_attr, verify
 
 if TYPE_CHECKING:  # the store does not depend on how results were produced
     from .execution.plan import WorkUnit
@@ -133,12 +133,13 @@ def template(
     return ds
 
 
-def _physics_version(canonical: Any) -> int:
-    """The physics version a store's study was computed with (1: before it was recorded)."""
+def _physics_version(canonical: Any) -> int | None:
+    """The physics version a store's study was computed with (1: before it was recorded;
+    None: its description is unreadable)."""
     try:
         return int(json.loads(str(canonical)).get("physics", 1))
     except (ValueError, TypeError, AttributeError):
-        return 1
+        return None
 
 
 def _open(location: Location) -> xr.Dataset:
@@ -168,6 +169,10 @@ def open_results(path: str | Path, check: bool = True) -> xr.Dataset:
             expected = json.loads(ds.attrs.get("mcstudy_variables", "{}"))
         except ValueError:
             raise StoreError(f"{loc}: the attribute mcstudy_variables is unreadable; run mcstudy verify {loc}") from None
+        for key, kind in (("block_size", int), ("seed", int), ("yield_within", float), ("spec_hash", str)):
+            value = ds.attrs.get(key)
+            if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
+                raise StoreError(f"{loc} is damaged: its attribute {key!r} is {value!r}; run mcstudy verify {loc}")
         missing = sorted(set(expected) - set(ds.variables))
         if missing:
             raise StoreError(f"{loc} is damaged: array(s) missing: {', '.join(missing)}; run mcstudy verify {loc}")
@@ -185,9 +190,28 @@ class Resume:
 class ResultStore:
     """The coordinator's handle on a study's store."""
 
-    def __init__(self, location: Location, block_size: int) -> None:
+    def __init__(self, location: Location, block_size: int, replaces: Location | None = None) -> None:
         self.location = location
         self.block_size = block_size
+        self.replaces = replaces  # a store this one takes the place of once its first unit is written
+
+    def abandon(self) -> None:
+        """A run that failed before its first unit: remove the new store built aside, so
+        the old one (``--overwrite``) stays as it was."""
+        if self.replaces is not None:
+            shutil.rmtree(self.location.target, ignore_errors=True)
+
+    def _take_its_place(self) -> None:
+        """``--overwrite``: the old store stays until the new one holds a finished unit, so
+        a run that fails before that (a diverged network, an interrupt) loses nothing."""
+        if self.replaces is None:
+            return
+        final, aside = Path(self.replaces.target), Path(self.location.target)
+        old = final.parent / f".{final.name}.replaced-{os.getpid()}"
+        os.rename(final, old)
+        os.rename(aside, final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.location, self.replaces = self.replaces, None
 
     @staticmethod
     def check(location: Location, spec: StudySpec, overwrite: bool, repair: bool = False) -> Resume | None:
@@ -201,8 +225,10 @@ class ResultStore:
             return None
         if not location.is_zarr():
             raise StoreError(f"{location} exists and is not an mcstudy results store; choose another --out")
-        existing = open_results(location.target, check=False)
-        old = str(existing.attrs.get("spec_hash"))
+        attrs = store_attrs(location)
+        if "spec_hash" not in attrs:
+            raise StoreError(f"{location} is a zarr store but not an mcstudy results store; choose another --out")
+        old = str(attrs.get("spec_hash"))
         if old == spec.hash and not overwrite:
             damage = verify(location)
             if not damage.intact:
@@ -212,12 +238,14 @@ class ResultStore:
                     raise StoreError(f"{location} cannot be resumed:\n  {found}\nrecompute it with --overwrite")
                 if not repair:
                     raise StoreError(f"{location} is damaged; it is not resumed over:\n  {found}\nrerun with --repair to recompute exactly the damaged units")
-            block = damage.block_size or existing.attrs.get("block_size")
+            block = damage.block_size or attrs.get("block_size")
             return Resume(int(block), damage)
         if repair:
             raise StoreError(f"--repair: {location} holds another study (spec hash {old[:12]}…); nothing to repair")
         if not overwrite:
-            physics = _physics_version(existing.attrs.get("spec_canonical"))
+            physics = _physics_version(attrs.get("spec_canonical"))
+            if physics is None:
+                raise StoreError(f"{location} is damaged: its study description (spec_canonical) is unreadable; run mcstudy verify {location}")
             if physics != PHYSICS_VERSION:
                 raise StoreError(
                     f"{location} was written by an earlier version of mcstudy's models (physics version {physics}, this is "
@@ -248,21 +276,26 @@ class ResultStore:
             if not resume.damage.intact:
                 repair(location, resume.damage, template(spec, resume.block_size, float_metrics, draw_names, extra_attrs))
             return cls(location, resume.block_size), True
-        if location.exists():
-            location.remove()
         ds = template(spec, block_size, float_metrics, draw_names, extra_attrs)
         encoding = checksummed(ds)
-        if location.url:
-            ds.to_zarr(location.target, mode="w-", compute=False, consolidated=False, storage_options=location.storage_options, encoding=encoding)
-        else:  # build it aside and rename: a killed run never leaves half a template
-            final = Path(location.target)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            for stale in final.parent.glob(f".{final.name}.creating-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = final.parent / f".{final.name}.creating-{os.getpid()}"
-            ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=encoding)
-            os.rename(tmp, final)
-        return cls(location, min(block_size, spec.chips)), False
+        block = min(block_size, spec.chips)
+        if location.url:  # an object store has no rename: the old store goes first
+            if location.exists():
+                location.remove()
+            ds.to_zarr(location.target, mode="w-", compute=False, consolidated=False, storage_options=location.storage_options, encoding=encoding, write_empty_chunks=True)
+            return cls(location, block), False
+        # built aside and renamed: a killed run never leaves half a template; an old store
+        # (--overwrite) is replaced only once the new one holds a finished unit
+        final = Path(location.target)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.creating-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".{final.name}.creating-{os.getpid()}"
+        ds.to_zarr(tmp, mode="w-", compute=False, consolidated=False, encoding=encoding, write_empty_chunks=True)
+        if location.exists():
+            return cls(Location(tmp), block, replaces=location), False
+        os.rename(tmp, final)
+        return cls(location, block), False
 
     def done_mask(self) -> np.ndarray:
         """``(variant, hardware, chip)`` booleans."""
@@ -285,3 +318,4 @@ class ResultStore:
         for name, values in result.draws.items():
             marks[name] = (("hardware", "chip"), values[None].astype(np.float32))
         xr.Dataset(marks).to_zarr(self.location.target, **opts)
+        self._take_its_place()

@@ -95,6 +95,15 @@ def _exists(location: Location, key: str) -> bool:
     return os.path.isfile(Path(location.resolved) / key)
 
 
+def store_attrs(location: Location) -> dict[str, Any]:
+    """The store's attributes, read without opening any of its arrays (a damaged array
+    must not hide which study the store holds)."""
+    try:
+        return dict(_root(location).attrs)
+    except Exception as e:
+        raise StoreError(f"{location} is not a readable zarr store ({type(e).__name__}: {e})") from None
+
+
 def _root(location: Location, mode: str = "r") -> Any:
     import warnings
 
@@ -140,6 +149,14 @@ def verify(location: Location) -> Damage:
             damage.arrays[name] = f"shape {list(arr.shape)}, created as {meta['shape']}"
             continue
         arrays[name] = arr
+    for name, arr in arrays.items():  # arrays written whole at creation: coordinates, the float metrics
+        if "chip" in expected[name]["dims"] and name != "chip":
+            continue
+        for coords in np.ndindex(*arr.cdata_shape):
+            why = _chunk_problem(location, arr, f"{name}/{arr.metadata.encode_chunk_key(coords)}", coords, name)
+            if why is not None:
+                damage.arrays[name] = why
+                break
     if "done" not in arrays or "accuracy" not in arrays:
         # without them nothing is known to be finished: every unit is recomputed on repair
         return damage
@@ -208,21 +225,26 @@ def repair(location: Location, damage: Damage, template: xr.Dataset) -> int:
     if damage.fatal:
         raise StoreError(f"{location} cannot be repaired: {'; '.join(damage.fatal)}; recompute it with --overwrite")
     root = _root(location, "r+")
-    recompute_all = bool(set(damage.arrays) & {n for n, v in template.variables.items() if "chip" in v.dims and n != "chip"})
+    per_chip = {n for n, v in template.variables.items() if "chip" in v.dims and n != "chip"}
+    recompute_all = bool(set(damage.arrays) & per_chip)
+    unknown = sorted(set(damage.arrays) - set(template.variables))
+    if unknown:
+        raise StoreError(f"{location}: arrays {unknown} are not part of this study's store; recompute it with --overwrite")
+    attrs = dict(root.attrs)  # xarray's append would replace the store's attributes
     for name in damage.arrays:
         try:
             del root[name]
-        except Exception:  # its metadata is already gone
-            _remove_prefix(location, name)
+        except Exception:  # its metadata is already unreadable or gone
+            pass
+        _remove_prefix(location, name)
     if damage.arrays:
-        missing = template[[n for n in damage.arrays if n in template.data_vars]] if any(n in template.data_vars for n in damage.arrays) else None
-        coords = [n for n in damage.arrays if n in template.coords and n not in template.data_vars]
-        if coords:
-            raise StoreError(f"{location}: coordinate arrays {coords} are damaged; recompute the store with --overwrite")
-        if missing is not None:
-            missing = missing.drop_vars(list(missing.coords))
-            missing.to_zarr(location.target, mode="a", compute=False, consolidated=False, encoding=checksummed(missing), storage_options=location.storage_options)
+        # recreated from the study's template: per-chip arrays empty (their units are recomputed),
+        # the others — coordinates, the float metrics — with their values
+        fresh = xr.Dataset({n: template[n].variable for n in damage.arrays})
+        fresh.to_zarr(location.target, mode="a", compute=False, consolidated=False, encoding=checksummed(fresh),
+                      storage_options=location.storage_options, write_empty_chunks=True)  # fmt: skip
     root = _root(location, "r+")
+    root.attrs.update(attrs)
     if damage.block_size is not None:
         root.attrs["block_size"] = damage.block_size
     done = root["done"]

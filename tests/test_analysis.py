@@ -215,3 +215,28 @@ def test_notebook_runs_against_a_small_store(notebook: Path, store: Path, tmp_pa
 def test_there_are_at_least_two_notebooks() -> None:
     assert len(list((ROOT / "analysis").glob("*.ipynb"))) >= 2
     assert os.path.isdir(ROOT / "analysis")
+
+
+def test_paired_table_and_the_claims_helpers_pair_the_same_chips(store: Path) -> None:
+    """``paired_table`` is ``paired_difference`` cell by cell in percentage points, and the
+    reproduction tables' cross-cell pairing (``analysis/claims.py``) gives the same number
+    as a direct per-chip difference."""
+    import importlib.util
+
+    from mcstudy import open_results
+    from mcstudy.analysis import paired_table
+
+    ds = open_results(store).load()
+    df = paired_table(ds, "variant", "noise_injection", "float")
+    d = paired_difference(ds, "variant", "noise_injection", "float")
+    assert len(df) == d["mean"].size
+    first = df.iloc[0]
+    cell = d.sel(hardware=first["hardware"], procedure=first["procedure"]).isel(time=0)
+    assert first["difference"] == pytest.approx(100 * float(cell["mean"])) and first["chips"] == 12
+    spec = importlib.util.spec_from_file_location("claims", Path(__file__).resolve().parents[1] / "analysis" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    h0, h1 = map(str, ds["hardware"].values)
+    text = claims._pair(ds, dict(variant="noise_injection", hardware=h1, procedure="inference", time=float(ds.time[0])), dict(variant="float", hardware=h0))
+    direct = 100 * (ds["accuracy"].sel(variant="noise_injection", hardware=h1) - ds["accuracy"].sel(variant="float", hardware=h0)).sel(procedure="inference").isel(time=0)
+    assert text.startswith(f"{float(direct.mean()):+.2f} (")

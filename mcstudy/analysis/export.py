@@ -74,11 +74,14 @@ def export_parquet(ds: xr.Dataset, path: str | os.PathLike[str], only_done: bool
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
                 rows += table.num_rows
-    finally:
+    except BaseException:
         if writer is not None:
             writer.close()
+        tmp.unlink(missing_ok=True)  # a failed export leaves nothing behind
+        raise
     if writer is None:
         raise McStudyError("no evaluated chips in this store yet: nothing to export")
+    writer.close()
     os.replace(tmp, out)
     return rows
 

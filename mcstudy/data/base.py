@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 from pydantic import Field, PositiveInt
 
+from ..errors import DataError
 from ..registry import Params, Registry
 
 
@@ -82,7 +83,8 @@ def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) 
         k = int(round(fraction * len(idx)))
         held.append(idx[:k])
         rest.append(idx[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(rest), cat(held)
 
 
 def make_splits(name: str, raw: RawData, spec: DataSpec, seed: int) -> Dataset:
@@ -105,6 +107,12 @@ def make_splits(name: str, raw: RawData, spec: DataSpec, seed: int) -> Dataset:
         x_cal=x_pool[cal_idx], y_cal=y_pool[cal_idx],
         x_test=x_test, y_test=y_test,
     )  # fmt: skip
+    for key, what in (("x_train", "training"), ("x_test", "test")):
+        if len(parts[key]) == 0:
+            raise DataError(
+                f"dataset {name!r}: the split leaves no {what} samples (data.test_fraction {spec.test_fraction}, "
+                f"calibration_fraction {spec.calibration_fraction}, {len(raw.y)} samples in all)"
+            )
     parts = {k: np.ascontiguousarray(v, dtype=np.float32 if k[0] == "x" else np.int64) for k, v in parts.items()}
     h = hashlib.sha256()
     for k in sorted(parts):

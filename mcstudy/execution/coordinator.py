@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from ..store import Location, ResultStore, StoreLock
 from ..registry import Params
 from ..training import TRAINERS, ModelCache, TrainedModel, TrainJob, load_trained, save_trained
 from .executors import EXECUTORS, Executor
-from .plan import make_plan
+from .plan import WorkUnit, make_plan
 from .worker import Payload, WorkerContext
 
 
@@ -98,6 +99,9 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                 raise SpecError(problems, spec.source_path or None)
             float_metrics = coordinator_ctx.float_metrics()
             for name, m in float_metrics.items():
+                if not math.isfinite(m["loss"]):
+                    raise McStudyError(f"the trained network of variant {name!r} gives a non-finite loss on the test split (its outputs overflow); nothing was written")
+            for name, m in float_metrics.items():
                 console.print(Text.assemble("  float accuracy of ", (name, "cyan"), f": {m['accuracy']:.4f}"))
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
             models = {v.name: {"model": spec.model_of(v).name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
@@ -115,15 +119,25 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
             todo = store.pending(plan)
             if resumed:
                 console.print(f"  resuming {location}: {len(plan) - len(todo)} of {len(plan)} units already done")
-            if todo:
-                executor.start(payload)
-                with _progress(console) as progress:
-                    task = progress.add_task(executor.describe(), total=sum(u.n_chips for u in todo))
-                    for result in executor.run(todo):
-                        with critical():  # a signal lands after the unit is written and marked done
-                            store.write(result)
-                        progress.advance(task, result.unit.n_chips)
+            try:
+                _compute(store, todo, executor, payload, console)
+            except BaseException:
+                store.abandon()  # an --overwrite that never wrote a unit leaves the old store as it was
+                raise
     return RunReport(str(location), resumed, len(plan), len(todo), time.perf_counter() - t_start, trained)
+
+
+def _compute(store: ResultStore, todo: list[WorkUnit], executor: Executor, payload: Payload, console: Console) -> None:
+    """Run the pending units and write each as it finishes."""
+    if not todo:
+        return
+    executor.start(payload)
+    with _progress(console) as progress:
+        task = progress.add_task(executor.describe(), total=sum(u.n_chips for u in todo))
+        for result in executor.run(todo):
+            with critical():  # a signal lands after the unit is written and marked done
+                store.write(result)
+            progress.advance(task, result.unit.n_chips)
 
 
 def _status(console: Console, text: str) -> contextlib.AbstractContextManager[object]:
@@ -154,6 +168,12 @@ def _train(
         with _status(console, f"training {len(missing)} variant(s) on {executor.name}: {', '.join(missing)}"):
             results = executor.train([jobs[n] for n in missing], data)
         for name, result in zip(missing, results):
+            bad = [k for k, v in result.state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                raise McStudyError(
+                    f"the training of variant {name!r} diverged: {', '.join(bad[:3])} are not finite. Lower its lr "
+                    "(or check its other parameters); nothing was cached or written"
+                )
             save_trained(result, jobs[name], cache)
             done[name], status[name] = result, "trained"
             console.print(Text.assemble("  variant ", (name, "cyan"), f" ({jobs[name].trainer}): trained in {result.seconds:.1f} s"))

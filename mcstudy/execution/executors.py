@@ -14,6 +14,8 @@ import os
 import pickle
 import sys
 import tempfile
+import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -89,13 +91,27 @@ class SerialExecutor(Executor):
 _CONTEXT: tuple[str, WorkerContext] | None = None  # (payload file, the context built from it)
 
 
-def _init_worker() -> None:
+def _init_worker(coordinator: int) -> None:
     """A local worker ignores Ctrl-C (the coordinator, which gets it too, terminates its
-    workers) and leaves without tearing the interpreter down: it holds nothing to save
-    (results go back as they are made), and unloading PyTorch and the compiled kernels
-    took ~0.8 s, which the coordinator spent waiting at the end of every run."""
+    workers), leaves when its coordinator is gone however it died (SIGKILL, the OOM
+    killer: a watch on its parent), and leaves without tearing the interpreter down: it
+    holds nothing to save (results go back as they are made), and unloading PyTorch and
+    the compiled kernels took ~0.8 s, which the coordinator spent waiting at the end of
+    every run."""
     ignore_interrupts()
     atexit.register(_leave)
+    if os.getppid() != coordinator:  # it died while this worker was starting
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(coordinator,), name="mcstudy-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """Exit at once when the coordinator that started this worker is gone (it was
+    re-parented): an orphaned worker would otherwise hold its memory for ever."""
+    while True:
+        time.sleep(every)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 def _leave() -> None:
@@ -173,7 +189,9 @@ class LocalExecutor(Executor):
 
     def _spawn(self) -> None:
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+            self.pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)
+            )
             for _ in range(self.workers):  # a pool spawns one process per task submitted to no idle worker
                 self.pool.submit(_ready)
 

@@ -163,8 +163,9 @@ def _reachable(address: str) -> None:
         return  # 'auto', ray:// client addresses: Ray's own lookup
     try:
         socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=5.0).close()
-    except OSError as e:
-        raise McStudyError(f"cannot reach the Ray cluster at {address!r}: {e.strerror or e} (no answer within 5 s)") from None
+    except (OSError, UnicodeError, ValueError) as e:  # refused, unreachable, or not a host name at all
+        reason = getattr(e, "strerror", None) or str(e)
+        raise McStudyError(f"cannot reach the Ray cluster at {address!r}: {reason} (a TCP check of 5 s at most)") from None
 
 
 def ensure_ray(address: str | None, workers: int | None) -> LocalRay | bool:

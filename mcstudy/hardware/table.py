@@ -63,6 +63,10 @@ class TableParams(PCMDriftReadParams):
 
 
 def load_table_csv(path: Path) -> TablePoints:
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file")
+    if path.is_file() and path.stat().st_size > 1 << 20:
+        raise ValueError(f"{path} has {path.stat().st_size:,} bytes; a table of measured points has at most 1 MiB")
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -13,6 +13,7 @@ from pydantic import Field, PositiveInt
 from ..registry import Params, Registry
 
 ModelFactory = Callable[[Params, tuple[int, ...], int], nn.Module]
+MAX_WIDTH = 16384  # units or channels of a layer: a typo (100000) would ask for tens of gigabytes
 MODELS: Registry[ModelFactory] = Registry("model")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -20,7 +21,7 @@ Activation = Literal["relu", "tanh", "sigmoid"]
 
 
 class MLPParams(Params):
-    hidden: tuple[PositiveInt, ...] = Field((64, 32), description="hidden layer widths")
+    hidden: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], ...] = Field((64, 32), max_length=64, description="hidden layer widths")
     activation: Activation = "relu"
     bias: bool = True
 
@@ -38,9 +39,9 @@ def mlp(params: MLPParams, input_shape: tuple[int, ...], n_classes: int) -> nn.M
 
 
 class LeNetParams(Params):
-    channels: tuple[PositiveInt, PositiveInt] = Field((6, 16), description="feature maps of the two conv layers")
-    hidden: tuple[PositiveInt, ...] = Field((120, 84), description="widths of the fully connected layers")
-    kernel: PositiveInt = 5
+    channels: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], Annotated[int, Field(gt=0, le=MAX_WIDTH)]] = Field((6, 16), description="feature maps of the two conv layers")
+    hidden: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], ...] = Field((120, 84), max_length=64, description="widths of the fully connected layers")
+    kernel: PositiveInt = Field(5, le=64, description="convolution kernel length")
     activation: Activation = "relu"
 
 
@@ -89,8 +90,8 @@ def lenet(params: LeNetParams, input_shape: tuple[int, ...], n_classes: int) -> 
 
 
 class ResNetParams(Params):
-    blocks: PositiveInt = Field(3, description="basic blocks per stage (3: ResNet-20, 5: ResNet-32)")
-    width: PositiveInt = Field(16, description="channels of the first stage (doubles per stage)")
+    blocks: PositiveInt = Field(3, le=64, description="basic blocks per stage (3: ResNet-20, 5: ResNet-32)")
+    width: PositiveInt = Field(16, le=1024, description="channels of the first stage (doubles per stage)")
 
 
 class _Shortcut(nn.Module):
@@ -138,8 +139,8 @@ def resnet20(params: ResNetParams, input_shape: tuple[int, ...], n_classes: int)
 
 
 class LSTMParams(Params):
-    hidden: PositiveInt = Field(32, description="hidden units per LSTM layer")
-    layers: PositiveInt = Field(1, description="stacked LSTM layers")
+    hidden: PositiveInt = Field(32, le=MAX_WIDTH, description="hidden units per LSTM layer")
+    layers: PositiveInt = Field(1, le=64, description="stacked LSTM layers")
     step: PositiveInt = Field(4, description="input values per time step: the sequence is read in chunks of this many")
 
 

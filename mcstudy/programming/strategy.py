@@ -159,6 +159,10 @@ class Strategy:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Strategy":
         p = Path(path)
+        if p.exists() and not p.is_file():
+            raise McStudyError(f"programming strategy file {p} is not a regular file")
+        if p.is_file() and p.stat().st_size > 1 << 20:
+            raise McStudyError(f"programming strategy file {p} has {p.stat().st_size:,} bytes; a strategy has at most 1 MiB")
         try:
             raw = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:

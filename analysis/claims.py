@@ -1,0 +1,226 @@
+"""The reproduction studies' claims, read from their stores: every comparison a paired
+difference over the same chips with its 95 % interval, one per seed.
+
+    python analysis/claims.py deng2022_vat results/deng2022_vat-seed*.zarr
+
+prints a Markdown table per claim (the README's tables are its output). Each study's
+function names the comparisons its paper makes; the statistics are mcstudy's own
+(``mcstudy.analysis.paired_table``, ``tolerance``). A verdict is left to the reader of
+the table: the README states it from the intervals of every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+import xarray as xr
+
+import mcstudy
+from mcstudy.analysis import paired_table, tolerance
+
+Row = dict[str, str]
+
+
+def _cell(ds: xr.Dataset, dim: str, a: str, b: str, **at: str) -> str:
+    """``a − b`` along ``dim`` at one cell: "+1.23 (+0.80 … +1.66)" in percentage points."""
+    sub = ds.sel({k: [v] for k, v in at.items()})
+    row = paired_table(sub, dim, a, b).iloc[0]
+    return f"{row['difference']:+.2f} ({row['lower']:+.2f} … {row['upper']:+.2f})"
+
+
+def _pair(ds: xr.Dataset, a: dict[str, object], b: dict[str, object]) -> str:
+    """The paired difference between two cells that differ in more than one coordinate
+    (e.g. one variant on one population against another on a population with the same
+    chips): each cell becomes a "variant" of a two-variant dataset."""
+    a, b = {**b, **a}, {**a, **b}  # a coordinate named on one side only is the same on both
+
+    def cell(at: dict[str, object], name: str) -> xr.Dataset:
+        one = ds.sel({k: [v] for k, v in at.items()})
+        return one.assign_coords({k: [name if k == "variant" else a[k]] for k in at})  # both cells under a's labels
+
+    both = xr.concat([cell(a, "a"), cell(b, "b")], "variant", data_vars="minimal", coords="minimal", compat="override")
+    return _cell(both, "variant", "a", "b")
+
+
+def _median(ds: xr.Dataset, **at: str) -> str:
+    return f"{100 * float(ds['accuracy'].sel(at).median('chip')):.1f}"
+
+
+def _table(rows: list[Row]) -> str:
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _hw(ds: xr.Dataset, base: str, **swept: float) -> str:
+    """The hardware entry of population ``base`` at the swept values ``swept``."""
+    for name, pop in zip(ds["hardware"].values, ds["population"].values):
+        if pop == base and all(abs(float(ds[k].sel(hardware=name)) - v) < 1e-12 for k, v in swept.items()):
+            return str(name)
+    raise KeyError(f"no population {base} at {swept}")
+
+
+def deng2022_vat(stores: list[xr.Dataset]) -> str:
+    rows: list[Row] = []
+    for ds in stores:
+        for sb in (0.0, 0.2):
+            for sw in (0.1, 0.2, 0.3):
+                h = _hw(ds, "dev_4bit", variation_within_sigma=sw, variation_between_sigma=sb)
+                at = dict(hardware=h, procedure="inference")
+                rows.append({
+                    "seed": str(ds.attrs["seed"]), "σ_within": f"{sw:g}", "σ_between": f"{sb:g}",
+                    "VAT median %": _median(ds.sel(time=ds.time[0]), variant="vat_4bit", **at),
+                    "VAT − QAT": _cell(ds, "variant", "vat_4bit", "qat_4bit", **at),
+                    "VAT − noise injection": _cell(ds, "variant", "vat_4bit", "noise_injection", **at),
+                    "VAT − float": _cell(ds, "variant", "vat_4bit", "float", **at),
+                })  # fmt: skip
+    between: list[Row] = []
+    for ds in stores:
+        for sw in (0.1, 0.2, 0.3):
+            with_b = _hw(ds, "dev_4bit", variation_within_sigma=sw, variation_between_sigma=0.2)
+            without = _hw(ds, "dev_4bit", variation_within_sigma=sw, variation_between_sigma=0.0)
+            cells = {v: _cell(ds, "hardware", with_b, without, variant=v, procedure="inference") for v in ("vat_4bit", "qat_4bit", "float")}
+            between.append({"seed": str(ds.attrs["seed"]), "σ_within": f"{sw:g}", **{f"{v}: with − without σ_between 0.2": c for v, c in cells.items()}})
+    return _table(rows) + "\n\nBetween-chip variation, paired over the same chips:\n\n" + _table(between)
+
+
+def deng2022_selftune(stores: list[xr.Dataset]) -> str:
+    rows: list[Row] = []
+    for ds in stores:
+        for h in map(str, ds["hardware"].values):
+            if h == "within_only":
+                continue
+            for t, label in zip(ds["time"].values, ds["time_label"].values):
+                if h != "pcm_drift" and float(t) != float(ds["time"][0]):
+                    continue  # no drift: every time is the same read
+                at = dict(hardware=h, time=float(t), variant="qat_4bit")
+                row = {"seed": str(ds.attrs["seed"]), "population": h, "time": str(label), "inference %": _median(ds, procedure="inference", **at)}
+                if h != "pcm_drift":  # the same chips without the between-chip component
+                    ref = dict(hardware="within_only", time=float(t), variant="qat_4bit", procedure="inference")
+                    row["within only %"] = _median(ds, **ref)
+                    row["between-chip loss"] = _pair(ds, dict(at, procedure="inference"), ref)
+                    row["self-tuned − within only"] = _pair(ds, dict(at, procedure="self_tuning"), ref)
+                else:
+                    row["within only %"] = row["between-chip loss"] = row["self-tuned − within only"] = "—"
+                row["self-tuning − inference"] = _cell(ds, "procedure", "self_tuning", "inference", **at)
+                row["tuned once − inference"] = _cell(ds, "procedure", "self_tuning_once", "inference", **at)
+                row["layer scale − inference"] = _cell(ds, "procedure", "self_tuning_scale", "inference", **at)
+                rows.append(row)
+    return _table(rows)
+
+
+def jia2018_insitu(stores: list[xr.Dataset]) -> str:
+    rows: list[Row] = []
+    for ds in stores:
+        for parameter in ("periphery.op_drift.offset", "periphery.op_drift.gain", "periphery.mismatch.gain"):
+            tol = tolerance(ds, parameter, threshold=0.01).isel(variant=0, time=0).squeeze(drop=True)
+            base = float(tol["tolerance"].sel(procedure="inference"))
+            row = {"seed": str(ds.attrs["seed"]), "parameter": parameter.split(".", 1)[1], "inference": f"{base:.3f}"}
+            for p in ("insitu_8bit", "insitu_last_layer", "insitu_trims", "insitu_float"):
+                value = float(tol["tolerance"].sel(procedure=p))
+                censored = bool(tol["censored"].sel(procedure=p))
+                row[p] = f"{'≥ ' if censored else ''}{value:.3f} ({'≥ ' if censored else ''}{100 * (value / base - 1):+.0f} %)"
+            rows.append(row)
+    costs: list[Row] = []
+    ds = stores[0]
+    for p in ("insitu_8bit", "insitu_last_layer", "insitu_trims", "insitu_float"):
+        cell = ds.sel(procedure=p).isel(variant=0, hardware=0, time=0, chip=0)
+        mem, fmem = float(cell["learn_memory_bits"]), float(cell["float_memory_bits"])
+        energy, fenergy = float(cell["learn_energy_pj"]), float(cell["float_energy_pj"])
+        costs.append({
+            "procedure": p, "memory bits": f"{mem:,.0f}", "of float's": f"{100 * mem / fmem:.1f} %",
+            "multiply energy nJ": f"{energy / 1e3:,.1f}", "float's / this": f"{fenergy / energy:.1f}×",
+        })  # fmt: skip
+    return _table(rows) + "\n\nAccounting (memory = stored values × bits; energy = multiplies × Horowitz 2014):\n\n" + _table(costs)
+
+
+def obradovic2018_hwa(stores: list[xr.Dataset]) -> str:
+    rows: list[Row] = []
+    for ds in stores:
+        for bits in (2, 3, 4):
+            for beta in (1.0, 2.0, 3.0):
+                hw = _hw(ds, f"hw_{bits}bit", mapping_nonlinearity=beta)
+                pre = _hw(ds, f"pre_{bits}bit", mapping_nonlinearity=beta)
+                hwa = f"hwa_{bits}bit"
+                float_acc = 100 * float(ds["float_accuracy"].sel(variant="float"))
+                x = ds.isel(time=0, procedure=0)
+                hwa_acc = 100 * float(x["accuracy"].sel(variant=hwa, hardware=hw).mean("chip"))
+                plain = 100 * float(x["accuracy"].sel(variant="float", hardware=hw).mean("chip"))
+                predist = 100 * float(x["accuracy"].sel(variant="float", hardware=pre).mean("chip"))
+                rows.append({
+                    "seed": str(ds.attrs["seed"]), "bits": str(bits), "device β": f"{beta:g}", "float %": f"{float_acc:.1f}",
+                    "HWA %": f"{hwa_acc:.1f}", "float mapped %": f"{plain:.1f}", "pre-distorted %": f"{predist:.1f}",
+                    "HWA − float mapped": _cell(ds, "variant", hwa, "float", hardware=hw, procedure="inference"),
+                    "HWA − pre-distorted": _pair(ds, dict(variant=hwa, hardware=hw, procedure="inference"), dict(variant="float", hardware=pre)),
+                })  # fmt: skip
+    return _table(rows)
+
+
+def garcia_redondo2020_unipolar(stores: list[xr.Dataset]) -> str:
+    rows: list[Row] = []
+    for ds in stores:
+        reports = json.loads(ds.attrs.get("training_reports", "{}"))
+        for bits in (2, 4):
+            d, u = f"rram_differential[mapping.bits={bits}]", f"rram_unipolar[mapping.bits={bits}]"
+            cells = {
+                "differential": dict(variant=f"differential[bits={bits}]", hardware=d, procedure="inference"),
+                "unipolar_equal": dict(variant=f"unipolar_equal[bits={bits}]", hardware=u, procedure="inference"),
+                "unipolar_half": dict(variant=f"unipolar_half[bits={bits}]", hardware=u, procedure="inference"),
+            }
+            counts = {v: reports.get(c["variant"], []) for v, c in cells.items()}
+
+            def chosen(v: str, counts: dict = counts) -> dict:
+                rep = counts[v]
+                return max(rep, key=lambda r: r.get("calibration_accuracy", 0)) if rep else {}
+
+            row = {"seed": str(ds.attrs["seed"]), "bits": str(bits)}
+            for v, at in cells.items():
+                c = chosen(v)
+                row[f"{v} % (devices, ADCs)"] = f"{_median(ds.isel(time=0), **at)} ({c.get('devices', '?')}, {c.get('adcs', '?')})"
+            row["equal − differential"] = _pair(ds, dict(cells["unipolar_equal"]), dict(cells["differential"]))
+            row["half − differential"] = _pair(ds, dict(cells["unipolar_half"]), dict(cells["differential"]))
+            rows.append(row)
+    return _table(rows)
+
+
+def mackin2022_programming(stores: list[xr.Dataset]) -> str:
+    rows: list[Row] = []
+    for ds in stores:
+        for v in map(str, ds["variant"].values):
+            for t, label in zip(ds["time"].values, ds["time_label"].values):
+                at = dict(variant=v, time=float(t), procedure="compensated")
+                rows.append({
+                    "seed": str(ds.attrs["seed"]), "network": v, "time": str(label),
+                    "naive %": _median(ds, hardware="pcm_naive", **at), "equal %": _median(ds, hardware="pcm_equal", **at),
+                    "optimised %": _median(ds, hardware="pcm_optimised", **at),
+                    "optimised − equal": _cell(ds, "hardware", "pcm_optimised", "pcm_equal", **at),
+                    "optimised − naive": _cell(ds, "hardware", "pcm_optimised", "pcm_naive", **at),
+                })  # fmt: skip
+    strategies = {}
+    for ds in stores:
+        raw = json.loads(ds.attrs.get("programming_strategies", "{}")).get("pcm_optimised", {})
+        strategies[str(ds.attrs["seed"])] = {v: f"F = {s['significance']:.2f}, scale = {s['scale']:.2f}" for v, s in raw.items()}
+    return _table(rows) + "\n\nStrategies found: " + json.dumps(strategies)
+
+
+STUDIES: dict[str, Callable[[list[xr.Dataset]], str]] = {
+    f.__name__: f for f in (deng2022_vat, deng2022_selftune, jia2018_insitu, obradovic2018_hwa, garcia_redondo2020_unipolar, mackin2022_programming)
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("study", choices=sorted(STUDIES))
+    ap.add_argument("stores", nargs="+", help="the study's stores, one per seed")
+    args = ap.parse_args(argv)
+    stores = sorted((mcstudy.open_results(s).load() for s in args.stores), key=lambda d: int(d.attrs["seed"]))
+    print(STUDIES[args.study](stores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
