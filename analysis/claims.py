@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 import xarray as xr
 
 import mcstudy
-from mcstudy.analysis import paired_table, tolerance
+from mcstudy.analysis import paired_difference, paired_table, tolerance
 
 Row = dict[str, str]
 
@@ -187,7 +188,7 @@ def garcia_redondo2020_unipolar(stores: list[xr.Dataset]) -> str:
     return _table(rows)
 
 
-def mackin2022_programming(stores: list[xr.Dataset]) -> str:
+def mackin2022_programming(stores: list[xr.Dataset], cache_dir: Path | None = None) -> str:
     rows: list[Row] = []
     for ds in stores:
         for v in map(str, ds["variant"].values):
@@ -204,7 +205,61 @@ def mackin2022_programming(stores: list[xr.Dataset]) -> str:
     for ds in stores:
         raw = json.loads(ds.attrs.get("programming_strategies", "{}")).get("pcm_optimised", {})
         strategies[str(ds.attrs["seed"])] = {v: f"F = {s['significance']:.2f}, scale = {s['scale']:.2f}" for v, s in raw.items()}
-    return _table(rows) + "\n\nStrategies found: " + json.dumps(strategies)
+    out = _table(rows) + "\n\nStrategies found: " + json.dumps(strategies)
+    if cache_dir is not None:
+        out += "\n\n" + _mackin_weight_errors(stores, cache_dir)
+    return out
+
+
+def _mackin_weight_errors(stores: list[xr.Dataset], cache_dir: Path, replicates: int = 32) -> str:
+    """The search's objective — the normalised squared weight error after global drift
+    compensation — of the naive, equal and optimised strategies at every time, on
+    ``replicates`` fresh programming and read-noise streams (the search used one other
+    stream, so these are out of sample), paired replicate by replicate. Needs the trained
+    networks: from ``cache_dir`` (the run's model cache), trained again where absent."""
+    import dataclasses
+
+    import numpy as np
+
+    from mcstudy.analog import AnalogNetwork
+    from mcstudy.data import load_dataset
+    from mcstudy.models import build_model
+    from mcstudy.programming import Strategy
+    from mcstudy.programming.study import objective_for
+    from mcstudy.spec import format_time, parse_study
+    from mcstudy.training import ModelCache, train_or_load
+
+    rows: list[Row] = []
+    for ds in stores:
+        spec = parse_study(ds.attrs["study_file"], source=str(ds.attrs["study_path"]), base_dir=Path("studies"), seed=int(ds.attrs["seed"]))
+        data = load_dataset(spec.data, spec.seed)
+        found = json.loads(ds.attrs["programming_strategies"])["pcm_optimised"]
+        for variant in spec.variants:
+            ms = spec.model_of(variant)
+            trained = train_or_load(ms.name, ms.params, variant.trainer.name, variant.trainer.params, data, spec.seed, ModelCache(cache_dir))
+            model = build_model(ms.name, trained.model_params or ms.params, data.input_shape, data.n_classes)
+            model.load_state_dict(trained.state_dict)
+            net = AnalogNetwork(model)
+            objective = objective_for(net, spec.population("pcm_optimised"), spec.times, net.layer_ranges(trained.ranges))
+            strategies = {"pcm_naive": Strategy.naive(), "pcm_equal": Strategy.equal(),
+                          "pcm_optimised": Strategy.from_dict(found[variant.name], f"pcm_optimised/{variant.name}")}  # fmt: skip
+            err = np.array([[dataclasses.replace(objective, seed=1_000_000 + k).errors(s) for k in range(replicates)] for s in strategies.values()])
+            e = xr.Dataset({"weight_error": (("hardware", "chip", "time"), err)},
+                           coords={"hardware": list(strategies), "time": list(spec.times)})  # fmt: skip
+            vs_naive = paired_difference(e, "hardware", "pcm_optimised", "pcm_naive", metric="weight_error")
+            vs_equal = paired_difference(e, "hardware", "pcm_optimised", "pcm_equal", metric="weight_error")
+            mean = e["weight_error"].mean("chip")
+            for t in spec.times:
+                def diff(d: xr.Dataset) -> str:
+                    c = d.sel(time=t)
+                    return f"{float(c['mean']):+.4f} ({float(c['lower']):+.4f} … {float(c['upper']):+.4f})"
+
+                rows.append({
+                    "seed": str(spec.seed), "network": variant.name, "time": format_time(t),
+                    **{f"{h.removeprefix('pcm_')}": f"{float(mean.sel(hardware=h, time=t)):.4f}" for h in strategies},
+                    "optimised − naive": diff(vs_naive), "optimised − equal": diff(vs_equal),
+                })  # fmt: skip
+    return f"Weight error after global drift compensation, {replicates} fresh programming streams per cell (paired):\n\n" + _table(rows)
 
 
 STUDIES: dict[str, Callable[[list[xr.Dataset]], str]] = {
@@ -216,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", choices=sorted(STUDIES))
     ap.add_argument("stores", nargs="+", help="the study's stores, one per seed")
+    ap.add_argument("--cache-dir", type=Path, help="mackin2022_programming: the runs' model cache, for the weight-error table")
     args = ap.parse_args(argv)
     stores = sorted((mcstudy.open_results(s).load() for s in args.stores), key=lambda d: int(d.attrs["seed"]))
-    print(STUDIES[args.study](stores))
+    extra = {"cache_dir": args.cache_dir} if args.cache_dir is not None and args.study == "mackin2022_programming" else {}
+    print(STUDIES[args.study](stores, **extra))
     return 0
 
 

@@ -169,18 +169,24 @@ class Strategy:
             raise McStudyError(f"programming strategy file {p} does not exist") from None
         except (OSError, json.JSONDecodeError) as e:
             raise McStudyError(f"programming strategy file {p} is not readable JSON: {e}") from None
+        return cls.from_dict(raw, str(p), p.stem)
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str, name: str = "strategy") -> "Strategy":
+        """A strategy from its JSON form (:meth:`to_dict`; a file's or a store's
+        ``programming_strategies`` entry), ``source`` naming it in errors."""
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise McStudyError(f"{p} is not an mcstudy programming strategy (expected format {FORMAT!r})")
+            raise McStudyError(f"{source} is not an mcstudy programming strategy (expected format {FORMAT!r})")
         fields = ("knots", "g_plus", "g_minus", "l_plus", "l_minus")
         try:
             return cls(
                 *(tuple(float(v) for v in raw[f]) for f in fields),
-                float(raw["significance"]), float(raw["scale"]), str(raw.get("name", p.stem)),
+                float(raw["significance"]), float(raw["scale"]), str(raw.get("name", name)),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
-            raise McStudyError(f"programming strategy file {p} is missing or has a bad field: {e}") from None
+            raise McStudyError(f"programming strategy {source} is missing or has a bad field: {e}") from None
         except McStudyError as e:
-            raise McStudyError(f"{p}: {e}") from None
+            raise McStudyError(f"{source}: {e}") from None
 
 
 def _repair(gp: float, gm: float, lm: float, target: float, f: float) -> tuple[float, float, float]:
