@@ -1,25 +1,30 @@
-"""mcstudy: Monte Carlo variability studies of neural networks on analog in-memory-computing chips."""
+"""mcstudy: Monte Carlo variability studies of neural networks on analog in-memory-computing chips.
+
+``import mcstudy`` is light: the study schema (``load_study``, ``parse_study``: pydantic
+and the registries) and the store (``open_results``: xarray, dask, zarr) are imported on
+first use, so worker processes and commands that never touch them do not pay for them.
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from typing import TYPE_CHECKING, Any  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .errors import McStudyError, SpecError  # noqa: E402
-from .spec import load_study, parse_study  # noqa: E402
+from .errors import McStudyError, SpecError
 
 if TYPE_CHECKING:
+    from .spec import load_study, parse_study
     from .store import open_results
+
+_LAZY = {"load_study": "spec", "parse_study": "spec", "open_results": "store"}
 
 
 def __getattr__(name: str) -> Any:
-    """``open_results`` on first use: the store's xarray / dask / zarr stack is not imported
-    by worker processes and commands that never read a store."""
-    if name == "open_results":
-        from .store import open_results
-
-        return open_results
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'mcstudy' has no attribute {name!r}")
+
 
 __all__ = ["McStudyError", "SpecError", "__version__", "load_study", "open_results", "parse_study"]

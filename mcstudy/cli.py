@@ -20,6 +20,7 @@ from rich.text import Text
 from . import __version__
 from .errors import McStudyError
 from .interrupts import Interrupted, stopping_on_signals
+from .vocabulary import CELL_DIMS, RESULT_DIMS
 
 EXIT_USER_ERROR = 2
 
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--confidence", type=_fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
     cmp_.add_argument("--where", action="append", default=[], metavar="DIM=NAME", help="keep only these cells, e.g. --where hardware=pcm (repeatable)")
 
+    lst = sub.add_parser("list", help="what a study can name: devices, mappings, trainers, procedures, models, datasets, executors and their parameters")
+    lst.add_argument("kind", nargs="?", help="devices, mappings, trainers, procedures, models, datasets or executors")
+    lst.add_argument("name", nargs="?", help="one entry: its parameters, types, defaults and descriptions")
+
     ver = sub.add_parser("verify", help="check a store: every array's metadata and every finished unit's checksummed chunks")
     ver.add_argument("store", help="results store: a path or an fsspec URL")
 
@@ -157,6 +162,11 @@ def _main(args: argparse.Namespace, out: Console, err: Console) -> int:
             return _export(args, out)
         if args.command == "verify":
             return _verify(args, out)
+        if args.command == "list":
+            from .catalog import show
+
+            show(out, args.kind, args.name)
+            return 0
         if args.command == "compare":
             return _compare(args, out)
         if args.command == "bench":
@@ -292,7 +302,7 @@ def _compare(args: argparse.Namespace, out: Console) -> int:
 
     _whole(args.store)
     ds = open_results(args.store)
-    metrics = [str(n) for n, v in ds.data_vars.items() if v.dims == ("variant", "hardware", "procedure", "time", "chip")]
+    metrics = [str(n) for n, v in ds.data_vars.items() if v.dims == RESULT_DIMS]
     if args.metric not in metrics:
         raise McStudyError(f"--metric {args.metric!r} is not a per-chip metric of {args.store}; have {', '.join(metrics)}")
     for cond in args.where:
@@ -305,7 +315,7 @@ def _compare(args: argparse.Namespace, out: Console) -> int:
     df = paired_table(ds, args.dim, args.a, args.b, args.confidence, args.metric)
     units = df.attrs["units"]
     table = Table(title=f"{args.a} − {args.b} ({args.metric}, {units}; {int(args.confidence * 100)} % t-interval over the same chips)")
-    cells = [c for c in ("variant", "hardware", "procedure", "time") if c in df.columns]
+    cells = [c for c in CELL_DIMS if c in df.columns]
     for col in (*cells, "difference", "interval", "wins", "chips"):
         table.add_column(col, justify="left" if col in cells else "right")
     for row in df.to_dict("records"):

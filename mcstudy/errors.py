@@ -36,3 +36,8 @@ class StoreError(McStudyError):
 
 class WorkerError(McStudyError):
     """A worker process that died; the store keeps every finished chip and a rerun resumes."""
+
+
+class PluginError(McStudyError):
+    """An installed plugin (a ``mcstudy.*`` entry point of another package) that fails to
+    load or does not register what its entry point names; the message names the package."""

@@ -238,13 +238,9 @@ def fixed_stream(*tags: object, device: str | torch.device = "cpu") -> Stream:
     return Stream(torch.tensor([_signed(mix64_int(tag_hash("mcstudy.fixed", *tags)))], device=device))
 
 
-def draw_normal(rng: Stream | torch.Generator, like: torch.Tensor, tag: str, scale: float = 1.0) -> torch.Tensor:
-    """Normals of standard deviation ``scale`` shaped like ``like`` from a chip stream
-    (sub-stream ``tag``) or a ``torch.Generator`` (sequential draws), so the physics
-    functions accept either."""
-    if isinstance(rng, torch.Generator):
-        z = torch.randn(like.shape, generator=rng, dtype=like.dtype, device=like.device)
-        return z if scale == 1.0 else z.mul_(scale)
+def draw_normal(rng: Stream, like: torch.Tensor, tag: str, scale: float = 1.0) -> torch.Tensor:
+    """Normals of standard deviation ``scale`` shaped like ``like`` (leading chip
+    dimension) from the chips' streams, sub-stream ``tag``."""
     if like.shape[0] != rng.n:
         raise ValueError(f"tensor has {like.shape[0]} chips, stream has {rng.n}")
     return rng.child(tag).normal_range(0, math.prod(like.shape[1:]), like.dtype, scale).reshape(like.shape)

@@ -25,7 +25,7 @@ import shutil
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import dask.array as da
 import numpy as np
@@ -33,13 +33,35 @@ import xarray as xr
 
 from .errors import StoreError
 from .location import Location, StoreLock, is_url  # noqa: F401  (re-exported: the store API)
-from .procedures import METRIC_ATTRS, METRICS
-from .spec import PHYSICS_VERSION, StudySpec, format_time
+from .spec import StudySpec
+from .times import format_time
+from .vocabulary import METRIC_ATTRS, METRICS, PHYSICS_VERSION, RESULT_DIMS, UNIT_DIMS
 from .verify import FORMAT_VERSION, Damage, checksummed, repair, store_attrs, variables_attr, verify
 
-if TYPE_CHECKING:  # the store does not depend on how results were produced
-    from .execution.plan import WorkUnit
-    from .execution.worker import UnitResult
+
+
+class Region(Protocol):
+    """The chips a unit of work covers: one variant, one population, chips [start, stop)."""
+
+    variant: int
+    hardware: int
+    start: int
+    stop: int
+
+    @property
+    def n_chips(self) -> int: ...
+
+
+class Finished(Protocol):
+    """A finished unit's per-chip results, as the store writes them (the store does not
+    depend on how they were produced: ``execution.worker.UnitResult`` is one)."""
+
+    unit: Region
+    metrics: dict[str, np.ndarray]  # name -> (procedure, time, chip)
+    draws: dict[str, np.ndarray]  # name -> (chip,)
+
+
+R = TypeVar("R", bound=Region)
 
 _PACKAGES = ("mcstudy", "torch", "numpy", "xarray", "zarr", "dask", "pydantic", "scikit-learn", "ray")
 
@@ -67,11 +89,10 @@ def template(
     """The study's dataset with every coordinate and attribute and lazy empty data."""
     V, H, P, T, C = len(spec.variants), len(spec.hardware), len(spec.procedures), len(spec.times), spec.chips
     b = min(block_size, C)
-    dims5 = ("variant", "hardware", "procedure", "time", "chip")
     data_vars: dict[str, Any] = {}
     for m in spec.metrics:
         arr = da.full((V, H, P, T, C), np.nan, dtype=np.float32, chunks=(1, 1, P, T, b))
-        data_vars[m] = xr.Variable(dims5, arr, attrs=METRIC_ATTRS[m])
+        data_vars[m] = xr.Variable(RESULT_DIMS, arr, attrs=METRIC_ATTRS[m])
     for m in METRICS:
         data_vars[f"float_{m}"] = xr.Variable(
             ("variant",),
@@ -79,7 +100,7 @@ def template(
             attrs={**METRIC_ATTRS[m], "long_name": f"float (digital) model's {METRIC_ATTRS[m]['long_name']}"},
         )
     data_vars["done"] = xr.Variable(
-        ("variant", "hardware", "chip"),
+        UNIT_DIMS,
         da.zeros((V, H, C), dtype=bool, chunks=(1, 1, b)),
         attrs={"long_name": "chip evaluated and written"},
     )
@@ -301,20 +322,19 @@ class ResultStore:
         """``(variant, hardware, chip)`` booleans."""
         return _open(self.location)["done"].values
 
-    def pending(self, plan: list[WorkUnit]) -> list[WorkUnit]:
+    def pending(self, plan: list[R]) -> list[R]:
         done = self.done_mask()
         return [u for u in plan if not done[u.variant, u.hardware, u.start : u.stop].all()]
 
-    def write(self, result: UnitResult) -> None:
+    def write(self, result: Finished) -> None:
         """Write a finished unit into its region, then mark its chips done."""
         u = result.unit
         region = {"variant": slice(u.variant, u.variant + 1), "hardware": slice(u.hardware, u.hardware + 1), "chip": slice(u.start, u.stop)}
-        dims5 = ("variant", "hardware", "procedure", "time", "chip")
-        block = xr.Dataset({m: (dims5, v[None, None].astype(np.float32)) for m, v in result.metrics.items()})
+        block = xr.Dataset({m: (RESULT_DIMS, v[None, None].astype(np.float32)) for m, v in result.metrics.items()})
         # every chunk of a finished unit is written, even all-NaN ones: verify() knows a missing chunk is damage
         opts = dict(region=region, consolidated=False, storage_options=self.location.storage_options, write_empty_chunks=True)
         block.to_zarr(self.location.target, **opts)
-        marks: dict[str, Any] = {"done": (("variant", "hardware", "chip"), np.ones((1, 1, u.n_chips), dtype=bool))}
+        marks: dict[str, Any] = {"done": (UNIT_DIMS, np.ones((1, 1, u.n_chips), dtype=bool))}
         for name, values in result.draws.items():
             marks[name] = (("hardware", "chip"), values[None].astype(np.float32))
         xr.Dataset(marks).to_zarr(self.location.target, **opts)

@@ -28,11 +28,12 @@ import xarray as xr
 
 from .errors import StoreError
 from .location import Location
+from .vocabulary import UNIT_DIMS
 
 FORMAT_VERSION = 2
 """2: every chunk checksummed (CRC32C) and written even when it holds only fill values."""
 
-PER_CHIP = ("variant", "hardware", "chip")  # the dims a unit's region spans
+PER_CHIP = UNIT_DIMS  # the dims a unit's region spans
 
 
 @dataclass(frozen=True)

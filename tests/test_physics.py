@@ -171,11 +171,12 @@ def test_fused_read_and_decode_equals_read_then_decode(mapping: str) -> None:
             assert fused is not None and torch.equal(fused, ref)
 
 
-def test_program_accepts_a_torch_generator() -> None:
+def test_program_is_a_function_of_the_chip_stream() -> None:
     target = torch.full((1, 10_000), 12.5)
-    a = pcm.program(target, torch.Generator().manual_seed(0))
-    b = pcm.program(target, torch.Generator().manual_seed(0))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    a = pcm.program(target, chip_stream(0, "p", [0]))
+    b = pcm.program(target, chip_stream(0, "p", [0]))
+    c = pcm.program(target, chip_stream(1, "p", [0]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
 
 
 def test_variation_granularities() -> None:

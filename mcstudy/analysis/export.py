@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import xarray as xr
 
 from ..errors import McStudyError
+from ..vocabulary import RESULT_DIMS
 
-DIMS5 = ("variant", "hardware", "procedure", "time", "chip")
+DIMS5 = RESULT_DIMS
 
 
 def _columns(ds: xr.Dataset) -> tuple[list[str], list[str], list[str]]:

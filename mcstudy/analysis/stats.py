@@ -20,6 +20,7 @@ import xarray as xr
 from scipy import stats as _st
 
 from ..errors import McStudyError
+from ..vocabulary import CELL_DIMS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -168,7 +169,7 @@ def paired_table(
 
     res = paired_difference(ds, dim, a, b, confidence, metric).compute()
     scale = 100.0 if metric.startswith("accuracy") else 1.0
-    cells = [d for d in ("variant", "hardware", "procedure", "time") if d in res["mean"].dims]
+    cells = [d for d in CELL_DIMS if d in res["mean"].dims]
     labels = dict(zip(ds["time"].values.tolist(), map(str, ds["time_label"].values.tolist()))) if "time_label" in ds else {}
     rows = []
     for idx in np.ndindex(*(res.sizes[d] for d in cells)):

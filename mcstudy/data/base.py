@@ -10,13 +10,14 @@ import numpy as np
 from pydantic import Field, PositiveInt
 
 from ..errors import DataError
-from ..registry import Params, Registry
+from ..registry import Params
+from ..registries import DATASETS  # noqa: F401  (re-exported where it always was)
 
 
 class DataSpec(Params):
     """The ``data:`` section of a study file."""
 
-    dataset: str = "digits"
+    dataset: str = Field("digits", description="a registered dataset: digits, mnist5k, mnist1d, mnist, fashion_mnist, emnist, cifar10, har")
     root: str | None = Field(None, description="directory of local dataset files (mnist, fashion_mnist, emnist, cifar10, har)")
     subset: str | None = Field(None, description="EMNIST split, e.g. 'balanced', 'digits', 'letters'")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="test share, for datasets without an official test split")
@@ -70,7 +71,6 @@ class DatasetEntry:
     extra: str | None = None  # pip extra that provides it
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from typing import Iterable, Iterator
 from ..data import Dataset
 from ..errors import McStudyError, WorkerError
 from ..interrupts import ignore_interrupts
-from ..registry import Registry
+from ..registries import EXECUTORS  # noqa: F401  (re-exported where it always was)
 from ..training import TrainedModel, TrainJob, run_train_job
 from .plan import WorkUnit
 from .worker import Payload, UnitResult, WorkerContext
@@ -66,7 +66,6 @@ class Executor(ABC):
         self.close(aborted=exc_type is not None)
 
 
-EXECUTORS: Registry[type[Executor]] = Registry("executor")
 
 
 @EXECUTORS.register("serial")

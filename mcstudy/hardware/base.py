@@ -9,21 +9,26 @@ draw only from the random stream they are handed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..registry import Params, Registry
+from ..registry import Params
+from ..registries import DEVICES, MAPPINGS  # noqa: F401  (re-exported where it always was)
 from ..rng import Stream, draw_normal
 
 if TYPE_CHECKING:
-    from .mapping import Mapping
+    pass
 
 DeviceState = dict[str, torch.Tensor]
 
 
 class DeviceModel(ABC):
     """A conductance device (PCM, RRAM, ...). Conductances are in microsiemens (µS)."""
+
+    EXAMPLE: ClassVar[dict[str, Any]] = {}
+    """Parameters for the contract tests where the defaults alone do not make a device
+    (e.g. a measured table); every registered device must construct from them."""
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -41,7 +46,7 @@ class DeviceModel(ABC):
         return None
 
     @abstractmethod
-    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+    def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         """Program target conductances ``g_target`` (µS, leading chip dim): every per-device
         random quantity is drawn here, once."""
 
@@ -56,7 +61,7 @@ class DeviceModel(ABC):
         is common to every product of one read. Default 1: white read noise."""
         return 1.0
 
-    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None) -> torch.Tensor:
         """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``.
         ``out``: a tensor shaped like the state that a model may write the result to (a
         scratch buffer reused between reads, so large reads do not fault in fresh pages)."""
@@ -75,10 +80,5 @@ class DeviceModel(ABC):
         and ``scale`` (``Mapping.decode_scale``) — or None where a model has no fused form."""
         return None
 
-    def drifts(self) -> bool:
-        """Whether conductances change with time (so compensation has work to do)."""
-        return True
 
 
-DEVICES: Registry[type[DeviceModel]] = Registry("device")
-MAPPINGS: Registry[type["Mapping"]] = Registry("mapping")

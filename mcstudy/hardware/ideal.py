@@ -28,11 +28,9 @@ class IdealDevice(DeviceModel):
     params: IdealParams
 
 
-    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+    def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         return {"g": g_target}
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         return state["g"], None
 
-    def drifts(self) -> bool:
-        return False

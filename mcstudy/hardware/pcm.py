@@ -43,13 +43,14 @@ from ..registry import Params
 from .. import kernels
 from ..rng import ALIGN, Stream, aligned, chunks, draw_normal, window_width
 from .base import DEVICES, DeviceModel, DeviceState
+from ..vocabulary import REFERENCE_TIME_S
 
 
 class PCMDriftReadParams(Params):
     """Constants of PCM drift and 1/f read noise (SCIENCE.md §2); shared with the table device."""
 
     g_max: float = Field(25.0, gt=0, description="largest conductance G_max, µS")
-    t0: float = Field(20.0, gt=0, description="drift reference time after programming, s")
+    t0: float = Field(REFERENCE_TIME_S, gt=0, description="drift reference time after programming, s")
     read_qs_coeff: float = Field(0.0088, ge=0, description="1/f read-noise amplitude q")
     read_qs_exponent: float = Field(0.65, description="1/f read-noise exponent e")
     read_qs_max: float = Field(0.2, ge=0, description="upper bound of Q_s")
@@ -69,14 +70,14 @@ class PCMParams(PCMDriftReadParams):
     prog_c1: float = Field(1.9650, description="programming-noise polynomial, linear term, µS")
     prog_c2: float = Field(-1.1731, description="programming-noise polynomial, quadratic term, µS")
     prog_g_ref: float = Field(25.0, gt=0, description="G_max at which the σ_prog polynomial was fitted, µS (σ_prog scales by g_max / prog_g_ref)")
-    mu_nu_slope: float = -0.0155
-    mu_nu_intercept: float = 0.0244
-    mu_nu_min: float = Field(0.049, ge=0)
-    mu_nu_max: float = Field(0.1, ge=0)
-    sigma_nu_slope: float = -0.0125
-    sigma_nu_intercept: float = -0.0059
-    sigma_nu_min: float = Field(0.008, ge=0)
-    sigma_nu_max: float = Field(0.045, ge=0)
+    mu_nu_slope: float = Field(-0.0155, description="mean drift exponent μ_ν = slope·ln(G_T/G_max) + intercept, clamped: its slope")
+    mu_nu_intercept: float = Field(0.0244, description="μ_ν's intercept (at G_T = G_max)")
+    mu_nu_min: float = Field(0.049, ge=0, description="μ_ν's lower clamp")
+    mu_nu_max: float = Field(0.1, ge=0, description="μ_ν's upper clamp")
+    sigma_nu_slope: float = Field(-0.0125, description="spread of the drift exponent σ_ν = slope·ln(G_T/G_max) + intercept, clamped: its slope")
+    sigma_nu_intercept: float = Field(-0.0059, description="σ_ν's intercept (at G_T = G_max)")
+    sigma_nu_min: float = Field(0.008, ge=0, description="σ_ν's lower clamp")
+    sigma_nu_max: float = Field(0.045, ge=0, description="σ_ν's upper clamp")
 
 
     @property
@@ -212,7 +213,7 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
 
 
 def program(
-    g_target: torch.Tensor, rng: Stream | torch.Generator, params: PCMParams = DEFAULT
+    g_target: torch.Tensor, rng: Stream, params: PCMParams = DEFAULT
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Program PCM devices: returns ``(g_prog, nu)``, programmed conductances (µS) and
     drift exponents, both shaped like ``g_target`` (µS; leading dimension: chip)."""
@@ -322,7 +323,7 @@ def _read_stream(
 
 
 def read(
-    g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream | torch.Generator, params: PCMDriftReadParams = DEFAULT
+    g_prog: torch.Tensor, nu: torch.Tensor, t_seconds: float, rng: Stream, params: PCMDriftReadParams = DEFAULT
 ) -> torch.Tensor:
     """Read programmed devices ``t_seconds`` after programming: drift, then 1/f read noise."""
     qs = read_noise_qs(g_prog, params)
@@ -340,7 +341,7 @@ class PCMDevice(DeviceModel):
 
     params: PCMParams
 
-    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+    def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         p = self.params
         if isinstance(rng, Stream) and g_target.dim() == 2:
             g_prog, nu, qs = _program_stream(g_target, rng, p)
@@ -348,7 +349,7 @@ class PCMDevice(DeviceModel):
         g_prog, nu = program(g_target, rng, p)
         return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
 
-    def read(self, state: DeviceState, t: float, rng: Stream | torch.Generator, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         g_prog, nu, qs = state["g_prog"], state["nu"], state["qs"]
         if isinstance(rng, Stream) and g_prog.dim() == 2:
@@ -394,5 +395,3 @@ class PCMDevice(DeviceModel):
     def vector_fresh_fraction(self, t: float) -> float:
         return vector_fresh_fraction(t, self.params)
 
-    def drifts(self) -> bool:
-        return self.params.drift_scale > 0

@@ -45,7 +45,7 @@ class ADCSpec(Params):
 class OpDriftSpec(Params):
     gain: float = Field(0.0, ge=0, description="σ of the relative gain shift δ_gain")
     offset: float = Field(0.0, ge=0, description="σ of the offset δ_offset, in full-scale weight × unit input units")
-    granularity: Literal["chip", "layer", "neuron"] = "chip"
+    granularity: Literal["chip", "layer", "neuron"] = Field("chip", description="what shares one drift draw: the chip, each layer or each neuron")
 
 
 class MismatchSpec(Params):
@@ -54,11 +54,11 @@ class MismatchSpec(Params):
 
 
 class PeripherySpec(Params):
-    dac: DACSpec = DACSpec()
-    adc: ADCSpec = ADCSpec()
+    dac: DACSpec = Field(DACSpec(), description="the input converter of every crossbar layer")
+    adc: ADCSpec = Field(ADCSpec(), description="the output converter of every crossbar column")
     output_noise: float = Field(0.0, ge=0, description="σ of additive output noise per input vector (normalised units)")
-    op_drift: OpDriftSpec = OpDriftSpec()
-    mismatch: MismatchSpec = MismatchSpec()
+    op_drift: OpDriftSpec = Field(OpDriftSpec(), description="operating-point drift of the neurons (Jia et al.)")
+    mismatch: MismatchSpec = Field(MismatchSpec(), description="each analog multiplier's and neuron's own error (Jia et al.)")
 
     @property
     def needs_vector_noise(self) -> bool:

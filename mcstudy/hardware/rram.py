@@ -32,6 +32,7 @@ from pydantic import Field
 from ..registry import Params
 from ..rng import Stream, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
+from ..vocabulary import REFERENCE_TIME_S
 
 
 class RRAMParams(Params):
@@ -42,7 +43,7 @@ class RRAMParams(Params):
     sigma_on: float = Field(0.05, ge=0, description="relative (lognormal) programming spread at G_max")
     sigma_off: float = Field(0.25, ge=0, description="relative (lognormal) programming spread of the off state G_off")
     mean_corrected: bool = Field(False, description="subtract σ_P²/2 from the log-conductance, so the mean (not the median) is the target")
-    t0: float = Field(20.0, gt=0, description="relaxation reference time after programming, s")
+    t0: float = Field(REFERENCE_TIME_S, gt=0, description="relaxation reference time after programming, s")
     relax_mean: float = Field(0.01, description="mean relative conductance loss per decade of time")
     relax_sigma: float = Field(0.01, ge=0, description="device-to-device spread of the relaxation rate")
     read_noise: float = Field(0.01, ge=0, description="relative read noise q")
@@ -66,7 +67,7 @@ class RRAMDevice(DeviceModel):
     def on_off_ratio(self) -> float | None:
         return self.params.on_off_ratio
 
-    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+    def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         p = self.params
         sigma = programming_spread(g_target, p)
         log_gain = sigma * draw_normal(rng, g_target, "prog")
@@ -82,5 +83,3 @@ class RRAMDevice(DeviceModel):
         g = (state["g_prog"] * (1 - state["rate"] * decades)).clamp(min=0.0)
         return g, (g * p.read_noise if p.read_noise > 0 else None)
 
-    def drifts(self) -> bool:
-        return self.params.relax_mean != 0 or self.params.relax_sigma > 0

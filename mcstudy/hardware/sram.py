@@ -31,12 +31,10 @@ class SRAMDevice(DeviceModel):
     params: SRAMParams
 
 
-    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+    def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         sigma = self.params.mismatch / math.sqrt(self.params.area)
         return {"g": g_target * (1 + sigma * draw_normal(rng, g_target, "mismatch"))}
 
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         return state["g"], None
 
-    def drifts(self) -> bool:
-        return False

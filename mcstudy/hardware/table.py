@@ -25,9 +25,9 @@ COLUMNS = ("g", "sigma_prog", "mu_nu", "sigma_nu")
 
 class TablePoints(Params):
     g: tuple[float, ...] = Field(min_length=1, description="normalised target conductances, increasing in [0, 1]")
-    sigma_prog: tuple[float, ...]
-    mu_nu: tuple[float, ...]
-    sigma_nu: tuple[float, ...]
+    sigma_prog: tuple[float, ...] = Field(description="programming noise σ at each g, µS at the device's g_max")
+    mu_nu: tuple[float, ...] = Field(description="mean drift exponent at each g")
+    sigma_nu: tuple[float, ...] = Field(description="spread of the drift exponent at each g")
 
     @model_validator(mode="after")
     def _check(self) -> "TablePoints":
@@ -43,7 +43,7 @@ class TablePoints(Params):
 
 
 class TableParams(PCMDriftReadParams):
-    points: TablePoints | None = None
+    points: TablePoints | None = Field(None, description="the measured points inline (or give csv)")
     csv: str | None = Field(None, description="CSV file with columns g, sigma_prog, mu_nu, sigma_nu")
 
     @model_validator(mode="after")
@@ -98,9 +98,10 @@ class TableDevice(DeviceModel):
     """PCM-like device with programming noise and drift statistics from measured points."""
 
     params: TableParams
+    EXAMPLE = {"points": {"g": (0.0, 0.5, 1.0), "sigma_prog": (0.2, 1.0, 0.6), "mu_nu": (0.1, 0.06, 0.05), "sigma_nu": (0.04, 0.02, 0.01)}}
 
 
-    def program(self, g_target: torch.Tensor, rng: Stream | torch.Generator) -> DeviceState:
+    def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         p = self.params
         pts = p.points
         if pts is None:

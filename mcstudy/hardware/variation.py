@@ -32,8 +32,8 @@ Granularity = Literal["device", "column", "tile", "layer", "chip"]
 
 class VariationComponent(Params):
     sigma: float = Field(0.0, ge=0, description="standard deviation (of log-conductance, or in units of G_max)")
-    kind: Literal["lognormal", "normal"] = "lognormal"
-    granularity: Granularity = "device"
+    kind: Literal["lognormal", "normal"] = Field("lognormal", description="multiplicative lognormal error, or additive normal error in units of G_max")
+    granularity: Granularity = Field("device", description="what shares one draw: device, column, tile, layer or chip")
 
 
 class WithinChip(VariationComponent):
@@ -43,12 +43,12 @@ class WithinChip(VariationComponent):
 class BetweenChip(VariationComponent):
     """One draw per chip by default."""
 
-    granularity: Granularity = "chip"
+    granularity: Granularity = Field("chip", description="what shares one draw: device, column, tile, layer or chip")
 
 
 class Variation(Params):
-    within: WithinChip = WithinChip()
-    between: BetweenChip = BetweenChip()
+    within: WithinChip = Field(WithinChip(), description="variation drawn independently on every chip (per device by default)")
+    between: BetweenChip = Field(BetweenChip(), description="variation shared within a chip at its granularity (per chip by default)")
 
 
 def component_draw(

@@ -10,11 +10,11 @@ import torch
 import torch.nn as nn
 from pydantic import Field, PositiveInt
 
-from ..registry import Params, Registry
+from ..registry import Params
+from ..registries import MODELS  # noqa: F401  (re-exported where it always was)
 
 ModelFactory = Callable[[Params, tuple[int, ...], int], nn.Module]
 MAX_WIDTH = 16384  # units or channels of a layer: a typo (100000) would ask for tens of gigabytes
-MODELS: Registry[ModelFactory] = Registry("model")
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 Activation = Literal["relu", "tanh", "sigmoid"]
@@ -22,8 +22,8 @@ Activation = Literal["relu", "tanh", "sigmoid"]
 
 class MLPParams(Params):
     hidden: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], ...] = Field((64, 32), max_length=64, description="hidden layer widths")
-    activation: Activation = "relu"
-    bias: bool = True
+    activation: Activation = Field("relu", description="nonlinearity after every hidden layer")
+    bias: bool = Field(True, description="layers have a bias (digital, added after the crossbar)")
 
 
 @MODELS.register("mlp", MLPParams)
@@ -42,7 +42,7 @@ class LeNetParams(Params):
     channels: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], Annotated[int, Field(gt=0, le=MAX_WIDTH)]] = Field((6, 16), description="feature maps of the two conv layers")
     hidden: tuple[Annotated[int, Field(gt=0, le=MAX_WIDTH)], ...] = Field((120, 84), max_length=64, description="widths of the fully connected layers")
     kernel: PositiveInt = Field(5, le=64, description="convolution kernel length")
-    activation: Activation = "relu"
+    activation: Activation = Field("relu", description="nonlinearity after every hidden layer")
 
 
 @MODELS.register("lenet", LeNetParams)

@@ -17,21 +17,9 @@ import torch
 
 from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
-from ..registry import Params, Registry
-
-METRICS: tuple[str, ...] = ("accuracy", "loss")
-"""Metrics every procedure records; a procedure may declare more (``Procedure.extra_metrics``)."""
-
-METRIC_ATTRS: dict[str, dict[str, str]] = {
-    "accuracy": {"long_name": "test accuracy", "units": "1"},
-    "loss": {"long_name": "mean cross-entropy loss on the test split", "units": "nat"},
-    "accuracy_before": {"long_name": "test accuracy of the chip as read, before the procedure", "units": "1"},
-    "learn_memory_bits": {"long_name": "memory of the procedure's trainable state and learning buffers", "units": "bit"},
-    "learn_energy_pj": {"long_name": "multiply energy of the procedure's learning stage (Horowitz 2014, 45 nm)", "units": "pJ"},
-    "float_memory_bits": {"long_name": "the same learning stage's memory in 32-bit float", "units": "bit"},
-    "float_energy_pj": {"long_name": "the same learning stage's multiply energy in 32-bit float", "units": "pJ"},
-}
-"""Attributes (long name, units) of every metric a procedure may record."""
+from ..registry import Params
+from ..registries import PROCEDURES  # noqa: F401  (re-exported where it always was)
+from ..vocabulary import METRIC_ATTRS, METRICS  # noqa: F401  (re-exported: the procedures' metrics)
 
 
 @dataclass(frozen=True)
@@ -68,7 +56,6 @@ class Procedure(ABC):
         """Per-chip metrics ``{name: (C,)}`` at time ``t``, given this time's ``read`` of the chips."""
 
 
-PROCEDURES: Registry[type[Procedure]] = Registry("procedure")
 
 
 def with_before_and_costs(
@@ -81,15 +68,6 @@ def with_before_and_costs(
     for k, v in figures.items():
         out[k] = torch.full((c,), v, dtype=torch.float64)
     return out
-
-
-def study_metrics(kinds: list[str]) -> tuple[str, ...]:
-    """The metrics a study with procedures of these kinds records: METRICS, then every
-    procedure's extra metrics in order of first appearance (NaN where one does not apply)."""
-    names = list(METRICS)
-    for kind in kinds:
-        names += [m for m in PROCEDURES.get(kind).obj.extra_metrics if m not in names]
-    return tuple(names)
 
 
 @torch.no_grad()

@@ -20,11 +20,12 @@ from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..rng import fixed_stream
 from .base import PROCEDURES, EvalData, Procedure
+from ..vocabulary import REFERENCE_TIME_S
 
 
 class DriftCompensationParams(Params):
-    mode: Literal["global", "per_column"] = "global"
-    reference_time: float = Field(20.0, gt=0, description="time of the reference readout after programming, s")
+    mode: Literal["global", "per_column"] = Field("global", description="one drift factor per layer, or one per output column")
+    reference_time: float = Field(REFERENCE_TIME_S, gt=0, description="time of the reference readout after programming, s")
     readout_vectors: PositiveInt = Field(64, description="fixed input vectors per readout")
 
 

@@ -56,8 +56,8 @@ class InsituTransferParams(Params):
     )
     bits: Annotated[int, Field(ge=2, le=32)] | None = Field(8, description="fixed-point width of weights, gradients and updates (null: 32-bit float)")
     samples: PositiveInt = Field(256, description="labelled calibration samples used (from the calibration split)")
-    epochs: PositiveInt = 10
-    batch_size: PositiveInt = 32
+    epochs: PositiveInt = Field(10, description="passes over the calibration samples")
+    batch_size: PositiveInt = Field(32, description="calibration samples per update")
     lr: PositiveFloat = Field(0.05, description="SGD learning rate")
     headroom: PositiveFloat = Field(1.5, description="fixed-point range as a multiple of the trained value's range")
     weight_grid: Literal["per_neuron", "per_layer"] = Field("per_neuron", description="one fixed-point range per output neuron's weights, or per layer")

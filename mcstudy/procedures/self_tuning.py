@@ -34,6 +34,7 @@ from ..registry import Params
 from ..times import TimeSeconds
 from .base import PROCEDURES, EvalData, Procedure, layer_outputs, with_before_and_costs
 from .costs import LearningCost
+from ..vocabulary import REFERENCE_TIME_S
 
 Stats = tuple[torch.Tensor, torch.Tensor]  # mean, std, each (C, 1|out)
 
@@ -54,7 +55,7 @@ class SelfTuningParams(Params):
     samples: PositiveInt = Field(128, description="calibration inputs per tuning (from the calibration split)")
     record_before: bool = Field(True, description="also score the chip before tuning (accuracy_before)")
     when: Literal["every_time", "once"] = Field("every_time", description="tune at every drift time, or once (at tune_time) and keep the trims")
-    tune_time: TimeSeconds = Field(20.0, description="time after programming of the single tuning read (when: once), s")
+    tune_time: TimeSeconds = Field(REFERENCE_TIME_S, description="time after programming of the single tuning read (when: once), s")
 
 
 def _stats(y: torch.Tensor, granularity: str) -> Stats:

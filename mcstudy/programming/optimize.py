@@ -30,26 +30,11 @@ import torch
 
 from ..hardware.base import DeviceModel
 from ..hardware.chip import tile_scales
-from ..hardware.mapping import Encoding, Mapping
+from ..hardware.mapping import Encoding
 from ..hardware.tiles import TileGrid, TileSpec
 from ..rng import fixed_stream
-from .strategy import Strategy
-
-
-class StrategyMapping(Mapping):
-    """The four-device mapping that programs weights with a :class:`Strategy`; the
-    population's encoding (levels, on/off ratio, nonlinearity, asymmetry) still applies."""
-
-    devices_per_weight = 4
-    negative_side = (False, True, False, True)
-
-    def __init__(self, strategy: Strategy, encoding: Encoding | None = None) -> None:
-        enc = Encoding.model_validate({k: v for k, v in (encoding or Encoding()).model_dump().items() if k in Encoding.model_fields})
-        super().__init__(enc)
-        self.strategy = strategy
-
-    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantise(self.strategy.conductances(u)), self.strategy.coefficients().view(4, 1, 1)
+from ..hardware.strategy import Strategy, StrategyMapping  # noqa: F401  (StrategyMapping re-exported)
+from ..vocabulary import REFERENCE_TIME_S
 
 
 def sample_weights(
@@ -81,7 +66,7 @@ class ProgrammingObjective:
     times: tuple[float, ...]
     n_knots: int = 5
     seed: int = 0
-    reference_time: float = 20.0
+    reference_time: float = REFERENCE_TIME_S
 
     def errors(self, strategy: Strategy) -> np.ndarray:
         """Normalised squared weight error after global drift compensation at each time."""

@@ -12,7 +12,7 @@ from ..analog import AnalogNetwork
 from ..hardware.mapping import Encoding
 from ..spec import PopulationSpec
 from .optimize import ProgrammingObjective, SearchResult, optimize_strategy, sample_weights
-from .strategy import Strategy
+from ..hardware.strategy import Strategy
 
 
 def objective_for(

@@ -24,19 +24,20 @@ from torch.func import functional_call
 
 from ..data import Dataset
 from ..models import build_model
-from ..registry import Params, Registry
+from ..registry import Params
+from ..registries import TRAINERS  # noqa: F401  (re-exported where it always was)
 
 
 class TrainParams(Params):
     """Parameters common to every trainer."""
 
-    epochs: PositiveInt = 30
-    batch_size: PositiveInt = 64
+    epochs: PositiveInt = Field(30, description="passes over the training split")
+    batch_size: PositiveInt = Field(64, description="training samples per step")
     lr: float = Field(3e-3, gt=0, description="learning rate")
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="Adam, or SGD with momentum")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the optimiser")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule over all steps: constant, or cosine decay to 0")
 
 
 def init_model(model: str, model_params: Params, data: Dataset, seed: int) -> nn.Module:
@@ -156,5 +157,4 @@ class Trainer:
         return history
 
 
-TRAINERS: Registry[type[Trainer]] = Registry("trainer")
 TRAINERS.register("standard", TrainParams)(Trainer)

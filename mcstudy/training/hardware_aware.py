@@ -13,14 +13,13 @@ Activations are quantised like the periphery's DAC.
 from __future__ import annotations
 
 import math
-from typing import Literal
-
 import torch
 import torch.nn as nn
 from pydantic import Field
 
 from ..hardware.base import MAPPINGS
 from ..hardware.mapping import Encoding, Mapping, Quantiser
+from ..registry import registered_name
 from .base import TRAINERS
 from .quantized import QATParams, _Quantising, ste, weight_ranges
 
@@ -62,8 +61,11 @@ def soft_levels(bits: int | None, tau: float) -> Quantiser:
     return q
 
 
+MappingName = registered_name(MAPPINGS)
+
+
 class HWAParams(QATParams, Encoding):
-    mapping: Literal["differential", "multi_pair", "unipolar"] = "differential"
+    mapping: MappingName = Field("differential", description="the mapping whose transfer function training sees (a registered mapping)")
     tau_start: float = Field(0.3, gt=0, description="initial surrogate width τ (in level steps)")
     anneal: float = Field(0.7, gt=0, le=1, description="fraction of training over which τ decays to 0")
 

@@ -25,7 +25,7 @@ from .base import TRAINERS, Trainer, TrainParams
 
 class NoiseInjectionParams(TrainParams):
     sigma: float = Field(0.05, ge=0, description="noise standard deviation (relative)")
-    mode: Literal["additive", "multiplicative"] = "additive"
+    mode: Literal["additive", "multiplicative"] = Field("additive", description="w + σ·max|W|·z, or w·(1 + σ·z)")
     clip: float | None = Field(None, gt=0, description="clip weights to ±clip·std of their layer after each step")
 
 

@@ -77,7 +77,7 @@ def fake_quant_activation(x: torch.Tensor, dac: DACSpec) -> torch.Tensor:
 class QATParams(TrainParams):
     bits: PositiveInt = Field(4, le=16, description="device bits: weights on the n-bit differential grid")
     activation_bits: PositiveInt | None = Field(None, le=16, description="bits of every crossbar layer's inputs (None: float)")
-    activation_mode: Literal["per_vector", "fixed"] = "per_vector"
+    activation_mode: Literal["per_vector", "fixed"] = Field("per_vector", description="inputs quantised over each input vector's own range, or over activation_range (as the DAC)")
     activation_range: float = Field(1.0, gt=0, description="input full scale (activation_mode 'fixed')")
     activation_signed: bool = Field(True, description="as the DAC's 'signed': false for non-negative inputs")
     ranges: Literal["per_layer", "shared"] = Field("per_layer", description="one weight range per layer, or one for all")

@@ -36,15 +36,27 @@ from ..analog import AnalogNetwork
 from ..data import Dataset
 from ..hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, Variation
 from ..hardware.periphery import ADCSpec
-from ..registry import Params
+from ..registry import Entry, Params, registered_name
 from ..rng import chip_stream
 from .base import TRAINERS, TrainOutcome, analog_weight_names, init_model
 from .quantized import QATParams, QuantizationAware
+from ..vocabulary import REFERENCE_TIME_S
+
+
+def _defaults_make_it(entry: Entry[Any]) -> str | None:
+    try:
+        entry.params()
+    except ValueError as e:
+        return f"device {entry.name!r} needs parameters its defaults do not give ({e.__class__.__name__}); score with another device"
+    return None
+
+
+ScoringDevice = registered_name(DEVICES, _defaults_make_it)
 
 
 class UniformUnipolarParams(QATParams):
-    ranges: Literal["per_layer", "shared"] = "shared"
-    activation_mode: Literal["per_vector", "fixed"] = "fixed"
+    ranges: Literal["per_layer", "shared"] = Field("shared", description="one weight range for every layer (uniform scaling), or one per layer")
+    activation_mode: Literal["per_vector", "fixed"] = Field("fixed", description="one activation range for every layer (uniform scaling: fixed), or each input vector's own")
     sign: Literal["none", "layer", "block"] = Field(
         "layer", description="one sign per weight matrix, per block of block_cols output columns, or unconstrained (differential)"
     )
@@ -52,9 +64,9 @@ class UniformUnipolarParams(QATParams):
     warmup_epochs: PositiveInt = Field(5, description="unconstrained epochs that choose each block's sign (sign: block)")
     widths: tuple[tuple[PositiveInt, ...], ...] = Field((), description="hidden widths to search (empty: the study's model)")
     max_candidates: PositiveInt = Field(16, description="stop enumerating polarity patterns beyond this many candidates")
-    score_device: Literal["ideal", "pcm", "rram", "sram"] = "ideal"
+    score_device: ScoringDevice = Field("ideal", description="device of the scoring chips (a registered device that its defaults make)")
     score_sigma: float = Field(0.0, ge=0, description="within-chip lognormal σ of the scoring chips")
-    score_chips: PositiveInt = 8
+    score_chips: PositiveInt = Field(8, description="chips each candidate is scored on (calibration split)")
     score_adc_bits: PositiveInt | None = Field(None, le=24, description="ADC bits of the scoring chips (None: exact outputs), as the deployed population's")
     score_adc_range: float = Field(10.0, gt=0, description="ADC full scale of the scoring chips, as the deployed population's")
     tile_rows: PositiveInt = Field(256, description="crossbar rows per tile of the scoring chips and the ADC count")
@@ -148,7 +160,7 @@ class UniformUnipolar(QuantizationAware):
         stream = chip_stream(0, "uniform_unipolar.score", range(self.params.score_chips))
         chips = self._population(unipolar).program(net.nominal, stream, net.granules, net.layer_ranges(self.ranges(trained[0])))
         x, y = torch.from_numpy(data.x_cal), torch.from_numpy(data.y_cal)
-        return float(net.score(x, y, chips.read(20.0))["accuracy"].mean())
+        return float(net.score(x, y, chips.read(REFERENCE_TIME_S))["accuracy"].mean())
 
     def _counts(self, trained: tuple[nn.Module, list[float]], unipolar: bool) -> tuple[int, int]:
         per = 1 if unipolar else 2

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import McStudyError
+from .mapping import Encoding, Mapping
 
 F_RANGE = (1.0, 8.0)
 SCALE_RANGE = (0.1, 1.0)
@@ -209,3 +210,19 @@ def _repair(gp: float, gm: float, lm: float, target: float, f: float) -> tuple[f
         gm, d = gm + step, d - step * f
         lm += min(d, 1 - lm)
     return gp, gm, lm
+
+
+class StrategyMapping(Mapping):
+    """The four-device mapping that programs weights with a :class:`Strategy`; the
+    population's encoding (levels, on/off ratio, nonlinearity, asymmetry) still applies."""
+
+    devices_per_weight = 4
+    negative_side = (False, True, False, True)
+
+    def __init__(self, strategy: Strategy, encoding: Encoding | None = None) -> None:
+        enc = Encoding.model_validate({k: v for k, v in (encoding or Encoding()).model_dump().items() if k in Encoding.model_fields})
+        super().__init__(enc)
+        self.strategy = strategy
+
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantise(self.strategy.conductances(u)), self.strategy.coefficients().view(4, 1, 1)
