@@ -241,7 +241,6 @@ def _mackin_weight_errors(stores: list[xr.Dataset], cache_dir: Path, replicates:
 
     from mcstudy.analog import AnalogNetwork
     from mcstudy.data import load_dataset
-    from mcstudy.models import build_model
     from mcstudy.programming import Strategy
     from mcstudy.programming.study import objective_for
     from mcstudy.spec import format_time, parse_study
@@ -255,9 +254,7 @@ def _mackin_weight_errors(stores: list[xr.Dataset], cache_dir: Path, replicates:
         for variant in spec.variants:
             ms = spec.model_of(variant)
             trained = train_or_load(ms.name, ms.params, variant.trainer.name, variant.trainer.params, data, spec.seed, ModelCache(cache_dir))
-            model = build_model(ms.name, trained.model_params or ms.params, data.input_shape, data.n_classes)
-            model.load_state_dict(trained.state_dict)
-            net = AnalogNetwork(model)
+            net = AnalogNetwork.from_state(ms.name, trained.model_params or ms.params, trained.state_dict, data.input_shape, data.n_classes)
             objective = objective_for(net, spec.population("pcm_optimised"), spec.times, net.layer_ranges(trained.ranges))
             strategies = {"pcm_naive": Strategy.naive(), "pcm_equal": Strategy.equal(),
                           "pcm_optimised": Strategy.from_dict(found[variant.name], f"pcm_optimised/{variant.name}")}  # fmt: skip

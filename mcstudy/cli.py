@@ -371,12 +371,10 @@ def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) 
 
     from .analog import AnalogNetwork
     from .data import load_dataset
-    from .models import build_model
     from .programming import optimize_strategy
     from .programming.study import objective_for
-    from .spec import ProgrammingSpec, load_study
+    from .spec import ProgrammingSpec, format_time, load_study
     from .training import ModelCache, train_or_load
-    from .spec import format_time
 
     spec = load_study(args.study)
     names = [h.name for h in spec.hardware]
@@ -397,9 +395,7 @@ def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) 
     data = load_dataset(spec.data, spec.seed)
     model_spec = spec.model_of(variant)
     trained = train_or_load(model_spec.name, model_spec.params, variant.trainer.name, variant.trainer.params, data, spec.seed, ModelCache(args.cache_dir))
-    model = build_model(model_spec.name, trained.model_params or model_spec.params, data.input_shape, data.n_classes)
-    model.load_state_dict(trained.state_dict)
-    net = AnalogNetwork(model)
+    net = AnalogNetwork.from_state(model_spec.name, trained.model_params or model_spec.params, trained.state_dict, data.input_shape, data.n_classes)
     objective = objective_for(net, pop, spec.times, net.layer_ranges(trained.ranges))
     with err.status(f"searching ({prog.maxiter} generations at most, {prog.workers} worker(s))") if err.is_terminal else _nothing():
         result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)

@@ -14,7 +14,7 @@ does. Each normal comes from its own 64-bit output: two 23-bit fields give a uni
 float32; tails reach 5.8 sigma. A chip's elements are generated in aligned chunks, so
 SIMD and scalar code paths never split its numbers differently in another block.
 
-The integer hash runs in a compiled CPU kernel (``kernels.py``) or, on other devices, as
+The integer hash runs in a compiled CPU kernel (``kernels.generator``) or, on other devices, as
 int64 torch operations with two's-complement wrap-around and logical right shifts
 emulated by masking; ``tests/test_rng.py`` checks both bit for bit against a
 plain-integer reference.
@@ -123,7 +123,7 @@ def fields(
     ``(C, count)``: ``u = (k₁ + ½)·2⁻²³`` in (0, 1) and ``θ = 2π·(k₂ + ½)·2⁻²³``, where
     ``k₁ = b >> 41`` and ``k₂ = (b >> 9) & (2²³ − 1)`` are 23-bit fields of the element's
     output ``b = mix64(key + (i + 1)·φ)``. Exact in float32, so the compiled CPU kernel
-    (``kernels.py``) and :func:`fields_tensor` (any device) give the same bits. ``out``:
+    (``kernels.generator``) and :func:`fields_tensor` (any device) give the same bits. ``out``:
     two contiguous float32 tensors of ``C·count`` elements to write them to, on the CPU."""
     if keys.device.type == "cpu":
         from .kernels import uniform_fields

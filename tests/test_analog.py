@@ -124,7 +124,7 @@ def test_the_first_layers_shared_input_gives_the_copied_inputs_bits() -> None:
         pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), periphery=periphery)
         read = pop.program(net.nominal, chip_stream(0, "shared", range(3)), net.granules).read(100.0)
         assert torch.equal(net.forward(x, read), copied.forward(x, read))
-        assert not any(layer.shared_input for layer in net.layers)
+        assert all(layer.call is None for layer in net.layers)
         grads = []
         for n in (net, copied):
             w = read.layers[0].weight.detach().clone().requires_grad_(True)

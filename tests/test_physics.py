@@ -130,7 +130,7 @@ def test_no_drift_before_t0_and_switches() -> None:
 
 def test_compiled_pcm_paths_equal_the_tensor_formulas() -> None:
     """On the CPU, programming and reads run compiled passes between PyTorch's ln/cos/exp
-    (kernels.py); they must give the tensor formulas' bits for the same normals, and the
+    (kernels.pcm); they must give the tensor formulas' bits for the same normals, and the
     fused read-and-decode the bits of a read followed by the mapping's decode."""
     p = pcm.PCMParams()
     g = torch.rand(3, 70_000, generator=torch.Generator().manual_seed(0)) * G_MAX
@@ -243,3 +243,18 @@ def test_a_chips_devices_do_not_depend_on_windows_or_block(monkeypatch: pytest.M
     reference = run(262_144, [0, 1, 2])
     for chunk, chips in ((4096, [0, 1, 2]), (1 << 20, [1]), (64, [5, 1])):
         assert all(torch.equal(a, b) for a, b in zip(run(chunk, chips), reference, strict=True))
+
+
+def test_the_compiled_programming_pass_takes_its_constants_by_name() -> None:
+    """kernels.pcm.PROGRAM_CONSTANTS names a PCM parameter (or the floor) at every index the
+    compiled pass reads, so a parameter cannot land in another's slot."""
+    from mcstudy.hardware.pcm import G_FLOOR, PCMParams, _program_constants
+    from mcstudy.kernels import pcm as k
+
+    p = PCMParams(drift_scale=0.5, g_max=40.0)
+    consts = _program_constants(p)
+    assert len(consts) == len(k.PROGRAM_CONSTANTS) == k.FLOOR + 1
+    for i, name in enumerate(k.PROGRAM_CONSTANTS):
+        expected = G_FLOOR if name == "floor" else getattr(p, name)
+        assert consts[i] == np.float32(expected), name
+    assert consts[k.DRIFT_SCALE] == np.float32(0.5) and consts[k.G_MAX] == np.float32(40.0)

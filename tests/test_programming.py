@@ -20,6 +20,7 @@ from mcstudy.hardware.tiles import TileSpec
 from mcstudy.models import build_model
 from mcstudy.models.zoo import LeNetParams, LSTMParams
 from mcstudy.programming import ProgrammingObjective, Strategy, StrategyMapping, naive_vector, optimize_strategy, sample_weights
+from mcstudy.programming.study import build_population
 from mcstudy.rng import chip_stream
 
 from .conftest import run_cli, small_study
@@ -203,7 +204,7 @@ def test_the_objective_programs_the_devices_the_chips_deploy_with() -> None:
     torch.manual_seed(0)
     net = AnalogNetwork(build_model("mlp", spec.model.params, (1, 8, 8), 10))
     objective = objective_for(net, pop, spec.times)
-    deployed = pop.build().mapping
+    deployed = build_population(pop).mapping
     assert objective.encoding.on_off_ratio == deployed.params.on_off_ratio == 10.0
     with_ranges = objective_for(net, pop, spec.times, ranges=[2.0 * float(w.abs().max()) for w in net.nominal])
     assert np.abs(with_ranges.weights).max() <= 0.5 + 1e-6  # normalised by the trainer's (here doubled) ranges
@@ -220,5 +221,5 @@ def test_the_equal_split_is_a_named_strategy_that_reads_back_exactly() -> None:
 
     raw = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("studies", "quickstart.yaml").read_text())
     raw["hardware"] = {"pcm": {"device": "pcm", "mapping": "multi_pair", "programming": "equal"}}
-    pop = parse_study(yaml.safe_dump(raw)).population("pcm").build()
+    pop = build_population(parse_study(yaml.safe_dump(raw)).population("pcm"))
     assert isinstance(pop.mapping, StrategyMapping) and pop.mapping.strategy == Strategy.equal()

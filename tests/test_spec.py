@@ -198,7 +198,9 @@ def test_population_sections_and_sweeps_over_them(tmp_path: Path) -> None:
     assert spec.hardware_coords["periphery_adc_bits"][:2] == (6.0, 8.0)
     measured = spec.hardware[2].device.params
     assert measured.points.sigma_prog == (0.3, 1.0) and measured.csv == str(tmp_path / "dev.csv")
-    spec.hardware[0].build()  # every section builds into physics
+    from mcstudy.programming.study import build_population
+
+    build_population(spec.hardware[0])  # every section builds into physics
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ chip's own forward pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -132,8 +134,26 @@ Calibrate = Callable[[int, torch.Tensor], tuple[torch.Tensor | None, torch.Tenso
 """``(layer index, analog output (C, N, out, *spatial)) -> (scale, shift)``, each ``(C, 1|out)`` or None."""
 
 
+@dataclass
+class LayerCall:
+    """What one analog layer computes with during one ``AnalogNetwork.logits`` call: the
+    chips' read of its devices, the periphery, the digital trims and how per-vector noise
+    is keyed. Set for the call and dropped after it: a network never remembers a chip."""
+
+    read: LayerRead
+    periphery: PeripherySpec
+    out_scale: torch.Tensor | None = None  # (C,) or (C, out) digital output scale
+    out_shift: torch.Tensor | None = None  # (C,) or (C, out) digital output shift
+    calibrate: Calibrate | None = None  # sets out_scale/out_shift from this call's output
+    sample_offset: int = 0  # index of the first input in its set
+    purpose: str = "eval"  # names the set (keys per-vector noise with sample_offset)
+    shared_input: bool = False  # the input is (N, ...), the same on every chip
+    calls: int = 0  # calls so far in this forward pass (keys per-vector noise: an LSTM's time steps)
+
+
 class ChipLayer(nn.Module):
-    """Base of the analog layers: holds the read, digital trims and options of the current call."""
+    """Base of the analog layers: a layer computes with the :class:`LayerCall` of the
+    current ``AnalogNetwork.logits`` call."""
 
     granule = 1  # crossbar rows that must stay on one tile
 
@@ -141,16 +161,8 @@ class ChipLayer(nn.Module):
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.index = 0  # position among the network's analog layers
-        self.read: LayerRead | None = None
-        self.periphery: PeripherySpec | None = None
-        self.out_scale: torch.Tensor | None = None  # (C,) or (C, out) digital output scale
-        self.out_shift: torch.Tensor | None = None  # (C,) or (C, out) digital output shift
-        self.calibrate: Calibrate | None = None  # sets out_scale/out_shift from this call's output
-        self.sample_offset = 0
-        self.purpose = "eval"
-        self.shared_input = False  # this call's input is (N, ...), the same on every chip
         self.relu = False  # a ReLU that followed this layer runs in its digital stage (AnalogNetwork)
-        self.calls = 0  # calls so far in this forward pass (keys per-vector noise: an LSTM's time steps)
+        self.call: LayerCall | None = None
 
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -165,35 +177,36 @@ class ChipLayer(nn.Module):
         return tuple(x.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        read, periphery = self.read, self.periphery
-        if read is None or periphery is None:
-            raise RuntimeError("analog layer called without a deployed chip read")
+        call = self.call
+        if call is None:
+            raise RuntimeError("analog layer called without a deployed chip read (outside AnalogNetwork.logits)")
+        read = call.read
         c = read.weight.shape[0]
-        if self.shared_input:  # one copy of the inputs viewed by every chip (stride 0), not C copies
+        if call.shared_input:  # one copy of the inputs viewed by every chip (stride 0), not C copies
             x = x.unsqueeze(0).expand(c, *x.shape)
         else:
             x = x.reshape(c, -1, *self.feature_shape(x))
-        y = crossbar(x, read, periphery, self.product, self.rows, self.sample_offset, self.purpose, self.calls)
-        self.calls += 1
+        y = crossbar(x, read, call.periphery, self.product, self.rows, call.sample_offset, call.purpose, call.calls)
+        call.calls += 1
         trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order
         if read.neurons.gain is not None:
             trims.append((False, read.neurons.gain))
         if read.neurons.offset is not None:
             trims.append((True, read.neurons.offset))
-        if self.calibrate is not None:
+        if call.calibrate is not None:
             y = _digital_stage(y, trims, False, keep=True)
-            self.out_scale, self.out_shift = self.calibrate(self.index, y)
+            call.out_scale, call.out_shift = call.calibrate(self.index, y)
             trims = []
-        if self.out_scale is not None:
-            trims.append((False, self.out_scale.reshape(c, -1)))
-        if self.out_shift is not None:
-            trims.append((True, self.out_shift.reshape(c, -1)))
+        if call.out_scale is not None:
+            trims.append((False, call.out_scale.reshape(c, -1)))
+        if call.out_shift is not None:
+            trims.append((True, call.out_shift.reshape(c, -1)))
         if self.bias is not None:
             trims.append((True, self.bias.view(1, -1)))
         # without autograd the crossbar's fresh output is changed in place (same numbers, no
         # new (C, N, out) tensors); out of place for the backward pass, and when a calibration
         # hook has seen (and may keep) the output
-        y = _digital_stage(y, trims, self.relu, keep=torch.is_grad_enabled() or self.calibrate is not None)
+        y = _digital_stage(y, trims, self.relu, keep=torch.is_grad_enabled() or call.calibrate is not None)
         return y.reshape(-1, *y.shape[2:])
 
 

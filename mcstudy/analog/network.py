@@ -9,8 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..hardware.chip import ChipRead, LayerRead
+from ..models import build_model
+from ..registry import Params
 from ..hardware.periphery import NeuronDraws, PeripherySpec
-from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
+from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, LayerCall, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
 
 Scales = list[torch.Tensor | None] | None
 
@@ -25,6 +27,15 @@ class AnalogNetwork:
     ``(C, N, classes)``. The read is an argument, not state: the network never
     remembers a chip between calls.
     """
+
+    @classmethod
+    def from_state(
+        cls, model: str, params: Params, state: dict[str, torch.Tensor], input_shape: tuple[int, ...], n_classes: int
+    ) -> "AnalogNetwork":
+        """The zoo model ``model`` with ``params``, its trained ``state`` loaded."""
+        module = build_model(model, params, input_shape, n_classes)
+        module.load_state_dict(state)
+        return cls(module)
 
     def __init__(self, model: nn.Module) -> None:
         self.module = copy.deepcopy(model).eval()
@@ -120,20 +131,18 @@ class AnalogNetwork:
             raise ValueError(f"a read of {len(read.layers)} layers for {n_layers} analog layers")
         scales, shifts = out_scales or [None] * n_layers, out_shifts or [None] * n_layers
         c, n = read.n_chips, x.shape[0]
+        k = self._shared_at
+        shared = k is not None and c > 1  # the inputs of the first analog layer, once, for every chip
         try:
             for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
-                layer.read, layer.periphery, layer.out_scale, layer.out_shift = lr, read.periphery, a, b
-                layer.sample_offset, layer.purpose, layer.calibrate, layer.calls = sample_offset, purpose, calibrate, 0
-            k = self._shared_at
-            if k is not None and c > 1:  # the inputs of the first analog layer, once, for every chip
-                self.module[k].shared_input = True
+                layer.call = LayerCall(lr, read.periphery, a, b, calibrate, sample_offset, purpose, shared and layer is self.module[k])
+            if shared:
                 out = self.module(x)
             else:
                 out = self.module(x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
             for layer in self.layers:
-                layer.read = layer.periphery = layer.out_scale = layer.out_shift = layer.calibrate = None
-                layer.sample_offset, layer.purpose, layer.shared_input, layer.calls = 0, "eval", False, 0
+                layer.call = None
         return out.reshape(c, n, *out.shape[1:])
 
     @torch.no_grad()

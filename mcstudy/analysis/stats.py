@@ -53,6 +53,14 @@ def _threshold(ds: xr.Dataset, metric: str, within: float | None, absolute: floa
     return ds[f"float_{metric}"] - within
 
 
+def passing_chips(metric: xr.DataArray, threshold: xr.DataArray | float) -> tuple[xr.DataArray, xr.DataArray]:
+    """``(passing, evaluated)``: per cell, how many chips reach ``threshold`` (less
+    :data:`SLACK`) and how many were evaluated (chips not yet evaluated are left out)."""
+    evaluated = metric.notnull()
+    ok = (metric >= threshold - SLACK) & evaluated
+    return ok.sum("chip").compute(), evaluated.sum("chip").compute()
+
+
 def chip_yield_ci(
     ds: xr.Dataset,
     within: float | None = None,
@@ -64,10 +72,7 @@ def chip_yield_ci(
     ``within`` of the float model's (the store's ``yield_within``, 0.01 = 1 pp), with its
     Wilson interval. Chips not yet evaluated are left out. Variables: ``yield``, ``lower``,
     ``upper``, ``chips``, ``passing``."""
-    acc = ds[metric]
-    ok = (acc >= _threshold(ds, metric, within, absolute) - SLACK) & acc.notnull()
-    n = acc.notnull().sum("chip").compute()
-    k = ok.sum("chip").compute()
+    k, n = passing_chips(ds[metric], _threshold(ds, metric, within, absolute))
     lo, hi = wilson_interval(k.values, n.values, confidence)
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = k / n

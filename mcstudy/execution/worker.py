@@ -19,9 +19,9 @@ import torch
 from ..analog import AnalogNetwork
 from ..data import Dataset
 from ..errors import McStudyError
-from ..models import build_model
 from ..procedures import METRICS, PROCEDURES, EvalData
 from ..programming import Strategy
+from ..programming.study import build_population
 from ..registry import Params
 from ..rng import chip_stream
 from ..spec import StudySpec
@@ -93,14 +93,13 @@ class WorkerContext:
         self.networks: dict[str, AnalogNetwork] = {}
         self.ranges: dict[str, list[float] | None] = {}  # each variant's trained weight ranges, in layer order
         for v in spec.variants:
-            model = build_model(spec.model_of(v).name, payload.model_params[v.name], payload.input_shape, payload.n_classes)
-            model.load_state_dict(payload.states[v.name])
-            self.networks[v.name] = AnalogNetwork(model).to(self.device)
+            net = AnalogNetwork.from_state(spec.model_of(v).name, payload.model_params[v.name], payload.states[v.name], payload.input_shape, payload.n_classes)
+            self.networks[v.name] = net.to(self.device)
             self.ranges[v.name] = self.networks[v.name].layer_ranges(payload.ranges.get(v.name))
-        self.populations = {h.name: h.build() for h in spec.hardware}
+        self.populations = {h.name: build_population(h) for h in spec.hardware}
         # populations whose strategy was optimised for each variant's network
         self.variant_populations = {
-            (v, h): spec.population(h).build(strategy) for h, per in payload.strategies.items() for v, strategy in per.items()
+            (v, h): build_population(spec.population(h), strategy) for h, per in payload.strategies.items() for v, strategy in per.items()
         }
         self.procedures = [PROCEDURES.get(p.kind.name).obj(p.kind.params) for p in spec.procedures]
 

@@ -41,6 +41,7 @@ from pydantic import Field
 
 from ..registry import Params
 from .. import kernels
+from ..kernels import pcm as pcm_kernels
 from ..rng import ALIGN, Stream, aligned, chunks, draw_normal, window_width
 from .base import DEVICES, DeviceModel, DeviceState
 from ..vocabulary import REFERENCE_TIME_S
@@ -168,16 +169,16 @@ def _program_formula(
 
 
 def _program_constants(p: PCMParams) -> np.ndarray:
-    """The constants :func:`kernels.pcm_program_finish` takes, as float32 (as the tensor code rounds them)."""
-    values = [p.g_max, p.prog_c0, p.prog_c1, p.prog_c2, p.prog_sigma_scale, p.mu_nu_slope, p.mu_nu_intercept, p.mu_nu_min,
-              p.mu_nu_max, p.sigma_nu_slope, p.sigma_nu_intercept, p.sigma_nu_min, p.sigma_nu_max, p.drift_scale, G_FLOOR]  # fmt: skip
+    """The constants :func:`kernels.pcm_program_finish` takes, by name
+    (``kernels.pcm.PROGRAM_CONSTANTS``), as float32 (as the tensor code rounds them)."""
+    values = [G_FLOOR if name == "floor" else getattr(p, name) for name in pcm_kernels.PROGRAM_CONSTANTS]
     return np.array(values, dtype=np.float32)
 
 
 def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Program ``(C, n)`` targets (µS) from chip streams: ``(g_prog, nu, qs)``, each ``(C, n)``
     contiguous. On the CPU, every chip at once in windows of aligned columns (``rng.window_width``) with the
-    arithmetic between ln, cos and exp in compiled passes (``kernels.py``); elsewhere the
+    arithmetic between ln, cos and exp in compiled passes (``kernels.pcm``); elsewhere the
     tensor formulas chip by chip, in cache-sized pieces (``rng.chunks``)."""
     g_prog, nu, qs = (torch.empty(g_target.shape, dtype=g_target.dtype, device=g_target.device) for _ in range(3))
     s_prog, s_nu = rng.child("prog"), rng.child("nu")
@@ -205,7 +206,7 @@ def _program_stream(g_target: torch.Tensor, rng: Stream, p: PCMParams) -> tuple[
         first[0] = a
         kernels.window_fields(s_prog.keys, first, span, logs[0:1], cosines[0:1])
         kernels.window_fields(s_nu.keys, first, span, logs[1:2], cosines[1:2])
-        kernels.pcm_floor_normalised(gt_np, a, w, consts[0], consts[14], log_g_np)
+        kernels.pcm_floor_normalised(gt_np, a, w, consts[pcm_kernels.G_MAX], consts[pcm_kernels.FLOOR], log_g_np)
         logs[:, :, :span].log_(), cosines[:, :, :span].cos_(), log_g[:, :span].log_()
         kernels.pcm_program_finish(gt_np, log_g_np, a, w, logs_np, cos_np, consts, gp_np, nu_np, qs_np)
         _qs_of_floored(qs[:, a : a + w], p)  # the kernel left the floored normalised G_P there

@@ -74,7 +74,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def _compiled(x: torch.Tensor) -> bool:
-    """Whether a converter on ``x`` may run as one compiled pass (``kernels.py``): evaluation
+    """Whether a converter on ``x`` may run as one compiled pass (``kernels.converters``): evaluation
     on the CPU in float32, where nothing needs a gradient."""
     return not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
 

@@ -1,8 +1,11 @@
-"""Strategies for a study's populations with ``programming: optimize``: one per variant
-(each network has its own weight distribution), searched once and cached by hash."""
+"""A study's populations as physics: :func:`build_population` (with the programming
+strategy the study names), and the strategies of populations with ``programming:
+optimize``: one per variant (each network has its own weight distribution), searched
+once and cached by hash."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -12,7 +15,23 @@ from ..analog import AnalogNetwork
 from ..hardware.mapping import Encoding
 from ..spec import PopulationSpec
 from .optimize import ProgrammingObjective, SearchResult, optimize_strategy, sample_weights
-from ..hardware.strategy import Strategy
+from ..hardware import Population
+from ..hardware.strategy import Strategy, StrategyMapping
+
+
+def build_population(population: PopulationSpec, strategy: Strategy | None = None) -> Population:
+    """``population``'s physics; ``strategy`` (or the one the study names: a file,
+    ``naive`` or ``equal``) programs its multi-pair weights."""
+    pop = Population.build(
+        population.device.name, population.device.params, population.mapping.name, population.mapping.params,
+        population.variation, population.tile, population.periphery, population.read_noise, population.weight_scale,
+    )  # fmt: skip
+    named = {"naive": Strategy.naive, "equal": Strategy.equal}
+    preset = named.get(population.programming.strategy) if population.programming else None
+    chosen = strategy or population.strategy or (preset() if preset else None)
+    if chosen is None:
+        return pop
+    return dataclasses.replace(pop, mapping=StrategyMapping(chosen, population.mapping.params))  # type: ignore[arg-type]
 
 
 def objective_for(
@@ -22,7 +41,7 @@ def objective_for(
     weights normalised as programming normalises them (``ranges``: the trainer's, if any)."""
     prog = population.programming
     assert prog is not None
-    built = population.build()
+    built = build_population(population)
     scale = built.scale_used(ranges is not None)
     u = sample_weights(net.nominal, net.granules, population.tile, prog.samples, prog.seed, scale, ranges)
     # the encoding the chips are programmed with: the study's, with the device's off state where it sets none

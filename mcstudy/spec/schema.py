@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -11,9 +10,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, PositiveInt
 
 from ..data import DataSpec
-from ..hardware import PeripherySpec, Population, TileSpec, Variation
+from ..hardware import PeripherySpec, TileSpec, Variation
 from ..hardware.chip import ReadNoiseMode, WeightScale
-from ..hardware.strategy import Strategy, StrategyMapping
+from ..hardware.strategy import Strategy
 from ..registries import PROCEDURES, TRAINERS
 from ..registry import Params
 from ..times import TimeSeconds
@@ -110,20 +109,6 @@ class PopulationSpec:
     def chip_key(self) -> str:
         """The name its chips are drawn under: its own (as written), or ``chips_of``'s."""
         return self.chips_of or self.base
-
-    def build(self, strategy: Strategy | None = None) -> Population:
-        """The population's physics; ``strategy`` (or the one the study names) programs
-        its multi-pair weights."""
-        pop = Population.build(
-            self.device.name, self.device.params, self.mapping.name, self.mapping.params,
-            self.variation, self.tile, self.periphery, self.read_noise, self.weight_scale,
-        )  # fmt: skip
-        named = {"naive": Strategy.naive, "equal": Strategy.equal}
-        preset = named.get(self.programming.strategy) if self.programming else None
-        chosen = strategy or self.strategy or (preset() if preset else None)
-        if chosen is None:
-            return pop
-        return dataclasses.replace(pop, mapping=StrategyMapping(chosen, self.mapping.params))  # type: ignore[arg-type]
 
     def canonical(self) -> dict[str, Any]:
         out = {
