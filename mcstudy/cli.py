@@ -20,6 +20,7 @@ from rich.text import Text
 from . import __version__
 from .errors import McStudyError
 from .interrupts import Interrupted, stopping_on_signals
+from .location import inside_a_store, output_file
 from .vocabulary import CELL_DIMS, RESULT_DIMS
 
 EXIT_USER_ERROR = 2
@@ -211,13 +212,13 @@ def _report(args: argparse.Namespace, out: Console) -> int:
 
     matplotlib.use("Agg")  # files only, never a window
     from .analysis import write_report
-    from .store import Location, open_results
+    from .store import Location, open_results, require_whole
 
-    _whole(args.store)
+    require_whole(args.store)
     ds = open_results(args.store)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise McStudyError(f"--out {args.out} is a file; the report is a directory (index.html and figures/)")
-    if args.out is not None and ((args.out / "zarr.json").exists() or _inside_a_store(args.out / "index.html")):
+    if args.out is not None and ((args.out / "zarr.json").exists() or inside_a_store(args.out / "index.html")):
         raise McStudyError(f"--out {args.out} is (or is inside) a results store; write the report elsewhere")
     target = args.out
     if target is None:
@@ -234,73 +235,21 @@ def _report(args: argparse.Namespace, out: Console) -> int:
 
 def _export(args: argparse.Namespace, out: Console) -> int:
     from .analysis import export_parquet
-    from .store import open_results
+    from .store import open_results, require_whole
 
     output_file(args.parquet, "--parquet")
-    _whole(args.store)
+    require_whole(args.store)
     rows = export_parquet(open_results(args.store), args.parquet)
     out.print(f"wrote {rows:,} rows to {args.parquet}", highlight=False)
     return 0
 
 
-def _inside_a_store(path: Path) -> Path | None:
-    """The zarr store that ``path`` would be written into, if any."""
-    for parent in path.resolve().parents:
-        if (parent / "zarr.json").is_file():
-            return parent
-    return None
-
-
-def output_file(path: Path, flag: str) -> Path:
-    """A file the command may write: in an existing directory, not a directory, not a
-    device, pipe or socket (replacing /dev/null would break the machine), and not inside
-    a results store."""
-    if str(path) == "":
-        raise McStudyError(f"{flag} is empty; give a file name")
-    if path.is_dir():
-        raise McStudyError(f"{flag} {path} is a directory; give a file name")
-    if path.exists() and not path.is_file():
-        raise McStudyError(f"{flag} {path} exists and is not a regular file (a device, pipe or socket); give a file name")
-    if not path.parent.exists():
-        raise McStudyError(f"{flag} {path}: the directory {path.parent} does not exist")
-    store = _inside_a_store(path)
-    if store is not None:
-        raise McStudyError(f"{flag} {path} is inside the results store {store}; write it elsewhere")
-    return path
-
-
-def _names(ds: "object | None") -> tuple[list[str], list[str]] | None:
-    """The store's variant and hardware names, for messages."""
-    try:
-        return list(map(str, ds["variant"].values)), list(map(str, ds["hardware"].values))  # type: ignore[index]
-    except Exception:
-        return None
-
-
-def _whole(store: str) -> None:
-    """Refuse to read a damaged store (a missing chunk would read as NaN, silently)."""
-    from .store import Location, open_results
-    from .verify import verify
-
-    location = Location(store)
-    if not location.exists():
-        raise McStudyError(f"no results store at {store}")
-    damage = verify(location)
-    if not damage.intact:
-        try:
-            names = _names(open_results(store, check=False))
-        except McStudyError:
-            names = None
-        found = "\n  ".join(damage.lines(names))
-        raise McStudyError(f"{store} is damaged; nothing was read from it:\n  {found}\nmcstudy verify {store} lists it; mcstudy run STUDY --out {store} --repair mends it")
-
-
 def _compare(args: argparse.Namespace, out: Console) -> int:
     """A paired comparison as a table; the intervals are over chips (the same chips in a and b)."""
     from .analysis import paired_table
-    from .store import open_results
+    from .store import open_results, require_whole
 
-    _whole(args.store)
+    require_whole(args.store)
     ds = open_results(args.store)
     metrics = [str(n) for n, v in ds.data_vars.items() if v.dims == RESULT_DIMS]
     if args.metric not in metrics:
@@ -329,7 +278,7 @@ def _compare(args: argparse.Namespace, out: Console) -> int:
 
 def _verify(args: argparse.Namespace, out: Console) -> int:
     """Exit 0 when the store is whole, 1 when it is damaged (2: not a store)."""
-    from .store import Location, open_results
+    from .store import Location, open_results, store_names
     from .verify import verify
 
     location = Location(args.store)
@@ -338,7 +287,7 @@ def _verify(args: argparse.Namespace, out: Console) -> int:
     with out.status("verifying every finished unit") if out.is_terminal else _nothing():
         damage = verify(location)
     try:
-        names = _names(open_results(args.store, check=False))
+        names = store_names(open_results(args.store, check=False))
     except McStudyError:  # a damaged coordinate: positions instead of names
         names = None
     if damage.intact:
@@ -367,36 +316,15 @@ def _bench(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _optimize_programming(args: argparse.Namespace, out: Console, err: Console) -> int:
-    import dataclasses
-
-    from .analog import AnalogNetwork
-    from .data import load_dataset
     from .programming import optimize_strategy
-    from .programming.study import objective_for
-    from .spec import ProgrammingSpec, format_time, load_study
-    from .training import ModelCache, train_or_load
+    from .execution.search import study_objective
+    from .spec import format_time, load_study
 
     spec = load_study(args.study)
-    names = [h.name for h in spec.hardware]
-    if args.population not in names:
-        raise McStudyError(f"--population {args.population!r} is not a hardware population of {args.study}; have {', '.join(names)}")
-    pop = spec.population(args.population)
-    if pop.mapping.name != "multi_pair":
-        raise McStudyError(f"--population {args.population!r} has mapping {pop.mapping.name!r}; a programming strategy needs 'multi_pair'")
-    variants = [v.name for v in spec.variants]
-    vname = args.variant or variants[0]
-    if vname not in variants:
-        raise McStudyError(f"--variant {vname!r} is not a variant of {args.study}; have {', '.join(variants)}")
     output_file(args.out, "--out")
-    prog = pop.programming if pop.programming is not None and pop.programming.strategy == "optimize" else ProgrammingSpec()
-    prog = prog.model_copy(update={"strategy": "optimize", **({"workers": args.workers} if args.workers else {})})
-    pop = dataclasses.replace(pop, programming=prog, strategy=None)
-    variant = spec.variant(vname)
-    data = load_dataset(spec.data, spec.seed)
-    model_spec = spec.model_of(variant)
-    trained = train_or_load(model_spec.name, model_spec.params, variant.trainer.name, variant.trainer.params, data, spec.seed, ModelCache(args.cache_dir))
-    net = AnalogNetwork.from_state(model_spec.name, trained.model_params or model_spec.params, trained.state_dict, data.input_shape, data.n_classes)
-    objective = objective_for(net, pop, spec.times, net.layer_ranges(trained.ranges))
+    objective, pop, vname = study_objective(spec, args.study, args.population, args.variant, args.workers, args.cache_dir)
+    prog = pop.programming
+    assert prog is not None
     with err.status(f"searching ({prog.maxiter} generations at most, {prog.workers} worker(s))") if err.is_terminal else _nothing():
         result = optimize_strategy(objective, prog.maxiter, prog.popsize, prog.tol, prog.workers, prog.seed)
     result.save(args.out, times=list(spec.times), study=spec.name, population=pop.name, variant=vname)
@@ -421,7 +349,7 @@ def _nothing() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from .analysis import summary_table
+    from .analysis.summary import render_summary, summary_table
     from .execution import RunOptions, run_study
     from .spec import load_study
     from .store import open_results
@@ -454,29 +382,6 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
         highlight=False,
     )
     return 0
-
-
-def render_summary(df: "object", within: float, title: str) -> Table:
-    """The end-of-run table: one row per variant × population × procedure × time."""
-    import pandas as pd
-
-    assert isinstance(df, pd.DataFrame)
-    table = Table(title=f"{title}: accuracy over chips (yield = share within {within * 100:g} pp of float)")
-    for col, justify in (("variant", "left"), ("hardware", "left"), ("procedure", "left"), ("time", "right"),
-                         ("float", "right"), ("median", "right"), ("p5", "right"), ("yield", "right"), ("chips", "right")):  # fmt: skip
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    last = None
-    for row in df.to_dict("records"):
-        key = (str(row["variant"]), str(row["hardware"]), str(row["procedure"]))
-        if last is not None and key[:2] != last[:2]:
-            table.add_section()
-        shown = key if key != last else ("", "", "")
-        last = key
-        table.add_row(
-            *shown, str(row["time_label"]), f"{row['float']:.4f}", f"{row['median']:.4f}", f"{row['p5']:.4f}",
-            f"{row['yield'] * 100:.1f}%", str(int(row["chips"])),
-        )  # fmt: skip
-    return table
 
 
 if __name__ == "__main__":

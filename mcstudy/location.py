@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .errors import StoreError
+from .errors import McStudyError, StoreError
 
 LEASE_SECONDS = 120.0
 LEASE_SETTLE_SECONDS = 1.0
@@ -267,3 +267,29 @@ class Lease:
         if held is not None and held.get("holder") == self.id:
             loc = self.location
             loc._op("remove the lease of", lambda: loc.fs.rm_file(loc.lease_path()))
+
+
+def inside_a_store(path: Path) -> Path | None:
+    """The zarr store that ``path`` would be written into, if any."""
+    for parent in path.resolve().parents:
+        if (parent / "zarr.json").is_file():
+            return parent
+    return None
+
+
+def output_file(path: Path, flag: str) -> Path:
+    """A file the command may write: in an existing directory, not a directory, not a
+    device, pipe or socket (replacing /dev/null would break the machine), and not inside
+    a results store."""
+    if str(path) == "":
+        raise McStudyError(f"{flag} is empty; give a file name")
+    if path.is_dir():
+        raise McStudyError(f"{flag} {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():
+        raise McStudyError(f"{flag} {path} exists and is not a regular file (a device, pipe or socket); give a file name")
+    if not path.parent.exists():
+        raise McStudyError(f"{flag} {path}: the directory {path.parent} does not exist")
+    store = inside_a_store(path)
+    if store is not None:
+        raise McStudyError(f"{flag} {path} is inside the results store {store}; write it elsewhere")
+    return path

@@ -31,7 +31,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from .errors import StoreError
+from .errors import McStudyError, StoreError
 from .location import Location, StoreLock, is_url  # noqa: F401  (re-exported: the store API)
 from .spec import StudySpec
 from .times import format_time
@@ -339,3 +339,26 @@ class ResultStore:
             marks[name] = (("hardware", "chip"), values[None].astype(np.float32))
         xr.Dataset(marks).to_zarr(self.location.target, **opts)
         self._take_its_place()
+
+
+def store_names(ds: "object | None") -> tuple[list[str], list[str]] | None:
+    """The store's variant and hardware names, for messages."""
+    try:
+        return list(map(str, ds["variant"].values)), list(map(str, ds["hardware"].values))  # type: ignore[index]
+    except Exception:
+        return None
+
+
+def require_whole(store: str) -> None:
+    """Refuse to read a damaged store (a missing chunk would read as NaN, silently)."""
+    location = Location(store)
+    if not location.exists():
+        raise McStudyError(f"no results store at {store}")
+    damage = verify(location)
+    if not damage.intact:
+        try:
+            names = store_names(open_results(store, check=False))
+        except McStudyError:
+            names = None
+        found = "\n  ".join(damage.lines(names))
+        raise McStudyError(f"{store} is damaged; nothing was read from it:\n  {found}\nmcstudy verify {store} lists it; mcstudy run STUDY --out {store} --repair mends it")

@@ -367,3 +367,37 @@ def test_mcstudy_list_shows_every_registry_and_an_entrys_parameters() -> None:
     assert r.returncode == 2 and "unknown device 'nope'; allowed: ideal, pcm" in r.stderr and "Traceback" not in r.stderr
     r = run("gadgets")
     assert r.returncode == 2 and "unknown kind 'gadgets'" in r.stderr
+
+
+def test_every_trainer_and_procedure_gives_the_same_numbers_in_any_block_and_executor(tmp_path: Path, cache_dir: Path) -> None:
+    """The contract of every registered trainer and procedure (a plugin's included): a
+    study that holds each of them, with its default parameters, writes the same per-chip
+    numbers in blocks of 2 on the serial executor as in blocks of 3 on a local pool."""
+    import numpy as np
+    import yaml
+
+    from mcstudy import load_study, open_results
+    from mcstudy.execution import RunOptions, run_study
+    from mcstudy.registries import PROCEDURES, TRAINERS
+
+    raw = {
+        "name": "contracts", "seed": 3, "chips": 6, "times": ["20s", "1d"],
+        "data": {"dataset": "digits", "calibration_fraction": 0.3},
+        "model": {"name": "mlp", "hidden": [16]},
+        "variants": {name: {"trainer": name, "epochs": 1} for name in TRAINERS.names()},
+        "hardware": {"pcm": {"device": "pcm", "mapping": "differential", "periphery": {"op_drift": {"offset": 0.1}}}},
+        "procedures": {name: {"kind": name} for name in PROCEDURES.names()},
+    }  # fmt: skip
+    study = tmp_path / "contracts.yaml"
+    study.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_study(study)
+    out = {}
+    for name, executor, workers, block in (("serial", "serial", None, 2), ("local", "local", 2, 3)):
+        opts = RunOptions(tmp_path / f"{name}.zarr", executor=executor, workers=workers, block_size=block, cache_dir=cache_dir, progress=False)
+        run_study(spec, opts)
+        out[name] = open_results(opts.out).load()
+    a, b = out["serial"], out["local"]
+    assert set(a["variant"].values) == set(TRAINERS.names()) and set(a["procedure"].values) == set(PROCEDURES.names())
+    assert not np.isnan(a["accuracy"].values).any()
+    for metric in spec.metrics:
+        np.testing.assert_array_equal(a[metric].values, b[metric].values, err_msg=metric)

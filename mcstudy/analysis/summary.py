@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import xarray as xr
+from rich.table import Table
 
 from .stats import passing_chips
 
@@ -35,3 +36,23 @@ def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
     df = stats.to_dataframe().reset_index()
     df["time_label"] = np.asarray(ds["time_label"].values)[np.searchsorted(ds["time"].values, df["time"].values)]
     return df[[*keep, "time_label", "float", "median", "p5", "yield", "chips"]]
+
+
+def render_summary(df: pd.DataFrame, within: float, title: str) -> Table:
+    """The end-of-run table: one row per variant × population × procedure × time."""
+    table = Table(title=f"{title}: accuracy over chips (yield = share within {within * 100:g} pp of float)")
+    for col, justify in (("variant", "left"), ("hardware", "left"), ("procedure", "left"), ("time", "right"),
+                         ("float", "right"), ("median", "right"), ("p5", "right"), ("yield", "right"), ("chips", "right")):  # fmt: skip
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    last = None
+    for row in df.to_dict("records"):
+        key = (str(row["variant"]), str(row["hardware"]), str(row["procedure"]))
+        if last is not None and key[:2] != last[:2]:
+            table.add_section()
+        shown = key if key != last else ("", "", "")
+        last = key
+        table.add_row(
+            *shown, str(row["time_label"]), f"{row['float']:.4f}", f"{row['median']:.4f}", f"{row['p5']:.4f}",
+            f"{row['yield'] * 100:.1f}%", str(int(row["chips"])),
+        )  # fmt: skip
+    return table
