@@ -199,11 +199,13 @@ def test_every_mapping_round_trips_on_ideal_devices(name: str) -> None:
     torch.testing.assert_close(got, w, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "registry",
-    [DEVICES, MAPPINGS],
-    ids=lambda r: r.kind,
-)
+def _registries() -> list[Registry]:
+    from mcstudy import registries
+
+    return [registries.DATASETS, registries.MODELS, registries.DEVICES, registries.MAPPINGS, registries.TRAINERS, registries.PROCEDURES, registries.EXECUTORS]
+
+
+@pytest.mark.parametrize("registry", _registries(), ids=lambda r: r.kind)
 def test_every_entry_refuses_an_unknown_parameter(registry: Registry) -> None:
     for name in registry.names():
         entry = registry.get(name)
