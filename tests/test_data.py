@@ -160,3 +160,109 @@ def test_mnist1d_is_generated_not_downloaded() -> None:
     assert d.input_shape == (1, 40) and d.n_classes == 10
     assert len(d.y_test) == 1000 and len(d.y_train) + len(d.y_cal) == 4000
     assert d.digest == load_dataset(DataSpec(dataset="mnist1d"), seed=0).digest
+
+
+# -- your own data: dataset "arrays" ---------------------------------------------------
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32)[:, None], d.target
+
+
+def _arrays_study(tmp_path: Path, data: dict) -> Path:
+    import yaml
+
+    raw = {
+        "name": "mine", "seed": 1, "chips": 3, "times": ["20s"], "data": {"dataset": "arrays", **data},
+        "model": {"name": "mlp", "hidden": [16]}, "variants": {"float": {"trainer": "standard", "epochs": 2}},
+        "hardware": {"ideal": {"device": "ideal", "mapping": "differential"}},
+    }  # fmt: skip
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_arrays_with_their_own_splits_are_used_as_given(tmp_path: Path) -> None:
+    from mcstudy import load_study
+    from mcstudy.data import load_dataset
+
+    x, y = _digits_arrays()
+    np.savez(tmp_path / "d.npz", x_train=x[:1000], y_train=y[:1000], x_test=x[1000:1500], y_test=y[1000:1500], x_cal=x[1500:], y_cal=y[1500:])
+    spec = load_study(_arrays_study(tmp_path, {"path": "d.npz"}))  # relative to the study file
+    assert spec.data.path == str(tmp_path / "d.npz") and spec.data.sha256 is not None and len(spec.data.sha256) == 64
+    ds = load_dataset(spec.data, spec.seed)
+    np.testing.assert_array_equal(ds.x_train, x[:1000])
+    np.testing.assert_array_equal(ds.y_test, y[1000:1500])
+    np.testing.assert_array_equal(ds.x_cal, x[1500:])
+    assert ds.n_classes == 10 and ds.input_shape == (1, 8, 8)
+
+
+def test_pooled_arrays_are_split_like_a_built_in_dataset_and_the_file_is_part_of_the_hash(tmp_path: Path) -> None:
+    from mcstudy import load_study
+    from mcstudy.data import DataSpec, load_dataset
+
+    x, y = _digits_arrays()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    study = _arrays_study(tmp_path, {"path": "d.npz", "calibration_fraction": 0.2})
+    spec = load_study(study)
+    ours = load_dataset(spec.data, spec.seed)
+    builtin = load_dataset(DataSpec(dataset="digits", calibration_fraction=0.2), spec.seed)
+    for part in ("x_train", "y_train", "x_cal", "y_cal", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(ours, part), getattr(builtin, part))
+    np.savez(tmp_path / "d.npz", x=x[::-1].copy(), y=y[::-1].copy())  # another file under the same name
+    assert load_study(study).hash != spec.hash
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": "x", "z": "y"}, "expected x_train, y_train, x_test, y_test"),
+        ({"x_train": "x", "y_train": "y", "x_test": "x8", "y_test": "y"}, "inputs have shape"),
+        ({"x": "x", "y": "yneg"}, "labels must be integers from 0"),
+        ({"x": "x", "y": "yfloat"}, "labels are integers"),
+        ({"x": "x", "y": "yshort"}, "inputs for"),
+        ({"x_train": "x", "y_train": "y", "x_test": "x", "y_test": "y", "x_cal": "x"}, "without its pair"),
+        ({"x": "xobj", "y": "y"}, "cannot be read without pickles"),
+    ],
+)
+def test_bad_arrays_exit_2_naming_the_file_and_write_nothing(tmp_path: Path, arrays: dict, message: str) -> None:
+    from .conftest import run_cli
+
+    x, y = _digits_arrays()
+    pool = {"x": x, "y": y, "x8": x[:, :, :4], "yneg": y - 1, "yfloat": y + 0.5, "yshort": y[:-3],
+            "xobj": np.array([{"a": 1}] * len(y), dtype=object)}  # fmt: skip
+    np.savez(tmp_path / "d.npz", **{k: pool[v] for k, v in arrays.items()})
+    study = _arrays_study(tmp_path, {"path": "d.npz"})
+    r = run_cli("run", study, "--out", tmp_path / "out.zarr", "--executor", "serial", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "d.npz" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_missing_or_changed_arrays_file_is_a_spec_error(tmp_path: Path) -> None:
+    from mcstudy import load_study
+    from mcstudy.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"data.path: no such file"):
+        load_study(_arrays_study(tmp_path, {"path": "missing.npz"}))
+    with pytest.raises(SpecError, match=r"data.path: dataset 'arrays' reads your .npz file"):
+        load_study(_arrays_study(tmp_path, {}))
+    x, y = _digits_arrays()
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(SpecError, match=r"data.sha256: .* the file changed"):
+        load_study(_arrays_study(tmp_path, {"path": "d.npz", "sha256": "0" * 64}))
+    with pytest.raises(SpecError, match=r"only dataset 'arrays' reads a file"):
+        load_study(_digits_study_with_path(tmp_path))
+
+
+def _digits_study_with_path(tmp_path: Path) -> Path:
+    import yaml
+
+    path = _arrays_study(tmp_path, {"path": "d.npz"})
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["dataset"] = "digits"
+    path.write_text(yaml.safe_dump(raw))
+    return path

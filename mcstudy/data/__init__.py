@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from . import builtin, idx, local  # noqa: F401  (registers the loaders)
+from . import arrays, builtin, idx, local  # noqa: F401  (registers the loaders)
 from .base import DATASETS, Dataset, DataSpec, RawData, make_splits
 
 __all__ = ["DATASETS", "Dataset", "DataSpec", "RawData", "check_raw", "load_dataset", "make_splits"]
@@ -19,7 +19,7 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
         raise DataError(DATASETS.unknown_message(spec.dataset))
     entry = DATASETS.get(spec.dataset).obj
     raw = entry.load(spec)
-    check_raw(raw, f"dataset {spec.dataset!r}" + (f" (data.root {spec.root})" if spec.root else ""))
+    check_raw(raw, f"dataset {spec.dataset!r}" + (f" (data.root {spec.root})" if spec.root else "") + (f" (data.path {spec.path})" if spec.path else ""))
     return make_splits(spec.dataset, raw, spec, seed)
 
 
@@ -27,6 +27,7 @@ def check_raw(raw: RawData, what: str) -> None:
     """Refuse data a study cannot learn from or score on: no samples, inputs of the wrong
     shape or not finite, labels outside 0 .. n_classes − 1, or a single class."""
     parts = [("training", raw.x, raw.y)] + ([("test", raw.x_test, raw.y_test)] if raw.x_test is not None else [])
+    parts += [("calibration", raw.x_cal, raw.y_cal)] if raw.x_cal is not None else []
     for name, x, y in parts:
         if y is None or len(y) == 0 or len(x) == 0:
             raise DataError(f"{what}: the {name} data holds no samples")

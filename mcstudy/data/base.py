@@ -26,6 +26,10 @@ class DataSpec(Params):
     )
     max_train: PositiveInt | None = Field(None, description="cap on training samples (after the split)")
     max_test: PositiveInt | None = Field(None, description="cap on test samples (after the split)")
+    path: str | None = Field(None, description="dataset 'arrays': your .npz file (relative to the study file)")
+    sha256: str | None = Field(
+        None, description="dataset 'arrays': the file's SHA-256; filled in when the study is read (a changed file is another study), or set it to pin the file"
+    )
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class RawData:
     n_classes: int
     x_test: np.ndarray | None = None  # official test split, when the dataset has one
     y_test: np.ndarray | None = None
+    x_cal: np.ndarray | None = None  # a calibration split of its own, when the data has one
+    y_cal: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,12 @@ def make_splits(name: str, raw: RawData, spec: DataSpec, seed: int) -> Dataset:
         x_test, y_test = raw.x[test_idx], raw.y[test_idx]
     else:
         x_pool, y_pool, x_test, y_test = raw.x, raw.y, raw.x_test, raw.y_test
-    train_idx, cal_idx = _stratified_split(y_pool, spec.calibration_fraction, rng)
+    if raw.x_cal is not None and raw.y_cal is not None:  # the data's own calibration split
+        n_pool = len(y_pool)
+        x_pool, y_pool = np.concatenate([x_pool, raw.x_cal]), np.concatenate([y_pool, raw.y_cal])
+        train_idx, cal_idx = np.arange(n_pool), np.arange(n_pool, len(y_pool))
+    else:
+        train_idx, cal_idx = _stratified_split(y_pool, spec.calibration_fraction, rng)
     if spec.max_train is not None and len(train_idx) > spec.max_train:
         train_idx = np.sort(rng.choice(train_idx, spec.max_train, replace=False))
     if spec.max_test is not None and len(y_test) > spec.max_test:

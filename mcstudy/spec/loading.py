@@ -198,6 +198,10 @@ def _check_data(data: DataSpec, base_dir: Path | None, problems: list[tuple[str,
         problems.append(("data.dataset", DATASETS.unknown_message(data.dataset)))
         return data
     entry = DATASETS.get(data.dataset).obj
+    if data.dataset == "arrays":
+        return _check_arrays_file(data, base_dir, problems)
+    if data.path is not None or data.sha256 is not None:
+        problems.append(("data.path", f"only dataset 'arrays' reads a file of your own; dataset {data.dataset!r} takes no path"))
     if entry.needs_root:
         if data.root is None:
             problems.append(("data.root", f"dataset {data.dataset!r} reads local files: set data.root to their directory"))
@@ -209,3 +213,26 @@ def _check_data(data: DataSpec, base_dir: Path | None, problems: list[tuple[str,
             problems.append(("data.root", f"not a directory; got {str(root)!r}"))
         return data.model_copy(update={"root": str(root)})
     return data
+
+
+def _check_arrays_file(data: DataSpec, base_dir: Path | None, problems: list[tuple[str, str]]) -> DataSpec:
+    """``data.path`` resolved against the study file's directory, present, within the
+    size limit; its SHA-256 recorded (or checked, where the study pins one)."""
+    from ..data.arrays import MAX_ARRAYS_BYTES, file_sha256
+
+    if data.path is None:
+        problems.append(("data.path", "dataset 'arrays' reads your .npz file: set data.path (relative to the study file)"))
+        return data
+    path = Path(data.path).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = (base_dir / path).resolve()
+    if not path.is_file():
+        problems.append(("data.path", f"no such file; got {str(path)!r}"))
+        return data
+    if path.stat().st_size > MAX_ARRAYS_BYTES:
+        problems.append(("data.path", f"{path} has {path.stat().st_size:,} bytes; a data file may have at most {MAX_ARRAYS_BYTES:,}"))
+        return data
+    digest = file_sha256(path)
+    if data.sha256 is not None and data.sha256 != digest:
+        problems.append(("data.sha256", f"{path} has SHA-256 {digest}, not the {data.sha256} the study pins: the file changed"))
+    return data.model_copy(update={"path": str(path), "sha256": digest})

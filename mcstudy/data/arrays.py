@@ -1,0 +1,89 @@
+"""Your own data: ``data: {dataset: arrays, path: data.npz}``.
+
+The ``.npz`` file holds either ``x_train``, ``y_train``, ``x_test``, ``y_test`` (and
+optionally ``x_cal``, ``y_cal``: the calibration split on-chip procedures learn from), or
+``x`` and ``y``, split like the built-in datasets (``test_fraction``,
+``calibration_fraction``, stratified, from the study's seed). Inputs are any numeric
+array ``(N, *input_shape)`` (read as float32, as given: scale them as your network
+expects); labels are integers from 0 to the number of classes − 1. The file is read
+without pickles (``allow_pickle=False``); its SHA-256 is part of the study's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .base import DATASETS, DatasetEntry, DataSpec, RawData
+
+MAX_ARRAYS_BYTES = 8 << 30  # 8 GiB: a study's data file, refused beyond (README, "Limits")
+SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
+OPTIONAL_KEYS = ("x_cal", "y_cal")
+POOLED_KEYS = ("x", "y")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _array(arrays: np.lib.npyio.NpzFile, key: str, path: Path, labels: bool) -> np.ndarray:
+    what = f"data file {path}: array {key!r}"
+    try:
+        a = arrays[key]
+    except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays need pickles, which are refused
+        raise DataError(f"{what} cannot be read without pickles (numbers only): {e}") from None
+    if labels:
+        if a.ndim != 1:
+            raise DataError(f"{what} has shape {a.shape}; labels are one integer per sample, shape (N,)")
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and a.size and np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+            raise DataError(f"{what} has dtype {a.dtype}; labels are integers from 0")
+        return a.astype(np.int64)
+    if a.dtype.kind not in "iuf" or a.ndim < 2:
+        raise DataError(f"{what} has dtype {a.dtype} and shape {a.shape}; inputs are numbers of shape (N, *input_shape)")
+    return a.astype(np.float32)
+
+
+def _load_arrays(spec: DataSpec) -> RawData:
+    if spec.path is None:
+        raise DataError("dataset 'arrays' needs data.path: your .npz file")
+    path = Path(spec.path)
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"data.path: no file {path}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"data.path: {path} is not a readable .npz file (numpy.savez): {e}") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataError(f"data.path: {path} holds one array; save named arrays with numpy.savez(path, x_train=..., y_train=..., ...)")
+    with arrays:
+        keys = set(arrays.files)
+        if set(SPLIT_KEYS) <= keys:
+            x, y, xt, yt = (_array(arrays, k, path, k[0] == "y") for k in SPLIT_KEYS)
+            cal = [k for k in OPTIONAL_KEYS if k in keys]
+            if len(cal) == 1:
+                raise DataError(f"data file {path}: has {cal[0]!r} without its pair; give both x_cal and y_cal, or neither")
+            xc, yc = (_array(arrays, "x_cal", path, False), _array(arrays, "y_cal", path, True)) if cal else (None, None)
+        elif set(POOLED_KEYS) <= keys:
+            x, y = _array(arrays, "x", path, False), _array(arrays, "y", path, True)
+            xt = yt = xc = yc = None
+        else:
+            raise DataError(
+                f"data file {path}: holds {', '.join(sorted(keys)) or 'no arrays'}; expected x_train, y_train, x_test, y_test "
+                "(and optionally x_cal, y_cal), or x and y"
+            )
+    labels = [a for a in (y, yt, yc) if a is not None]
+    if any(a.size and a.min() < 0 for a in labels):
+        raise DataError(f"data file {path}: labels must be integers from 0 (found a negative label)")
+    n_classes = int(max(int(a.max()) for a in labels if a.size) + 1) if any(a.size for a in labels) else 0
+    return RawData(x=x, y=y, input_shape=tuple(x.shape[1:]), n_classes=n_classes, x_test=xt, y_test=yt, x_cal=xc, y_cal=yc)
+
+
+DATASETS.register("arrays")(DatasetEntry(_load_arrays))

@@ -1,0 +1,58 @@
+"""The Python API: mcstudy.run takes a study file, a dict or a loaded study and returns
+the same store the command line writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import mcstudy
+
+from .conftest import QUICKSTART, run_cli
+
+
+def _raw(chips: int = 6) -> dict:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["chips"] = chips
+    raw["times"] = ["20s", "1d"]
+    for v in raw["variants"].values():
+        v["epochs"] = 3
+    return raw
+
+
+def test_run_a_study_dict_gives_the_command_lines_store(tmp_path: Path, cache_dir: Path) -> None:
+    raw = _raw()
+    ds = mcstudy.run(raw, out=tmp_path / "api.zarr", executor="serial", cache_dir=cache_dir)
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump(raw, sort_keys=False))
+    r = run_cli("run", study, "--out", tmp_path / "cli.zarr", "--executor", "local", "--workers", "2", "--quiet", cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    cli = mcstudy.open_results(tmp_path / "cli.zarr")
+    assert ds.attrs["spec_hash"] == cli.attrs["spec_hash"]
+    for m in ("accuracy", "loss"):
+        np.testing.assert_array_equal(ds[m].values, cli[m].values)
+    assert ds["accuracy"].sizes["chip"] == 6 and not np.isnan(ds["accuracy"].values).any()
+
+
+def test_run_a_file_or_a_loaded_study_with_overrides(tmp_path: Path, cache_dir: Path) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump(_raw(chips=20), sort_keys=False))
+    a = mcstudy.run(study, out=tmp_path / "a.zarr", chips=4, executor="serial", cache_dir=cache_dir)
+    b = mcstudy.run(mcstudy.load_study(study), out=tmp_path / "b.zarr", chips=4, executor="serial", block_size=3, cache_dir=cache_dir)
+    assert a.sizes["chip"] == b.sizes["chip"] == 4
+    np.testing.assert_array_equal(a["accuracy"].values, b["accuracy"].values)
+    c = mcstudy.run(study, out=tmp_path / "c.zarr", chips=4, seed=9, executor="serial", cache_dir=cache_dir)
+    assert c.attrs["seed"] == 9 and not np.array_equal(a["accuracy"].values, c["accuracy"].values)
+
+
+def test_bad_input_raises_a_message_naming_the_field_and_writes_nothing(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["chips"] = -3
+    with pytest.raises(mcstudy.SpecError, match=r"chips"):
+        mcstudy.run(raw, out=tmp_path / "bad.zarr")
+    with pytest.raises(mcstudy.McStudyError, match="a path, a dict or a StudySpec"):
+        mcstudy.run(42, out=tmp_path / "bad.zarr")  # type: ignore[arg-type]
+    assert not (tmp_path / "bad.zarr").exists()
