@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated, Any, Callable, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
@@ -40,6 +41,20 @@ class Params(BaseModel):
     in a study file, or a number too large for a float, is refused)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    def resolve(self, base_dir: Path | None) -> Params:
+        """These parameters with every file they name made absolute (relative to the study
+        file's directory ``base_dir``) and read or checked, when the study is read. Default:
+        nothing to resolve. Raise :class:`FileParamError` naming the field."""
+        return self
+
+
+class FileParamError(ValueError):
+    """A parameter that names a file the study cannot use; ``field`` is its name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class NoParams(Params):

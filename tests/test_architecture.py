@@ -17,6 +17,8 @@ import torch
 
 from mcstudy.hardware import DEVICES, MAPPINGS, Population, TileSpec, Variation
 from mcstudy.registry import Registry
+from mcstudy.models import build_model
+from mcstudy.models.zoo import MLPParams
 from mcstudy.rng import chip_stream
 from mcstudy.vocabulary import REFERENCE_TIME_S
 
@@ -371,6 +373,15 @@ def test_mcstudy_list_shows_every_registry_and_an_entrys_parameters() -> None:
     assert r.returncode == 2 and "unknown kind 'gadgets'" in r.stderr
 
 
+def _variant_example(trainer: str) -> dict:
+    """A variant of ``trainer`` for the contract study: one epoch where it trains, the
+    example checkpoint where it deploys one."""
+    from mcstudy.registries import TRAINERS
+
+    fields = TRAINERS.get(trainer).params.model_fields
+    return {"trainer": trainer, **({"epochs": 1} if "epochs" in fields else {}), **({"checkpoint": "example.pt"} if "checkpoint" in fields else {})}
+
+
 def test_every_trainer_and_procedure_gives_the_same_numbers_in_any_block_and_executor(tmp_path: Path, cache_dir: Path) -> None:
     """The contract of every registered trainer and procedure (a plugin's included): a
     study that holds each of them, with its default parameters, writes the same per-chip
@@ -386,12 +397,13 @@ def test_every_trainer_and_procedure_gives_the_same_numbers_in_any_block_and_exe
         "name": "contracts", "seed": 3, "chips": 6, "times": ["20s", "1d"],
         "data": {"dataset": "digits", "calibration_fraction": 0.3},
         "model": {"name": "mlp", "hidden": [16]},
-        "variants": {name: {"trainer": name, "epochs": 1} for name in TRAINERS.names()},
+        "variants": {name: _variant_example(name) for name in TRAINERS.names()},
         "hardware": {"pcm": {"device": "pcm", "mapping": "differential", "periphery": {"op_drift": {"offset": 0.1}}}},
         "procedures": {name: {"kind": name} for name in PROCEDURES.names()},
     }  # fmt: skip
     study = tmp_path / "contracts.yaml"
     study.write_text(yaml.safe_dump(raw, sort_keys=False))
+    torch.save(build_model("mlp", MLPParams(hidden=(16,)), (1, 8, 8), 10).state_dict(), tmp_path / "example.pt")
     spec = load_study(study)
     out = {}
     for name, executor, workers, block in (("serial", "serial", None, 2), ("local", "local", 2, 3)):

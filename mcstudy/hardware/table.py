@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from pydantic import Field, model_validator
 
-from ..registry import Params
+from ..registry import FileParamError, Params
 from ..rng import Stream, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
 from .pcm import PCMDriftReadParams, drifted_and_sigma, vector_fresh_fraction
@@ -59,7 +59,11 @@ class TableParams(PCMDriftReadParams):
         path = Path(self.csv).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = (base_dir / path).resolve()
-        return self.model_copy(update={"points": load_table_csv(path), "csv": str(path)})
+        try:
+            points = load_table_csv(path)
+        except ValueError as e:
+            raise FileParamError("csv", str(e)) from None
+        return self.model_copy(update={"points": points, "csv": str(path)})
 
 
 def load_table_csv(path: Path) -> TablePoints:

@@ -12,10 +12,11 @@ from ..data import DATASETS, DataSpec
 from ..errors import SpecError
 from ..models import MODELS
 from ..registries import PROCEDURES, TRAINERS
+from ..registry import FileParamError
 from ..times import format_time
 from .limits import MAX_FILE_BYTES, MAX_POPULATIONS, MAX_PROCEDURES, MAX_RESULTS, MAX_VARIANTS, MAX_YAML_NODES
 from .problems import _pydantic_problems
-from .schema import ProcedureSpec, StudySpec, VariantSpec, _StudyFile
+from .schema import Component, ProcedureSpec, StudySpec, VariantSpec, _StudyFile
 from .sweeps import _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
 
 
@@ -76,6 +77,7 @@ def parse_study(
     model = _component(top.model, MODELS, "model", "name", problems)
     own_models, variant_entries = _variant_models(top.variants, problems)
     variants = _expand_named(variant_entries, "variants", "trainer", TRAINERS, problems)
+    variants = [(n, _resolved(c, f"variants.{n.split('[')[0]}", base_dir, problems), s) for n, c, s in variants]
     hardware = _expand_hardware(top.hardware, problems, base_dir)
     procedures = [
         ProcedureSpec(name, comp)
@@ -236,3 +238,12 @@ def _check_arrays_file(data: DataSpec, base_dir: Path | None, problems: list[tup
     if data.sha256 is not None and data.sha256 != digest:
         problems.append(("data.sha256", f"{path} has SHA-256 {digest}, not the {data.sha256} the study pins: the file changed"))
     return data.model_copy(update={"path": str(path), "sha256": digest})
+
+
+def _resolved(component: Component, where: str, base_dir: Path | None, problems: list[tuple[str, str]]) -> Component:
+    """``component`` with the files its parameters name resolved (``Params.resolve``)."""
+    try:
+        return Component(component.name, component.params.resolve(base_dir))
+    except FileParamError as e:
+        problems.append((f"{where}.{e.field}", str(e)))
+        return component

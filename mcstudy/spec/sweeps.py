@@ -14,7 +14,7 @@ from ..hardware import DEVICES, MAPPINGS
 from ..hardware.chip import off_state_problem
 from ..models import MODELS
 from ..hardware.strategy import Strategy
-from ..registry import Params, Registry
+from ..registry import FileParamError, Params, Registry
 from .limits import MAX_POPULATIONS
 from .problems import _check_name, _model_class, _pydantic_problems, _unwrap
 from .schema import Component, PopulationSpec, _POPULATION_KEYS, _PopulationSections
@@ -198,11 +198,11 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
         for pname, praw, sweep in _expand(name, entry, leaves, where, problems):
             n_before = len(problems)
             device = _component(praw.get("device"), DEVICES, f"{where}.device", "name", problems)
-            if device is not None and hasattr(device.params, "resolve"):
+            if device is not None:
                 try:
                     device = Component(device.name, device.params.resolve(base_dir))
-                except ValueError as e:
-                    problems.append((f"{where}.device.csv", str(e)))
+                except FileParamError as e:
+                    problems.append((f"{where}.device.{e.field}", str(e)))
             mapping = _component(praw.get("mapping"), MAPPINGS, f"{where}.mapping", "kind", problems, default="differential")
             if device is not None and mapping is not None:
                 device_ratio = DEVICES.get(device.name).obj(device.params).on_off_ratio

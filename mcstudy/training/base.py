@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +39,16 @@ class TrainParams(Params):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="L2 weight decay of the optimiser")
     schedule: Literal["constant", "cosine"] = Field("cosine", description="learning-rate schedule over all steps: constant, or cosine decay to 0")
+    init: str | None = Field(None, description="start from this checkpoint (a state dict .pt, relative to the study file) instead of random weights")
+    init_sha256: str | None = Field(None, description="the init checkpoint's SHA-256: filled in when the study is read, or set it to pin the file")
+
+    def resolve(self, base_dir: Path | None) -> TrainParams:
+        if self.init is None:
+            return self
+        from .checkpoint import resolve_checkpoint
+
+        path, digest = resolve_checkpoint(self.init, self.init_sha256, base_dir, "init")
+        return self.model_copy(update={"init": path, "init_sha256": digest})
 
 
 def init_model(model: str, model_params: Params, data: Dataset, seed: int) -> nn.Module:
@@ -70,10 +81,21 @@ class Trainer:
     def __init__(self, params: TrainParams) -> None:
         self.params = params
 
-    def run(self, model: str, model_params: Params, data: Dataset, seed: int) -> TrainOutcome:
-        """Build the model (initial weights from ``seed``) and train it. A trainer that
-        searches architectures overrides this."""
+    def start(self, model: str, model_params: Params, data: Dataset, seed: int) -> nn.Module:
+        """The model training starts from: initial weights from ``seed``, or the ``init``
+        checkpoint where the variant names one."""
         net = init_model(model, model_params, data, seed)
+        init = getattr(self.params, "init", None)
+        if init is not None:
+            from .checkpoint import load_into
+
+            load_into(net, init, getattr(self.params, "init_sha256", None))
+        return net
+
+    def run(self, model: str, model_params: Params, data: Dataset, seed: int) -> TrainOutcome:
+        """Build the model (:meth:`start`) and train it. A trainer that searches
+        architectures overrides this."""
+        net = self.start(model, model_params, data, seed)
         history = self.fit(net, data, seed)
         return TrainOutcome(net, model_params, history, ranges=self.ranges(net))
 
@@ -158,3 +180,29 @@ class Trainer:
 
 
 TRAINERS.register("standard", TrainParams)(Trainer)
+
+
+class PretrainedParams(Params):
+    checkpoint: str = Field(description="the trained weights: a state dict .pt (relative to the study file)")
+    sha256: str | None = Field(None, description="the checkpoint's SHA-256: filled in when the study is read, or set it to pin the file")
+
+    def resolve(self, base_dir: Path | None) -> PretrainedParams:
+        from .checkpoint import resolve_checkpoint
+
+        path, digest = resolve_checkpoint(self.checkpoint, self.sha256, base_dir, "checkpoint")
+        return self.model_copy(update={"checkpoint": path, "sha256": digest})
+
+
+@TRAINERS.register("pretrained", PretrainedParams)
+class Pretrained(Trainer):
+    """Your trained weights, deployed as they are (no training)."""
+
+    params: PretrainedParams  # type: ignore[assignment]
+
+    def run(self, model: str, model_params: Params, data: Dataset, seed: int) -> TrainOutcome:
+        from .checkpoint import load_into
+
+        net = init_model(model, model_params, data, seed)
+        load_into(net, self.params.checkpoint, self.params.sha256)
+        net.eval()
+        return TrainOutcome(net, model_params, [])

@@ -38,7 +38,7 @@ from ..hardware import DEVICES, MAPPINGS, PeripherySpec, Population, TileSpec, V
 from ..hardware.periphery import ADCSpec
 from ..registry import Entry, Params, registered_name
 from ..rng import chip_stream
-from .base import TRAINERS, TrainOutcome, analog_weight_names, init_model
+from .base import TRAINERS, TrainOutcome, analog_weight_names
 from .quantized import QATParams, QuantizationAware
 from ..vocabulary import REFERENCE_TIME_S
 
@@ -96,7 +96,7 @@ class UniformUnipolar(QuantizationAware):
         best: tuple[float, int, Any] | None = None
         report: list[dict[str, Any]] = []
         for arch in archs:
-            net = init_model(model, arch, data, seed)
+            net = self.start(model, arch, data, seed)
             outs = [int(dict(net.named_parameters())[n].shape[0]) for n in analog_weight_names(net)]
             if p.sign == "none":
                 patterns: list[tuple[str, list[torch.Tensor]]] = [("differential", [])]
@@ -124,7 +124,7 @@ class UniformUnipolar(QuantizationAware):
     def _block_signs(self, model: str, arch: Params, data: Dataset, seed: int) -> list[torch.Tensor]:
         """Each output's block sign, from a short unconstrained warm-up (the mapping's rule)."""
         p = self.params
-        net = init_model(model, arch, data, seed)
+        net = self.start(model, arch, data, seed)
         QuantizationAware(p.model_copy(update={"epochs": p.warmup_epochs})).fit(net, data, seed)
         mapping = MAPPINGS.get("unipolar")
         rule = mapping.obj(mapping.params(bits=p.bits, block_cols=p.block_cols))
@@ -132,7 +132,7 @@ class UniformUnipolar(QuantizationAware):
         return [rule.block_signs(params[n].detach().reshape(params[n].shape[0], -1)).view(-1) for n in analog_weight_names(net)]
 
     def _candidate(self, model: str, arch: Params, data: Dataset, seed: int, signs: list[torch.Tensor]) -> tuple[nn.Module, list[float]]:
-        net = init_model(model, arch, data, seed)
+        net = self.start(model, arch, data, seed)
         trainer = UniformUnipolar(self.params)
         trainer.signs = signs
         if signs:  # start inside the constraint
