@@ -88,6 +88,22 @@ class AnalogNetwork:
             self.layers.append(chip_layer)
             setattr(parent, name, chip_layer)
 
+    def describe(self) -> tuple[list[str], list[str]]:
+        """What runs where: each analog layer as ``name (out×fan_in)``, and the digital
+        modules with parameters or computation by type (mcstudy deploys ``nn.Linear`` and
+        ``nn.Conv2d`` on chips; every other module runs digitally), each type once."""
+        analog = [
+            f"{n.removesuffix('.weight')}: {type(layer).__name__.removeprefix('Chip')} {w.shape[0]}×{w.shape[1]}"
+            for n, w, layer in zip(self.weight_names, self.nominal, self.layers)
+        ]
+        digital: dict[str, None] = {}
+        for m in self.module.modules():
+            if isinstance(m, (ChipLayer, CompiledMaxPool2d, nn.Sequential, nn.ModuleList, nn.ModuleDict)) or m is self.module and list(m.children()):
+                continue
+            if not list(m.children()) or any(True for _ in m.parameters(recurse=False)):
+                digital[type(m).__name__] = None
+        return analog, list(digital)
+
     def layer_ranges(self, ranges: dict[str, float] | None) -> list[float] | None:
         """A trainer's full-scale weights (by parameter name) in the order of the analog
         layers, or None when it has none."""

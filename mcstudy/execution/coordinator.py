@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..analog import AnalogNetwork
 from ..data import Dataset, load_dataset
 from ..errors import McStudyError, SpecError
 from ..interrupts import critical
@@ -103,6 +104,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                     raise McStudyError(f"the trained network of variant {name!r} gives a non-finite loss on the test split (its outputs overflow); nothing was written")
             for name, m in float_metrics.items():
                 console.print(Text.assemble("  float accuracy of ", (name, "cyan"), f": {m['accuracy']:.4f}"))
+            _describe_networks(coordinator_ctx.networks, console)
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
             models = {v.name: {"model": spec.model_of(v).name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
             extra = {"variant_models": json.dumps(models, sort_keys=True)}
@@ -216,3 +218,21 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
+
+
+def _describe_networks(networks: dict[str, AnalogNetwork], console: Console) -> None:
+    """Once per run: which layers run on the chips (crossbar rows × columns of weights)
+    and which digitally; networks that are alike are described once."""
+    seen: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
+    for name, net in networks.items():
+        analog, digital = net.describe()
+        seen.setdefault((tuple(analog), tuple(digital)), []).append(name)
+    for (analog, digital), names in seen.items():
+        weights = sum(int(w.numel()) for w in networks[names[0]].nominal)
+        console.print(
+            f"  on the chips ({', '.join(names)}): {', '.join(analog)} = {weights:,} weights, each on the mapping's devices "
+            f"(2 for a differential pair, 4 for multi_pair, 1 unipolar)",
+            markup=False, highlight=False,
+        )  # fmt: skip
+        if digital:
+            console.print(f"  digital (no analog form in mcstudy): {', '.join(digital)}", markup=False, highlight=False)

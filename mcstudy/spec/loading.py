@@ -17,7 +17,7 @@ from ..times import format_time
 from .limits import MAX_FILE_BYTES, MAX_POPULATIONS, MAX_PROCEDURES, MAX_RESULTS, MAX_VARIANTS, MAX_YAML_NODES
 from .problems import _pydantic_problems
 from .schema import Component, ProcedureSpec, StudySpec, VariantSpec, _StudyFile
-from .sweeps import _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
+from .sweeps import _named_factory, _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
 
 
 def load_study(path: str | Path, chips: int | None = None, seed: int | None = None) -> StudySpec:
@@ -74,8 +74,10 @@ def parse_study(
         raise SpecError(_pydantic_problems(e, _StudyFile), source) from None
 
     data = _check_data(top.data, base_dir, problems)
-    model = _component(top.model, MODELS, "model", "name", problems)
+    model = _component(_named_factory(top.model), MODELS, "model", "name", problems)
+    model = model and _resolved(model, "model", base_dir, problems)
     own_models, variant_entries = _variant_models(top.variants, problems)
+    own_models = {n: _resolved(c, f"variants.{n}.model", base_dir, problems) for n, c in own_models.items()}
     variants = _expand_named(variant_entries, "variants", "trainer", TRAINERS, problems)
     variants = [(n, _resolved(c, f"variants.{n.split('[')[0]}", base_dir, problems), s) for n, c, s in variants]
     hardware = _expand_hardware(top.hardware, problems, base_dir)

@@ -138,6 +138,13 @@ def _expand(
     return out
 
 
+def _named_factory(raw: Any) -> Any:
+    """``model: {factory: ...}`` needs no ``name: factory``."""
+    if isinstance(raw, dict) and "factory" in raw and "name" not in raw:
+        return {"name": "factory", **raw}
+    return raw
+
+
 def _variant_models(raw: dict[str, Any], problems: list[tuple[str, str]]) -> tuple[dict[str, Component], dict[str, Any]]:
     """Variants may name their own model (``model: {name: lstm, hidden: 32}``): those
     models, and the variant entries without them."""
@@ -146,7 +153,7 @@ def _variant_models(raw: dict[str, Any], problems: list[tuple[str, str]]) -> tup
     for name, entry in raw.items():
         if isinstance(entry, dict) and "model" in entry:
             entry = dict(entry)
-            comp = _component(entry.pop("model"), MODELS, f"variants.{name}.model", "name", problems)
+            comp = _component(_named_factory(entry.pop("model")), MODELS, f"variants.{name}.model", "name", problems)
             if comp is not None:
                 models[name] = comp
         entries[name] = entry

@@ -1,0 +1,111 @@
+"""Your own network: ``model: {factory: "mynet:build", kwargs: {...}}``.
+
+``factory`` names an importable callable as ``"package.module:function"``; a module
+beside the study file is importable (``mynet.py`` next to it). mcstudy calls
+``function(input_shape, n_classes, **kwargs)`` and deploys the ``torch.nn.Module`` it
+returns: its ``nn.Linear`` and ``nn.Conv2d`` layers run on the chips, everything else
+digitally (``AnalogNetwork.describe`` lists which at the start of a run). The module's
+source file's SHA-256 is part of the study's hash, so an edited network is another
+study. The local executor's workers import the module from the same place; on a Ray
+cluster the module must be importable on every node (installed, or shipped with the
+job's runtime environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+from pydantic import Field
+
+from ..errors import McStudyError
+from ..registry import FileParamError, Params
+from ..registries import MODELS
+
+FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class FactoryParams(Params):
+    factory: str = Field(pattern=FACTORY_PATTERN, description="your network's builder, 'package.module:function', called as function(input_shape, n_classes, **kwargs)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the builder")
+    source_dir: str | None = Field(None, description="where the builder's module is imported from first: the study file's directory (filled in)")
+    sha256: str | None = Field(None, description="the builder's source file's SHA-256: filled in when the study is read")
+
+    def resolve(self, base_dir: Path | None) -> FactoryParams:
+        where = str(base_dir.resolve()) if base_dir is not None else self.source_dir
+        module_name = self.factory.split(":")[0]
+        origin = _local_file(module_name, where)
+        if origin is None:  # not beside the study: an installed module
+            try:
+                spec = importlib.util.find_spec(module_name)
+            except (ImportError, ValueError) as e:
+                raise FileParamError("factory", f"cannot find module {module_name!r}: {e}") from None
+            if spec is None:
+                raise FileParamError("factory", f"no module {module_name!r}, beside the study file ({where}) or on the Python path")
+            origin = Path(spec.origin) if spec.origin and spec.origin not in ("built-in", "frozen") else None
+        digest = hashlib.sha256(origin.read_bytes()).hexdigest() if origin is not None and origin.is_file() else None
+        return self.model_copy(update={"source_dir": where, "sha256": digest})
+
+
+def _local_file(module_name: str, directory: str | None) -> Path | None:
+    """The source file of ``module_name`` in ``directory`` (``a/b.py`` or ``a/b/__init__.py``
+    for ``a.b``), or None where it is not there."""
+    if directory is None:
+        return None
+    base = Path(directory, *module_name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _importable_from:
+    """``sys.path`` with ``directory`` first for the duration (nothing when None)."""
+
+    def __init__(self, directory: str | None) -> None:
+        self.directory = directory
+
+    def __enter__(self) -> None:
+        if self.directory is not None:
+            sys.path.insert(0, self.directory)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.directory is not None and self.directory in sys.path:
+            sys.path.remove(self.directory)
+
+
+def _builder(params: FactoryParams) -> Callable[..., Any]:
+    module_name, _, attr = params.factory.partition(":")
+    if _local_file(module_name, params.source_dir) is not None:
+        # a module beside the study: imported from there, never a same-named module
+        # imported before from elsewhere (another study's mynet.py)
+        top = module_name.split(".")[0]
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+    with _importable_from(params.source_dir):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as e:  # the user's module failed to import: their code, their message
+            raise McStudyError(f"model.factory {params.factory!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise McStudyError(f"model.factory {params.factory!r}: {module_name} ({getattr(module, '__file__', '?')}) has no function {attr!r}")
+    return fn
+
+
+@MODELS.register("factory", FactoryParams)
+def build_factory(params: FactoryParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """Your own network, built by your function."""
+    fn = _builder(params)
+    try:
+        model = fn(tuple(input_shape), n_classes, **params.kwargs)
+    except Exception as e:
+        raise McStudyError(f"model.factory {params.factory!r} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise McStudyError(f"model.factory {params.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

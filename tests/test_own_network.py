@@ -1,0 +1,98 @@
+"""Your own network: a module beside the study file, built by your function; its Linear
+and Conv2d layers on the chips, everything else digital and listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import mcstudy
+
+from .conftest import run_cli
+
+MODULE = '''
+import math
+import torch
+import torch.nn as nn
+
+
+class Scale(nn.Module):
+    """A layer mcstudy has never seen: it stays digital."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * self.g
+
+
+def build(input_shape, n_classes, width=32):
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.LayerNorm(width), nn.GELU(), Scale(width),
+        nn.Linear(width, n_classes),
+    )
+
+
+def not_a_module(input_shape, n_classes, **kwargs):
+    return [1, 2, 3]
+'''
+
+
+def _study(tmp_path: Path, factory: str = "mynet:build", module: str = MODULE) -> Path:
+    (tmp_path / "mynet.py").write_text(module)
+    raw = {
+        "name": "mynet", "seed": 1, "chips": 4, "times": ["20s", "1d"],
+        "model": {"factory": factory, "kwargs": {"width": 24}},
+        "variants": {"float": {"trainer": "standard", "epochs": 4}, "qat": {"trainer": "quantization_aware", "bits": 4, "epochs": 4}},
+        "hardware": {"ideal": {"device": "ideal", "mapping": "differential"}, "pcm": {"device": "pcm", "mapping": "differential"}},
+    }  # fmt: skip
+    path = tmp_path / "mynet.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_module_beside_the_study_runs_on_a_local_pool(tmp_path: Path, cache_dir: Path) -> None:
+    study = _study(tmp_path)
+    out = tmp_path / "out.zarr"
+    r = run_cli("run", study, "--out", out, "--executor", "local", "--workers", "2", cwd=Path("/"), cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    assert "on the chips (float, qat): 1: Linear 24×64, 5: Linear 10×24 = 1,776 weights" in r.stderr, r.stderr
+    assert "digital (no analog form in mcstudy): Flatten, LayerNorm, GELU, Scale" in r.stderr, r.stderr
+    ds = mcstudy.open_results(out)
+    ideal = ds["accuracy"].sel(hardware="ideal").load()
+    for v in ("float", "qat"):  # ideal chips are the module itself, the unseen layer included
+        np.testing.assert_array_equal(ideal.sel(variant=v).values, np.float32(ds["float_accuracy"].sel(variant=v)))
+    assert float(ds["float_accuracy"].sel(variant="float")) > 0.5
+    serial = mcstudy.run(study, out=tmp_path / "serial.zarr", executor="serial", cache_dir=cache_dir)
+    np.testing.assert_array_equal(serial["accuracy"].values, ds["accuracy"].values)
+
+
+def test_the_modules_source_is_part_of_the_study(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    spec = mcstudy.load_study(study)
+    assert spec.model.name == "factory" and spec.model.params.source_dir == str(tmp_path.resolve())
+    (tmp_path / "mynet.py").write_text(MODULE.replace("width=32", "width=33"))
+    assert mcstudy.load_study(study).hash != spec.hash
+
+
+@pytest.mark.parametrize(
+    "factory, module, message",
+    [
+        ("nowhere:build", MODULE, "model.factory: no module 'nowhere'"),
+        ("mynet:missing", MODULE, "has no function 'missing'"),
+        ("mynet:not_a_module", MODULE, "returned list, not a torch.nn.Module"),
+        ("mynet:build", "raise RuntimeError('broken on import')\n", "importing 'mynet' failed: RuntimeError: broken on import"),
+        ("mynet build", MODULE, "model.factory"),
+    ],
+)
+def test_a_factory_that_does_not_build_exits_2_and_writes_nothing(tmp_path: Path, factory: str, module: str, message: str) -> None:
+    study = _study(tmp_path, factory, module)
+    out = tmp_path / "out.zarr"
+    r = run_cli("run", study, "--out", out, "--executor", "serial", cwd=Path("/"))
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
