@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -293,3 +294,20 @@ def output_file(path: Path, flag: str) -> Path:
     if store is not None:
         raise McStudyError(f"{flag} {path} is inside the results store {store}; write it elsewhere")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: the identity of a data
+    file, checkpoint or module a study names."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def study_relative(path: str, base_dir: Path | None) -> Path:
+    """A path a study file names: ``~`` expanded, and a relative one taken from the study
+    file's directory ``base_dir`` (where there is one), made absolute."""
+    p = Path(path).expanduser()
+    return (base_dir / p).resolve() if not p.is_absolute() and base_dir is not None else p

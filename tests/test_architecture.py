@@ -304,23 +304,23 @@ def test_a_device_from_another_package_runs_through_its_entry_point(tmp_path: Pa
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
-def test_a_broken_plugin_is_a_message_naming_its_package(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "module, body, message",
+    [
+        ("toy_broken", "import no_such_module_anywhere\n", "no_such_module_anywhere"),
+        ("toy_empty", "VALUE = 1\n", "registered no device named 'toy'"),
+    ],
+)
+def test_a_broken_plugin_is_a_message_naming_its_package(tmp_path: Path, module: str, body: str, message: str) -> None:
+    """A plugin that fails to import, or that registers nothing under its entry point's
+    name: exit 2 with a message naming the package, never a traceback."""
     (tmp_path / "site").mkdir()
-    env = _plugin(tmp_path / "site", "toy_broken", "import no_such_module_anywhere\n")
+    env = _plugin(tmp_path / "site", module, body)
     study = tmp_path / "toy.yaml"
     study.write_text(STUDY)
     r = subprocess.run([sys.executable, "-m", "mcstudy", "validate", str(study)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert "toy-plugin" in r.stderr and "no_such_module_anywhere" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_a_plugin_that_registers_nothing_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "site").mkdir()
-    env = _plugin(tmp_path / "site", "toy_empty", "VALUE = 1\n")
-    study = tmp_path / "toy.yaml"
-    study.write_text(STUDY)
-    r = subprocess.run([sys.executable, "-m", "mcstudy", "validate", str(study)], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert r.returncode == 2 and "registered no device named 'toy'" in r.stderr and "toy-plugin" in r.stderr, r.stderr
+    assert "toy-plugin" in r.stderr and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def _models_of(cls: type, seen: set[type]) -> list[type]:

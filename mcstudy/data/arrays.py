@@ -11,7 +11,6 @@ without pickles (``allow_pickle=False``); its SHA-256 is part of the study's has
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
@@ -24,14 +23,6 @@ MAX_ARRAYS_BYTES = 8 << 30  # 8 GiB: a study's data file, refused beyond (README
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 OPTIONAL_KEYS = ("x_cal", "y_cal")
 POOLED_KEYS = ("x", "y")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _array(arrays: np.lib.npyio.NpzFile, key: str, path: Path, labels: bool) -> np.ndarray:

@@ -19,6 +19,7 @@ from ..registry import FileParamError, Params
 from ..rng import Stream, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
 from .pcm import PCMDriftReadParams, drifted_and_sigma, vector_fresh_fraction
+from ..location import study_relative
 
 COLUMNS = ("g", "sigma_prog", "mu_nu", "sigma_nu")
 
@@ -56,9 +57,7 @@ class TableParams(PCMDriftReadParams):
         """Load the CSV (relative to ``base_dir``) into ``points``."""
         if self.csv is None or self.points is not None:
             return self
-        path = Path(self.csv).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = (base_dir / path).resolve()
+        path = study_relative(self.csv, base_dir)
         try:
             points = load_table_csv(path)
         except ValueError as e:

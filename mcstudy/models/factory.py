@@ -13,7 +13,6 @@ job's runtime environment).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -24,6 +23,7 @@ import torch.nn as nn
 from pydantic import Field
 
 from ..errors import McStudyError
+from ..location import file_sha256
 from ..registry import FileParamError, Params
 from ..registries import MODELS
 
@@ -48,7 +48,7 @@ class FactoryParams(Params):
             if spec is None:
                 raise FileParamError("factory", f"no module {module_name!r}, beside the study file ({where}) or on the Python path")
             origin = Path(spec.origin) if spec.origin and spec.origin not in ("built-in", "frozen") else None
-        digest = hashlib.sha256(origin.read_bytes()).hexdigest() if origin is not None and origin.is_file() else None
+        digest = file_sha256(origin) if origin is not None and origin.is_file() else None
         return self.model_copy(update={"source_dir": where, "sha256": digest})
 
 

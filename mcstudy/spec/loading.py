@@ -18,6 +18,7 @@ from .limits import MAX_FILE_BYTES, MAX_POPULATIONS, MAX_PROCEDURES, MAX_RESULTS
 from .problems import _pydantic_problems
 from .schema import Component, ProcedureSpec, StudySpec, VariantSpec, _StudyFile
 from .sweeps import _named_factory, _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
+from ..location import study_relative
 
 
 def load_study(path: str | Path, chips: int | None = None, seed: int | None = None) -> StudySpec:
@@ -210,9 +211,7 @@ def _check_data(data: DataSpec, base_dir: Path | None, problems: list[tuple[str,
         if data.root is None:
             problems.append(("data.root", f"dataset {data.dataset!r} reads local files: set data.root to their directory"))
             return data
-        root = Path(data.root).expanduser()
-        if not root.is_absolute() and base_dir is not None:
-            root = (base_dir / root).resolve()
+        root = study_relative(data.root, base_dir)
         if not root.is_dir():
             problems.append(("data.root", f"not a directory; got {str(root)!r}"))
         return data.model_copy(update={"root": str(root)})
@@ -222,14 +221,13 @@ def _check_data(data: DataSpec, base_dir: Path | None, problems: list[tuple[str,
 def _check_arrays_file(data: DataSpec, base_dir: Path | None, problems: list[tuple[str, str]]) -> DataSpec:
     """``data.path`` resolved against the study file's directory, present, within the
     size limit; its SHA-256 recorded (or checked, where the study pins one)."""
-    from ..data.arrays import MAX_ARRAYS_BYTES, file_sha256
+    from ..data.arrays import MAX_ARRAYS_BYTES
+    from ..location import file_sha256
 
     if data.path is None:
         problems.append(("data.path", "dataset 'arrays' reads your .npz file: set data.path (relative to the study file)"))
         return data
-    path = Path(data.path).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = (base_dir / path).resolve()
+    path = study_relative(data.path, base_dir)
     if not path.is_file():
         problems.append(("data.path", f"no such file; got {str(path)!r}"))
         return data

@@ -14,6 +14,7 @@ from ..hardware import DEVICES, MAPPINGS
 from ..hardware.chip import off_state_problem
 from ..models import MODELS
 from ..hardware.strategy import Strategy
+from ..location import study_relative
 from ..registry import FileParamError, Params, Registry
 from .limits import MAX_POPULATIONS
 from .problems import _check_name, _model_class, _pydantic_problems, _unwrap
@@ -225,9 +226,7 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
             if plain.programming.strategy != "default" and mapping is not None and mapping.name != "multi_pair":
                 problems.append((f"{where}.programming", f"a programming strategy needs mapping kind 'multi_pair' (four devices); got {mapping.name!r}"))
             elif plain.programming.file:
-                path = Path(plain.programming.strategy).expanduser()
-                if not path.is_absolute() and base_dir is not None:
-                    path = (base_dir / path).resolve()
+                path = study_relative(plain.programming.strategy, base_dir)
                 try:
                     strategy = Strategy.load(path)
                 except McStudyError as e:

@@ -11,38 +11,28 @@ clear error naming them and the file.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ..errors import McStudyError
+from ..location import file_sha256, study_relative
 from ..registry import FileParamError
 
 MAX_CHECKPOINT_BYTES = 4 << 30  # 4 GiB (README, "Limits")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_checkpoint(path: str, pinned: str | None, base_dir: Path | None, field: str) -> tuple[str, str]:
     """``(absolute path, SHA-256)`` of a checkpoint named in a study (relative to
     ``base_dir``), checked to exist, within the size limit and, if the study pins its
     SHA-256, unchanged. Problems raise :class:`FileParamError` naming ``field``."""
-    p = Path(path).expanduser()
-    if not p.is_absolute() and base_dir is not None:
-        p = (base_dir / p).resolve()
+    p = study_relative(path, base_dir)
     if not p.is_file():
         raise FileParamError(field, f"no such checkpoint file; got {str(p)!r}")
     if p.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise FileParamError(field, f"{p} has {p.stat().st_size:,} bytes; a checkpoint may have at most {MAX_CHECKPOINT_BYTES:,}")
-    digest = _sha256(p)
+    digest = file_sha256(p)
     if pinned is not None and pinned != digest:
         raise FileParamError(field, f"{p} has SHA-256 {digest}, not the {pinned} the study pins: the file changed")
     return str(p), digest
@@ -53,7 +43,7 @@ def load_into(model: nn.Module, path: str, sha256: str | None) -> None:
     changed since the study was read, that is not a state dict, or that does not match
     the model key for key and shape for shape."""
     p = Path(path)
-    if sha256 is not None and (not p.is_file() or _sha256(p) != sha256):
+    if sha256 is not None and (not p.is_file() or file_sha256(p) != sha256):
         raise McStudyError(f"checkpoint {p} changed (or vanished) since the study was read; run again")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
