@@ -198,7 +198,10 @@ def test_export_writes_only_evaluated_chips(store: Path, tmp_path: Path) -> None
 # -- notebooks --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("notebook", sorted((ROOT / "analysis").glob("*.ipynb")), ids=lambda p: p.name)
+STORE_NOTEBOOKS = ["01_distributions_and_yield.ipynb", "02_compare_variants_and_procedures.ipynb"]
+
+
+@pytest.mark.parametrize("notebook", [ROOT / "analysis" / n for n in STORE_NOTEBOOKS], ids=lambda p: p.name)
 def test_notebook_runs_against_a_small_store(notebook: Path, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nbformat
     from nbclient import NotebookClient
@@ -212,8 +215,33 @@ def test_notebook_runs_against_a_small_store(notebook: Path, store: Path, tmp_pa
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
 
 
+def test_your_own_model_notebook_runs_a_module_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """03_your_own_model.ipynb: a study dict, a network from tiny_net.py beside it, run
+    with mcstudy.run; executed with a real kernel, writing only to a temporary store."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from mcstudy import open_results
+
+    notebook = ROOT / "analysis" / "03_your_own_model.ipynb"
+    out = tmp_path / "own.zarr"
+    monkeypatch.setenv("MCSTUDY_NOTEBOOK_DIR", str(ROOT / "analysis"))
+    monkeypatch.setenv("MCSTUDY_OUT", str(out))
+    monkeypatch.setenv("MCSTUDY_CHIPS", "8")
+    nb = nbformat.read(notebook, as_version=4)
+    assert "mcstudy.run(study" in "".join(c.source for c in nb.cells)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+    ds = open_results(out)
+    assert ds.attrs["spec_hash"] and ds["accuracy"].sizes["chip"] == 8
+    assert set(map(str, ds["hardware"].values)) == {"ideal", "pcm"}
+
+
 def test_there_are_at_least_two_notebooks() -> None:
-    assert len(list((ROOT / "analysis").glob("*.ipynb"))) >= 2
+    assert len(list((ROOT / "analysis").glob("*.ipynb"))) >= 3
+    assert sorted(p.name for p in (ROOT / "analysis").glob("*.ipynb")) == sorted([*STORE_NOTEBOOKS, "03_your_own_model.ipynb"])
     assert os.path.isdir(ROOT / "analysis")
 
 
