@@ -266,3 +266,78 @@ def _digits_study_with_path(tmp_path: Path) -> Path:
     raw["data"]["dataset"] = "digits"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+# -- your own data: dataset "factory" --------------------------------------------------
+
+DATA_MODULE = """
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+
+def arrays(scale=16.0):
+    d = load_digits()
+    return {"x": (d.images / scale).astype(np.float32)[:, None], "y": d.target}
+
+
+class Digits(torch.utils.data.Dataset):
+    def __init__(self):
+        d = load_digits()
+        self.x, self.y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def dataset():
+    return Digits()
+
+
+def nothing():
+    return 42
+"""
+
+
+def test_a_data_factory_gives_arrays_or_a_torch_dataset(tmp_path: Path) -> None:
+    from mcstudy import load_study
+
+    (tmp_path / "mydata.py").write_text(DATA_MODULE)
+    builtin = load_dataset(DataSpec(dataset="digits"), 1)
+    for data in ({"factory": "mydata:arrays", "kwargs": {"scale": 16.0}}, {"factory": "mydata:dataset"}):
+        spec = load_study(_factory_study(tmp_path, data))
+        assert spec.data.source_dir == str(tmp_path.resolve()) and len(spec.data.sha256) == 64
+        ours = load_dataset(spec.data, spec.seed)
+        for part in ("x_train", "y_train", "x_cal", "x_test", "y_test"):
+            np.testing.assert_array_equal(getattr(ours, part), getattr(builtin, part))
+
+
+def _factory_study(tmp_path: Path, data: dict) -> Path:
+    import yaml
+
+    path = _arrays_study(tmp_path, {})
+    raw = yaml.safe_load(path.read_text())
+    raw["data"] = {"dataset": "factory", **data}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"factory": "nowhere:arrays"}, "data.factory: no module 'nowhere'"),
+        ({"factory": "mydata:nothing"}, "returned int; return a dict of arrays or a torch Dataset"),
+        ({"factory": "mydata:missing"}, "has no function 'missing'"),
+        ({}, "data.factory: dataset 'factory' calls your function"),
+    ],
+)
+def test_a_data_factory_that_fails_exits_2(tmp_path: Path, data: dict, message: str) -> None:
+    from .conftest import run_cli
+
+    (tmp_path / "mydata.py").write_text(DATA_MODULE)
+    r = run_cli("run", _factory_study(tmp_path, data), "--out", tmp_path / "out.zarr", "--executor", "serial", cwd=Path("/"))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out.zarr").exists()

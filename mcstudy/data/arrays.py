@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -25,10 +26,10 @@ OPTIONAL_KEYS = ("x_cal", "y_cal")
 POOLED_KEYS = ("x", "y")
 
 
-def _array(arrays: np.lib.npyio.NpzFile, key: str, path: Path, labels: bool) -> np.ndarray:
-    what = f"data file {path}: array {key!r}"
+def _array(arrays: Mapping[str, Any], key: str, source: str, labels: bool) -> np.ndarray:
+    what = f"{source}: array {key!r}"
     try:
-        a = arrays[key]
+        a = np.asarray(arrays[key])
     except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays need pickles, which are refused
         raise DataError(f"{what} cannot be read without pickles (numbers only): {e}") from None
     if labels:
@@ -40,6 +41,31 @@ def _array(arrays: np.lib.npyio.NpzFile, key: str, path: Path, labels: bool) -> 
     if a.dtype.kind not in "iuf" or a.ndim < 2:
         raise DataError(f"{what} has dtype {a.dtype} and shape {a.shape}; inputs are numbers of shape (N, *input_shape)")
     return a.astype(np.float32)
+
+
+def raw_from_arrays(arrays: Mapping[str, Any], source: str) -> RawData:
+    """Named arrays (``x_train``, ``y_train``, ``x_test``, ``y_test`` [, ``x_cal``,
+    ``y_cal``], or ``x``, ``y``) as the data of a study; ``source`` names them in messages."""
+    keys = set(arrays)
+    if set(SPLIT_KEYS) <= keys:
+        x, y, xt, yt = (_array(arrays, k, source, k[0] == "y") for k in SPLIT_KEYS)
+        cal = [k for k in OPTIONAL_KEYS if k in keys]
+        if len(cal) == 1:
+            raise DataError(f"{source}: has {cal[0]!r} without its pair; give both x_cal and y_cal, or neither")
+        xc, yc = (_array(arrays, "x_cal", source, False), _array(arrays, "y_cal", source, True)) if cal else (None, None)
+    elif set(POOLED_KEYS) <= keys:
+        x, y = _array(arrays, "x", source, False), _array(arrays, "y", source, True)
+        xt = yt = xc = yc = None
+    else:
+        raise DataError(
+            f"{source}: holds {', '.join(sorted(map(str, keys))) or 'no arrays'}; expected x_train, y_train, x_test, y_test "
+            "(and optionally x_cal, y_cal), or x and y"
+        )
+    labels = [a for a in (y, yt, yc) if a is not None]
+    if any(a.size and a.min() < 0 for a in labels):
+        raise DataError(f"{source}: labels must be integers from 0 (found a negative label)")
+    n_classes = int(max(int(a.max()) for a in labels if a.size) + 1) if any(a.size for a in labels) else 0
+    return RawData(x=x, y=y, input_shape=tuple(x.shape[1:]), n_classes=n_classes, x_test=xt, y_test=yt, x_cal=xc, y_cal=yc)
 
 
 def _load_arrays(spec: DataSpec) -> RawData:
@@ -55,26 +81,30 @@ def _load_arrays(spec: DataSpec) -> RawData:
     if not isinstance(arrays, np.lib.npyio.NpzFile):
         raise DataError(f"data.path: {path} holds one array; save named arrays with numpy.savez(path, x_train=..., y_train=..., ...)")
     with arrays:
-        keys = set(arrays.files)
-        if set(SPLIT_KEYS) <= keys:
-            x, y, xt, yt = (_array(arrays, k, path, k[0] == "y") for k in SPLIT_KEYS)
-            cal = [k for k in OPTIONAL_KEYS if k in keys]
-            if len(cal) == 1:
-                raise DataError(f"data file {path}: has {cal[0]!r} without its pair; give both x_cal and y_cal, or neither")
-            xc, yc = (_array(arrays, "x_cal", path, False), _array(arrays, "y_cal", path, True)) if cal else (None, None)
-        elif set(POOLED_KEYS) <= keys:
-            x, y = _array(arrays, "x", path, False), _array(arrays, "y", path, True)
-            xt = yt = xc = yc = None
-        else:
-            raise DataError(
-                f"data file {path}: holds {', '.join(sorted(keys)) or 'no arrays'}; expected x_train, y_train, x_test, y_test "
-                "(and optionally x_cal, y_cal), or x and y"
-            )
-    labels = [a for a in (y, yt, yc) if a is not None]
-    if any(a.size and a.min() < 0 for a in labels):
-        raise DataError(f"data file {path}: labels must be integers from 0 (found a negative label)")
-    n_classes = int(max(int(a.max()) for a in labels if a.size) + 1) if any(a.size for a in labels) else 0
-    return RawData(x=x, y=y, input_shape=tuple(x.shape[1:]), n_classes=n_classes, x_test=xt, y_test=yt, x_cal=xc, y_cal=yc)
+        return raw_from_arrays(arrays, f"data file {path}")
+
+
+def _load_factory(spec: DataSpec) -> RawData:
+    """Your data from your function: named arrays, or a map-style ``torch.utils.data.Dataset``
+    of ``(input, label)`` pairs (split like a built-in dataset)."""
+    from ..models.factory import FactoryParams, call_factory
+
+    if spec.factory is None:
+        raise DataError("dataset 'factory' needs data.factory: 'package.module:function'")
+    out = call_factory(FactoryParams(factory=spec.factory, kwargs=dict(spec.kwargs), source_dir=spec.source_dir), "data.factory")
+    source = f"data.factory {spec.factory!r}"
+    if isinstance(out, Mapping):
+        return raw_from_arrays(out, source)
+    if hasattr(out, "__len__") and hasattr(out, "__getitem__"):  # a map-style dataset
+        try:
+            pairs = [out[i] for i in range(len(out))]
+            xs = np.stack([np.asarray(p[0], dtype=np.float32) for p in pairs])
+            ys = np.asarray([int(p[1]) for p in pairs])
+        except Exception as e:
+            raise DataError(f"{source}: its dataset does not give (input, label) pairs of one shape: {type(e).__name__}: {e}") from None
+        return raw_from_arrays({"x": xs, "y": ys}, source)
+    raise DataError(f"{source} returned {type(out).__name__}; return a dict of arrays or a torch Dataset of (input, label) pairs")
 
 
 DATASETS.register("arrays")(DatasetEntry(_load_arrays))
+DATASETS.register("factory")(DatasetEntry(_load_factory))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from pydantic import Field, PositiveInt
@@ -28,8 +28,11 @@ class DataSpec(Params):
     max_test: PositiveInt | None = Field(None, description="cap on test samples (after the split)")
     path: str | None = Field(None, description="dataset 'arrays': your .npz file (relative to the study file)")
     sha256: str | None = Field(
-        None, description="dataset 'arrays': the file's SHA-256; filled in when the study is read (a changed file is another study), or set it to pin the file"
+        None, description="dataset 'arrays' or 'factory': the SHA-256 of the file or of the function's module; filled in when the study is read (a changed file is another study), or set it to pin the file"
     )
+    factory: str | None = Field(None, description="dataset 'factory': your function 'package.module:function' returning named arrays or a torch Dataset")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="dataset 'factory': keyword arguments of the function")
+    source_dir: str | None = Field(None, description="dataset 'factory': where its module is imported from first: the study file's directory (filled in)")
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class _importable_from:
             sys.path.remove(self.directory)
 
 
-def _builder(params: FactoryParams) -> Callable[..., Any]:
+def _builder(params: FactoryParams, field: str) -> Callable[..., Any]:
     module_name, _, attr = params.factory.partition(":")
     if _local_file(module_name, params.source_dir) is not None:
         # a module beside the study: imported from there, never a same-named module
@@ -91,21 +91,27 @@ def _builder(params: FactoryParams) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except Exception as e:  # the user's module failed to import: their code, their message
-            raise McStudyError(f"model.factory {params.factory!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+            raise McStudyError(f"{field} {params.factory!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
-        raise McStudyError(f"model.factory {params.factory!r}: {module_name} ({getattr(module, '__file__', '?')}) has no function {attr!r}")
+        raise McStudyError(f"{field} {params.factory!r}: {module_name} ({getattr(module, '__file__', '?')}) has no function {attr!r}")
     return fn
+
+
+def call_factory(params: FactoryParams, field: str, *args: Any) -> Any:
+    """Import the function ``params`` names and call it with ``args`` and its kwargs; a
+    failure is an error naming ``field``."""
+    fn = _builder(params, field)
+    try:
+        return fn(*args, **params.kwargs)
+    except Exception as e:
+        raise McStudyError(f"{field} {params.factory!r} raised {type(e).__name__}: {e}") from None
 
 
 @MODELS.register("factory", FactoryParams)
 def build_factory(params: FactoryParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """Your own network, built by your function."""
-    fn = _builder(params)
-    try:
-        model = fn(tuple(input_shape), n_classes, **params.kwargs)
-    except Exception as e:
-        raise McStudyError(f"model.factory {params.factory!r} raised {type(e).__name__}: {e}") from None
+    model = call_factory(params, "model.factory", tuple(input_shape), n_classes)
     if not isinstance(model, nn.Module):
         raise McStudyError(f"model.factory {params.factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +206,12 @@ def _check_data(data: DataSpec, base_dir: Path | None, problems: list[tuple[str,
     entry = DATASETS.get(data.dataset).obj
     if data.dataset == "arrays":
         return _check_arrays_file(data, base_dir, problems)
+    if data.dataset == "factory":
+        return _check_data_factory(data, base_dir, problems)
     if data.path is not None or data.sha256 is not None:
         problems.append(("data.path", f"only dataset 'arrays' reads a file of your own; dataset {data.dataset!r} takes no path"))
+    if data.factory is not None:
+        problems.append(("data.factory", f"only dataset 'factory' calls a function of your own; dataset {data.dataset!r} takes none"))
     if entry.needs_root:
         if data.root is None:
             problems.append(("data.root", f"dataset {data.dataset!r} reads local files: set data.root to their directory"))
@@ -247,3 +252,21 @@ def _resolved(component: Component, where: str, base_dir: Path | None, problems:
     except FileParamError as e:
         problems.append((f"{where}.{e.field}", str(e)))
         return component
+
+
+def _check_data_factory(data: DataSpec, base_dir: Path | None, problems: list[tuple[str, str]]) -> DataSpec:
+    """``data.factory`` importable (beside the study file first), its module's SHA-256
+    recorded (or checked, where the study pins one)."""
+    from ..models.factory import FACTORY_PATTERN, FactoryParams
+
+    if data.factory is None or not re.match(FACTORY_PATTERN, data.factory):
+        problems.append(("data.factory", f"dataset 'factory' calls your function: set data.factory to 'package.module:function'; got {data.factory!r}"))
+        return data
+    try:
+        resolved = FactoryParams(factory=data.factory, kwargs=dict(data.kwargs)).resolve(base_dir)
+    except FileParamError as e:
+        problems.append((f"data.{e.field}", str(e)))
+        return data
+    if data.sha256 is not None and data.sha256 != resolved.sha256:
+        problems.append(("data.sha256", f"the module of {data.factory!r} has SHA-256 {resolved.sha256}, not the {data.sha256} the study pins: it changed"))
+    return data.model_copy(update={"source_dir": resolved.source_dir, "sha256": resolved.sha256})
