@@ -96,3 +96,45 @@ def test_a_factory_that_does_not_build_exits_2_and_writes_nothing(tmp_path: Path
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_linear_layers_run_on_every_token() -> None:
+    """A Linear applied to (N, tokens, features) runs each token through the crossbar as
+    an input vector of its sample: on ideal devices the module's own output, and
+    per-vector read noise is the same however the inputs are batched."""
+    import torch
+    import torch.nn as nn
+
+    from mcstudy.analog import AnalogNetwork
+    from mcstudy.hardware import Population, TileSpec, Variation
+    from mcstudy.hardware.ideal import IdealDevice, IdealParams
+    from mcstudy.hardware.mapping import DifferentialPair, Encoding
+    from mcstudy.hardware.pcm import PCMDevice, PCMParams
+    from mcstudy.rng import chip_stream
+
+    class TokenNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.norm, self.head = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = nn.functional.gelu(self.norm(self.proj(x.reshape(x.shape[0], 8, 8))))  # 8 tokens of 8 features
+            return self.head(h.mean(1))
+
+    torch.manual_seed(0)
+    module = TokenNet().eval()
+    x = torch.rand(20, 1, 8, 8)
+    net = AnalogNetwork(module)
+    assert [tuple(w.shape) for w in net.nominal] == [(16, 8), (10, 16)]
+    ideal = Population(IdealDevice(IdealParams()), DifferentialPair(Encoding()), Variation(), TileSpec())
+    read = ideal.program(net.nominal, chip_stream(0, "tokens", range(3)), net.granules).read(20.0)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward(x, read), module(x).expand(3, -1, -1), rtol=0, atol=1e-5)
+    pcm = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), TileSpec(), read_noise="per_vector")
+    read = pcm.program(net.nominal, chip_stream(0, "tokens", range(3)), net.granules).read(3600.0)
+    whole = net.forward(x, read)
+    batched = torch.cat([net.forward(x[:7], read, sample_offset=0), net.forward(x[7:], read, sample_offset=7)], 1)
+    assert torch.equal(whole, batched)
+    same = torch.cat([x[:1]] * 2)  # the same sample twice: different input vectors, different noise
+    y = net.forward(same, read)
+    assert not torch.equal(y[:, 0], y[:, 1])

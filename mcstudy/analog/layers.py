@@ -186,7 +186,13 @@ class ChipLayer(nn.Module):
             x = x.unsqueeze(0).expand(c, *x.shape)
         else:
             x = x.reshape(c, -1, *self.feature_shape(x))
-        y = crossbar(x, read, call.periphery, self.product, self.rows, call.sample_offset, call.purpose, call.calls)
+        lead: tuple[int, ...] = ()
+        vectors = 1  # input vectors per sample: a Linear applied to every token or time step
+        if isinstance(self, ChipLinear) and x.dim() > 3:
+            lead = tuple(x.shape[2:-1])
+            vectors = math.prod(lead)
+            x = x.reshape(c, -1, x.shape[-1])  # each token an input vector of its sample
+        y = crossbar(x, read, call.periphery, self.product, self.rows, call.sample_offset * vectors, call.purpose, call.calls)
         call.calls += 1
         trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order
         if read.neurons.gain is not None:
@@ -207,6 +213,8 @@ class ChipLayer(nn.Module):
         # new (C, N, out) tensors); out of place for the backward pass, and when a calibration
         # hook has seen (and may keep) the output
         y = _digital_stage(y, trims, self.relu, keep=torch.is_grad_enabled() or call.calibrate is not None)
+        if lead:
+            return y.reshape(-1, *lead, y.shape[-1])
         return y.reshape(-1, *y.shape[2:])
 
 
