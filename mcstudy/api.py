@@ -22,6 +22,30 @@ if TYPE_CHECKING:
     from .spec import StudySpec
 
 
+def _callable_factories(study: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``study`` with every model factory given as a Python function named as
+    ``"module:function"``, and the names of those defined in ``__main__`` (a notebook or
+    script), which only this process can call."""
+    out = dict(study)
+    in_process: list[str] = []
+
+    def named(model: Any, where: str) -> Any:
+        if not (isinstance(model, Mapping) and callable(model.get("factory"))):
+            return model
+        fn = model["factory"]
+        module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+        if module is None or not qualname.isidentifier():
+            raise McStudyError(f"{where}.factory: {fn!r} is not a module-level function; define it with def at the top level")
+        if module == "__main__":
+            in_process.append(f"{where}.factory")
+        return {**model, "factory": f"{module}:{qualname}"}
+
+    out["model"] = named(out.get("model"), "model")
+    if isinstance(out.get("variants"), Mapping):
+        out["variants"] = {n: ({**v, "model": named(v["model"], f"variants.{n}.model")} if isinstance(v, Mapping) and "model" in v else v) for n, v in out["variants"].items()}  # fmt: skip
+    return out, in_process
+
+
 def _spec(study: str | Path | Mapping[str, Any] | StudySpec, chips: int | None, seed: int | None, base_dir: Path | None) -> StudySpec:
     import yaml
 
@@ -30,6 +54,7 @@ def _spec(study: str | Path | Mapping[str, Any] | StudySpec, chips: int | None, 
     if isinstance(study, (str, Path)):
         return load_study(study, chips=chips, seed=seed)
     if isinstance(study, Mapping):
+        study, _ = _callable_factories(study)
         try:
             text = yaml.safe_dump(dict(study), sort_keys=False)
         except yaml.YAMLError as e:
@@ -70,6 +95,17 @@ def run(
     from .execution import RunOptions, run_study
     from .store import open_results
 
+    if isinstance(study, Mapping):
+        _, in_process = _callable_factories(study)
+        chosen = executor or (study.get("execution") or {}).get("executor")
+        if in_process and chosen not in (None, "serial"):
+            raise McStudyError(
+                f"{', '.join(in_process)}: a function defined in this notebook or script runs only in this process "
+                f"(executor='serial'); the {chosen} executor's workers import the factory by name, so put it in a module "
+                "they can import (a file beside the study, or an installed package)"
+            )
+        if in_process and chosen is None:
+            executor = "serial"
     spec = _spec(study, chips, seed, Path(base_dir) if base_dir is not None else None)
     if out is None:
         out = Path("results") / (f"{spec.name}.zarr" if seed is None else f"{spec.name}-seed{spec.seed}.zarr")

@@ -56,3 +56,43 @@ def test_bad_input_raises_a_message_naming_the_field_and_writes_nothing(tmp_path
     with pytest.raises(mcstudy.McStudyError, match="a path, a dict or a StudySpec"):
         mcstudy.run(42, out=tmp_path / "bad.zarr")  # type: ignore[arg-type]
     assert not (tmp_path / "bad.zarr").exists()
+
+
+SCRIPT = """
+import math, sys
+import torch.nn as nn
+import mcstudy
+
+
+def build(input_shape, n_classes, width=16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.GELU(), nn.Linear(width, n_classes))
+
+
+study = {
+    "name": "inline", "seed": 1, "chips": 3, "times": ["20s"],
+    "model": {"factory": build, "kwargs": {"width": 12}},
+    "variants": {"float": {"trainer": "standard", "epochs": 2}},
+    "hardware": {"ideal": {"device": "ideal", "mapping": "differential"}},
+}
+if sys.argv[2] == "local":
+    try:
+        mcstudy.run(study, out=sys.argv[1], executor="local")
+    except mcstudy.McStudyError as e:
+        print("refused:", e)
+else:
+    ds = mcstudy.run(study, out=sys.argv[1])
+    print("chips", ds.sizes["chip"], float(ds["float_accuracy"][0]) > 0.3)
+"""
+
+
+def test_a_function_of_the_notebook_is_a_factory_on_the_serial_executor(tmp_path: Path, cache_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "inline.py"
+    script.write_text(SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "a.zarr"), "serial"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and "chips 3 True" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "b.zarr"), "local"], capture_output=True, text=True, cwd=tmp_path)
+    assert "refused: model.factory: a function defined in this notebook or script runs only in this process" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "b.zarr").exists()

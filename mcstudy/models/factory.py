@@ -13,7 +13,9 @@ job's runtime environment).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import importlib.util
 import sys
 from pathlib import Path
@@ -39,6 +41,15 @@ class FactoryParams(Params):
     def resolve(self, base_dir: Path | None) -> FactoryParams:
         where = str(base_dir.resolve()) if base_dir is not None else self.source_dir
         module_name = self.factory.split(":")[0]
+        if module_name == "__main__":  # a function of this process (a notebook or script): mcstudy.run, serial only
+            fn = getattr(sys.modules.get("__main__"), self.factory.split(":")[1], None)
+            if not callable(fn):
+                raise FileParamError("factory", f"no function {self.factory!r} in this process")
+            try:
+                source = inspect.getsource(fn)
+            except (OSError, TypeError):
+                source = None
+            return self.model_copy(update={"source_dir": None, "sha256": hashlib.sha256(source.encode()).hexdigest() if source else None})
         origin = _local_file(module_name, where)
         if origin is None:  # not beside the study: an installed module
             try:
