@@ -54,7 +54,6 @@ def _spec(study: str | Path | Mapping[str, Any] | StudySpec, chips: int | None, 
     if isinstance(study, (str, Path)):
         return load_study(study, chips=chips, seed=seed)
     if isinstance(study, Mapping):
-        study, _ = _callable_factories(study)
         try:
             text = yaml.safe_dump(dict(study), sort_keys=False)
         except yaml.YAMLError as e:
@@ -95,8 +94,8 @@ def run(
     from .execution import RunOptions, run_study
     from .store import open_results
 
-    if isinstance(study, Mapping):
-        _, in_process = _callable_factories(study)
+    if isinstance(study, Mapping):  # factories given as functions become "module:function"
+        study, in_process = _callable_factories(study)
         chosen = executor or (study.get("execution") or {}).get("executor")
         if in_process and chosen not in (None, "serial"):
             raise McStudyError(

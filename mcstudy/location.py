@@ -311,3 +311,11 @@ def study_relative(path: str, base_dir: Path | None) -> Path:
     file's directory ``base_dir`` (where there is one), made absolute."""
     p = Path(path).expanduser()
     return (base_dir / p).resolve() if not p.is_absolute() and base_dir is not None else p
+
+
+def pin_problem(what: str, digest: str | None, pinned: str | None) -> str | None:
+    """Where a study pins a file's SHA-256 (``pinned``) and the file now has another
+    (``digest``): the message saying so; else None."""
+    if pinned is None or pinned == digest:
+        return None
+    return f"{what} has SHA-256 {digest}, not the {pinned} the study pins: the file changed"

@@ -176,6 +176,11 @@ class ChipLayer(nn.Module):
     def feature_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         return tuple(x.shape[1:])
 
+    def split_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Inputs ``(C, N, ...)`` as the crossbar takes them, and the leading dimensions
+        folded into ``N`` (none by default; see :class:`ChipLinear`)."""
+        return x, ()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         call = self.call
         if call is None:
@@ -186,12 +191,8 @@ class ChipLayer(nn.Module):
             x = x.unsqueeze(0).expand(c, *x.shape)
         else:
             x = x.reshape(c, -1, *self.feature_shape(x))
-        lead: tuple[int, ...] = ()
-        vectors = 1  # input vectors per sample: a Linear applied to every token or time step
-        if isinstance(self, ChipLinear) and x.dim() > 3:
-            lead = tuple(x.shape[2:-1])
-            vectors = math.prod(lead)
-            x = x.reshape(c, -1, x.shape[-1])  # each token an input vector of its sample
+        x, lead = self.split_tokens(x)
+        vectors = math.prod(lead)  # input vectors per sample (1 without leading dimensions)
         y = crossbar(x, read, call.periphery, self.product, self.rows, call.sample_offset * vectors, call.purpose, call.calls)
         call.calls += 1
         trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order
@@ -258,6 +259,13 @@ class ChipLinear(ChipLayer):
 
     def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
         return linear_rows(x, sl)
+
+    def split_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """A Linear applied to ``(C, N, *lead, in)`` (tokens, time steps) runs every token
+        through the crossbar as an input vector of its sample: ``(C, N·prod(lead), in)``."""
+        if x.dim() <= 3:
+            return x, ()
+        return x.reshape(x.shape[0], -1, x.shape[-1]), tuple(x.shape[2:-1])
 
 
 @contextmanager

@@ -17,9 +17,9 @@ from ..registry import FileParamError
 from ..times import format_time
 from .limits import MAX_FILE_BYTES, MAX_POPULATIONS, MAX_PROCEDURES, MAX_RESULTS, MAX_VARIANTS, MAX_YAML_NODES
 from .problems import _pydantic_problems
-from .schema import Component, ProcedureSpec, StudySpec, VariantSpec, _StudyFile
-from .sweeps import _named_factory, _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
-from ..location import study_relative
+from .schema import ProcedureSpec, StudySpec, VariantSpec, _StudyFile
+from .sweeps import _named_factory, _resolved, _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
+from ..location import pin_problem, study_relative
 
 
 def load_study(path: str | Path, chips: int | None = None, seed: int | None = None) -> StudySpec:
@@ -240,18 +240,10 @@ def _check_arrays_file(data: DataSpec, base_dir: Path | None, problems: list[tup
         problems.append(("data.path", f"{path} has {path.stat().st_size:,} bytes; a data file may have at most {MAX_ARRAYS_BYTES:,}"))
         return data
     digest = file_sha256(path)
-    if data.sha256 is not None and data.sha256 != digest:
-        problems.append(("data.sha256", f"{path} has SHA-256 {digest}, not the {data.sha256} the study pins: the file changed"))
+    if problem := pin_problem(str(path), digest, data.sha256):
+        problems.append(("data.sha256", problem))
     return data.model_copy(update={"path": str(path), "sha256": digest})
 
-
-def _resolved(component: Component, where: str, base_dir: Path | None, problems: list[tuple[str, str]]) -> Component:
-    """``component`` with the files its parameters name resolved (``Params.resolve``)."""
-    try:
-        return Component(component.name, component.params.resolve(base_dir))
-    except FileParamError as e:
-        problems.append((f"{where}.{e.field}", str(e)))
-        return component
 
 
 def _check_data_factory(data: DataSpec, base_dir: Path | None, problems: list[tuple[str, str]]) -> DataSpec:
@@ -267,6 +259,6 @@ def _check_data_factory(data: DataSpec, base_dir: Path | None, problems: list[tu
     except FileParamError as e:
         problems.append((f"data.{e.field}", str(e)))
         return data
-    if data.sha256 is not None and data.sha256 != resolved.sha256:
-        problems.append(("data.sha256", f"the module of {data.factory!r} has SHA-256 {resolved.sha256}, not the {data.sha256} the study pins: it changed"))
+    if problem := pin_problem(f"the module of {data.factory!r}", resolved.sha256, data.sha256):
+        problems.append(("data.sha256", problem))
     return data.model_copy(update={"source_dir": resolved.source_dir, "sha256": resolved.sha256})

@@ -139,6 +139,15 @@ def _expand(
     return out
 
 
+def _resolved(component: Component, where: str, base_dir: Path | None, problems: list[tuple[str, str]]) -> Component:
+    """``component`` with the files its parameters name resolved (``Params.resolve``)."""
+    try:
+        return Component(component.name, component.params.resolve(base_dir))
+    except FileParamError as e:
+        problems.append((f"{where}.{e.field}", str(e)))
+        return component
+
+
 def _named_factory(raw: Any) -> Any:
     """``model: {factory: ...}`` needs no ``name: factory``."""
     if isinstance(raw, dict) and "factory" in raw and "name" not in raw:
@@ -207,10 +216,7 @@ def _expand_hardware(raw: dict[str, Any], problems: list[tuple[str, str]], base_
             n_before = len(problems)
             device = _component(praw.get("device"), DEVICES, f"{where}.device", "name", problems)
             if device is not None:
-                try:
-                    device = Component(device.name, device.params.resolve(base_dir))
-                except FileParamError as e:
-                    problems.append((f"{where}.device.{e.field}", str(e)))
+                device = _resolved(device, f"{where}.device", base_dir, problems)
             mapping = _component(praw.get("mapping"), MAPPINGS, f"{where}.mapping", "kind", problems, default="differential")
             if device is not None and mapping is not None:
                 device_ratio = DEVICES.get(device.name).obj(device.params).on_off_ratio

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import McStudyError
-from ..location import file_sha256, study_relative
+from ..location import file_sha256, pin_problem, study_relative
 from ..registry import FileParamError
 
 MAX_CHECKPOINT_BYTES = 4 << 30  # 4 GiB (README, "Limits")
@@ -33,8 +33,8 @@ def resolve_checkpoint(path: str, pinned: str | None, base_dir: Path | None, fie
     if p.stat().st_size > MAX_CHECKPOINT_BYTES:
         raise FileParamError(field, f"{p} has {p.stat().st_size:,} bytes; a checkpoint may have at most {MAX_CHECKPOINT_BYTES:,}")
     digest = file_sha256(p)
-    if pinned is not None and pinned != digest:
-        raise FileParamError(field, f"{p} has SHA-256 {digest}, not the {pinned} the study pins: the file changed")
+    if problem := pin_problem(str(p), digest, pinned):
+        raise FileParamError(field, problem)
     return str(p), digest
 
 
