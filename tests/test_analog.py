@@ -209,3 +209,27 @@ def test_compiled_max_pooling_gives_pytorchs_bits() -> None:
     assert xg.grad is not None and xg.grad.sum() == 2 * 2 * 3 * 3
     net = AnalogNetwork(build_model("lenet", LeNetParams(), (1, 28, 28), 10))
     assert sum(isinstance(m, CompiledMaxPool2d) for m in net.module.modules()) == 2
+
+
+def test_the_zoo_transformer_runs_its_projections_on_chips() -> None:
+    """The zoo's transformer: patch embedding, q·k·v and output projections, feed-forward
+    layers and classifier on crossbars (6 per block + 2); on ideal devices the chips
+    compute the module; drift compensation's readout reaches every crossbar."""
+    from mcstudy.hardware import TileSpec
+    from mcstudy.hardware.ideal import IdealDevice, IdealParams
+    from mcstudy.models.zoo import TransformerParams
+
+    torch.manual_seed(0)
+    model = build_model("transformer", TransformerParams(dim=16, heads=2, blocks=2, mlp=24, patch=4), (1, 40), 10).eval()
+    net = AnalogNetwork(model)
+    assert net.weight_names == [
+        "embed.weight", *(f"blocks.{b}.{w}" for b in (0, 1) for w in ("attn.in_proj_weight", "attn.out_proj.weight", "ff.0.weight", "ff.2.weight")),
+        "head.weight",
+    ]  # fmt: skip
+    assert [tuple(w.shape) for w in net.nominal[:3]] == [(16, 4), (48, 16), (16, 16)]
+    x = torch.randn(6, 1, 40)
+    ideal = Population(IdealDevice(IdealParams()), DifferentialPair(Encoding()), Variation(), TileSpec())
+    read = ideal.program(net.nominal, chip_stream(0, "transformer", range(2)), net.granules).read(20.0)
+    torch.testing.assert_close(net.forward(x, read), model(x).detach().expand(2, -1, -1), rtol=0, atol=2e-5)
+    probes = [torch.eye(w.shape[1]) for w in net.nominal]
+    assert [tuple(o.shape) for o in net.readout(probes, read)][:2] == [(2, 4, 16), (2, 16, 48)]

@@ -138,3 +138,74 @@ def test_linear_layers_run_on_every_token() -> None:
     same = torch.cat([x[:1]] * 2)  # the same sample twice: different input vectors, different noise
     y = net.forward(same, read)
     assert not torch.equal(y[:, 0], y[:, 1])
+
+
+class _EveryKind(__import__("torch").nn.Module):
+    """Every layer kind mcstudy maps to crossbars, in the layouts torch allows: Conv1d, a
+    grouped Conv1d (digital), a 2-layer bidirectional sequence-first LSTM, torch's own
+    sequence-first TransformerEncoderLayer (GELU, layer norm), cross-attention with its
+    own key and value widths fed by Linear layers on sequence-first tokens, and a GRU,
+    which mcstudy has no analog form for."""
+
+    def __init__(self) -> None:
+        import torch.nn as nn
+
+        super().__init__()
+        self.conv, self.grouped = nn.Conv1d(2, 8, 3, padding=1), nn.Conv1d(8, 8, 3, padding="same", groups=2)
+        self.lstm = nn.LSTM(8, 6, num_layers=2, bidirectional=True)
+        self.encoder = nn.TransformerEncoderLayer(12, 2, 24, dropout=0.0, activation="gelu")
+        self.cross = nn.MultiheadAttention(12, 3, kdim=5, vdim=4)
+        self.to_k, self.to_v = nn.Linear(12, 5), nn.Linear(12, 4)
+        self.gru, self.head = nn.GRU(12, 4, batch_first=True), nn.Linear(4, 3)
+
+    def forward(self, x):
+        import torch
+
+        h = self.grouped(torch.relu(self.conv(x))).permute(2, 0, 1)  # (L, N, 8): sequence first
+        h = self.encoder(self.lstm(h)[0])
+        a, _ = self.cross(h, self.to_k(h), self.to_v(h), need_weights=True)
+        return self.head(self.gru((h + a).transpose(0, 1))[0][:, -1])
+
+
+def test_every_analog_kind_runs_on_the_chips_as_torch_computes_it() -> None:
+    """Conv1d, LSTM and attention projections run on crossbars, named as training names
+    them; on ideal devices the chips compute the module's own function; with PCM noise a
+    chip gets the same numbers alone as in a block and however its inputs are batched."""
+    import torch
+
+    from mcstudy.analog import AnalogNetwork
+    from mcstudy.hardware import Population, TileSpec, Variation, WithinChip
+    from mcstudy.hardware.ideal import IdealDevice, IdealParams
+    from mcstudy.hardware.mapping import DifferentialPair, Encoding
+    from mcstudy.hardware.pcm import PCMDevice, PCMParams
+    from mcstudy.models.crossbars import analog_weight_names
+    from mcstudy.rng import chip_stream
+
+    torch.manual_seed(0)
+    module = _EveryKind().eval()
+    net = AnalogNetwork(module)
+    assert net.weight_names == analog_weight_names(module)
+    assert net.weight_names == [
+        "conv.weight", *(f"lstm.weight_{k}_l{i}{d}" for i in (0, 1) for d in ("", "_reverse") for k in ("ih", "hh")),
+        "encoder.self_attn.in_proj_weight", "encoder.self_attn.out_proj.weight", "encoder.linear1.weight", "encoder.linear2.weight",
+        "cross.q_proj_weight", "cross.k_proj_weight", "cross.v_proj_weight", "cross.out_proj.weight", "to_k.weight", "to_v.weight", "head.weight",
+    ]  # fmt: skip
+    assert [tuple(w.shape) for w in net.nominal[:3]] == [(8, 6), (24, 8), (24, 6)]
+    analog, digital = net.describe()
+    assert "encoder.self_attn.in_proj_weight: attention q·k·v projection 36×12" in analog
+    assert any(d.startswith("Conv1d (groups=2") for d in digital) and "GRU" in digital and "LayerNorm" in digital
+
+    x = torch.randn(9, 2, 7)
+    ideal = Population(IdealDevice(IdealParams()), DifferentialPair(Encoding()), Variation(), TileSpec())
+    read = ideal.program(net.nominal, chip_stream(0, "kinds", range(2)), net.granules).read(20.0)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward(x, read), module(x).expand(2, -1, -1), rtol=0, atol=2e-5)
+
+    pcm = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(within=WithinChip(sigma=0.05)), TileSpec(rows=16), read_noise="per_vector")
+    block = net.forward(x, pcm.program(net.nominal, chip_stream(1, "kinds", range(3)), net.granules).read(3600.0))
+    alone = net.forward(x, pcm.program(net.nominal, chip_stream(1, "kinds", [2]), net.granules).read(3600.0))
+    assert torch.equal(block[2], alone[0])
+    read = pcm.program(net.nominal, chip_stream(1, "kinds", range(3)), net.granules).read(3600.0)
+    batched = torch.cat([net.forward(x[:4], read), net.forward(x[4:], read, sample_offset=4)], 1)
+    assert torch.equal(block, batched)
+    assert (block - module(x).detach()).abs().max() > 1e-3  # the noise is there

@@ -260,3 +260,58 @@ def test_an_unreachable_cluster_fails_within_bounded_time(tmp_path: Path, cache_
         assert time.time() - t0 < within, time.time() - t0
     assert not (tmp_path / "never.zarr").exists()
     silent.close()
+
+
+ATTENTION_MODULE = '''
+import os
+import torch.nn as nn
+
+with open({log!r}, "a") as f:  # where each process imported this module from
+    f.write(os.path.abspath(__file__) + "\\n")
+
+
+class Net(nn.Module):
+    def __init__(self, n_classes, dim):
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x):
+        h = self.embed(x.reshape(x.shape[0], 8, 8))
+        h = self.norm(h + self.attn(h, h, h)[0])
+        return self.head(h.mean(1))
+
+
+def build(input_shape, n_classes, dim=16):
+    return Net(n_classes, dim)
+'''
+
+
+def test_ray_ships_a_study_local_module_to_its_workers(tmp_path: Path, cache_dir: Path) -> None:
+    """A model module beside the study reaches Ray's workers through the job's runtime
+    environment (a copy of the study's directory, not the original), training included,
+    and the store is the serial executor's, bit for bit."""
+    import yaml
+
+    import mcstudy
+
+    study_dir, log = tmp_path / "study", tmp_path / "imports.log"
+    study_dir.mkdir()
+    (study_dir / "attnnet.py").write_text(ATTENTION_MODULE.format(log=str(log)))
+    study = study_dir / "attn.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "attn", "seed": 3, "chips": 6, "times": ["20s", "1d"],
+        "model": {"factory": "attnnet:build", "kwargs": {"dim": 16}},
+        "variants": {"float": {"trainer": "standard", "epochs": 3}},
+        "hardware": {"pcm": {"device": "pcm", "read_noise": "per_vector", "variation": {"within": {"sigma": 0.05}}}},
+        "procedures": {"inference": {}, "global": {"kind": "drift_compensation"}},
+    }))  # fmt: skip
+    serial = mcstudy.run(study, out=tmp_path / "serial.zarr", executor="serial", cache_dir=cache_dir, progress=False)
+    run_study(load_study(study), RunOptions(tmp_path / "ray.zarr", executor="ray", workers=2, block_size=3, cache_dir=tmp_path / "cold", progress=False))
+    np.testing.assert_array_equal(open_results(tmp_path / "ray.zarr")["accuracy"].values, serial["accuracy"].values)
+    imported = set(log.read_text().split())
+    shipped = {p for p in imported if not p.startswith(str(study_dir))}
+    assert shipped and all("working_dir" in p for p in shipped), imported  # Ray's copy, in its session
+    assert float(serial["float_accuracy"].sel(variant="float")) > 0.3

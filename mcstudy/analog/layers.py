@@ -156,11 +156,13 @@ class ChipLayer(nn.Module):
     current ``AnalogNetwork.logits`` call."""
 
     granule = 1  # crossbar rows that must stay on one tile
+    kind = "Linear"  # what the layer is, for the start-of-run listing
 
     def __init__(self, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.index = 0  # position among the network's analog layers
+        self.batch_dim = 0  # the input's sample dimension (a Linear on sequence-first tokens: 1; AnalogNetwork finds it)
         self.relu = False  # a ReLU that followed this layer runs in its digital stage (AnalogNetwork)
         self.call: LayerCall | None = None
 
@@ -190,6 +192,7 @@ class ChipLayer(nn.Module):
         if call.shared_input:  # one copy of the inputs viewed by every chip (stride 0), not C copies
             x = x.unsqueeze(0).expand(c, *x.shape)
         else:
+            x = x.movedim(self.batch_dim, 0) if self.batch_dim else x
             x = x.reshape(c, -1, *self.feature_shape(x))
         x, lead = self.split_tokens(x)
         vectors = math.prod(lead)  # input vectors per sample (1 without leading dimensions)
@@ -215,7 +218,8 @@ class ChipLayer(nn.Module):
         # hook has seen (and may keep) the output
         y = _digital_stage(y, trims, self.relu, keep=torch.is_grad_enabled() or call.calibrate is not None)
         if lead:
-            return y.reshape(-1, *lead, y.shape[-1])
+            y = y.reshape(-1, *lead, y.shape[-1])
+            return y.movedim(0, self.batch_dim) if self.batch_dim else y
         return y.reshape(-1, *y.shape[2:])
 
 
@@ -247,9 +251,13 @@ def _per_neuron(v: torch.Tensor, extra: int) -> torch.Tensor:
 
 
 class ChipLinear(ChipLayer):
-    def __init__(self, layer: nn.Linear) -> None:
-        super().__init__(layer.bias)
-        self.in_features, self.out_features = layer.in_features, layer.out_features
+    """A weight matrix ``(out, in)`` on a crossbar, applied to the last dimension of its
+    input (an ``nn.Linear``, or one projection of an LSTM or an attention block)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str = "Linear") -> None:
+        super().__init__(bias)
+        self.out_features, self.in_features = weight.shape
+        self.kind = kind
 
     def matrix_shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
@@ -289,10 +297,11 @@ class ChipConv2d(ChipLayer):
     """Grouped convolution: chip ``c``'s channels form group ``c``. The crossbar matrix is
     the unrolled kernel ``(out, in_channels·kh·kw)``; a row tile holds whole channels."""
 
+    kind = "Conv2d"
+
     def __init__(self, layer: nn.Conv2d) -> None:
         super().__init__(layer.bias)
-        if layer.groups != 1 or layer.padding_mode != "zeros":
-            raise NotImplementedError("analog Conv2d supports groups=1 and zero padding")
+        assert layer.groups == 1 and layer.padding_mode == "zeros"  # else digital (models.crossbars.why_digital)
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size = layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
@@ -314,6 +323,25 @@ class ChipConv2d(ChipLayer):
         # chip-major, as every activation: the digital stage then runs in one pass and the
         # layer's (C·N, ...) output is a view (one copy here instead of strided passes there)
         return y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1).contiguous()
+
+
+class ChipConv1d(ChipConv2d):
+    """A 1-D convolution as the 2-D one on a ``(C, N, in, 1, L)`` view with ``1 × k``
+    kernels: the crossbar matrix is ``(out, in·k)``, a row tile holds whole channels."""
+
+    kind = "Conv1d"
+
+    def __init__(self, layer: nn.Conv1d) -> None:
+        as_2d = nn.Conv2d(
+            layer.in_channels, layer.out_channels, (1, layer.kernel_size[0]), (1, layer.stride[0]),
+            layer.padding if isinstance(layer.padding, str) else (0, layer.padding[0]), (1, layer.dilation[0]),
+            bias=False, device="meta",
+        )  # fmt: skip
+        super().__init__(as_2d)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+
+    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return super().product(x.unsqueeze(3), w).squeeze(3)
 
 
 class CompiledMaxPool2d(nn.MaxPool2d):
@@ -348,16 +376,7 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def to_chip_layer(layer: nn.Module) -> ChipLayer | None:
-    """The analog counterpart of a torch layer, or None for a digital layer."""
-    if isinstance(layer, nn.Linear):
-        return ChipLinear(layer)
-    if isinstance(layer, nn.Conv2d):
-        return ChipConv2d(layer)
-    return None
-
-
-def weight_matrix(layer: nn.Module) -> torch.Tensor:
-    """A Linear's or Conv2d's weight as the crossbar matrix ``(out, fan_in)``."""
-    w = layer.weight.detach()
+def weight_matrix(w: torch.Tensor) -> torch.Tensor:
+    """A weight parameter as the crossbar matrix ``(out, fan_in)`` (a convolution's kernel unrolled)."""
+    w = w.detach()
     return w.reshape(w.shape[0], -1)

@@ -12,7 +12,10 @@ from ..hardware.chip import ChipRead, LayerRead
 from ..models import build_model
 from ..registry import Params
 from ..hardware.periphery import NeuronDraws, PeripherySpec
-from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, LayerCall, crossbar, linear_product, linear_rows, to_chip_layer, weight_matrix
+from ..errors import McStudyError
+from ..models.crossbars import analog_modules, crossbar_weights, why_digital
+from .composite import ChipAttention, ChipLSTM, to_chip, torch_fast_paths_off
+from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, LayerCall, crossbar, linear_product, linear_rows, weight_matrix
 
 Scales = list[torch.Tensor | None] | None
 
@@ -20,7 +23,8 @@ _RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)  # per-sample, parameter-fre
 
 
 class AnalogNetwork:
-    """A copy of a trained model whose Linear/Conv2d layers run on chips.
+    """A copy of a trained model whose crossbar weights (``models.crossbars``: Linear,
+    Conv1d/2d, LSTM, attention projections) run on chips.
 
     ``forward(x, read)`` evaluates inputs ``x`` (N, ...) on every chip of a
     :class:`~mcstudy.hardware.ChipRead` (one read of a block of chips) and returns logits
@@ -39,6 +43,8 @@ class AnalogNetwork:
 
     def __init__(self, model: nn.Module) -> None:
         self.module = copy.deepcopy(model).eval()
+        self._reference = copy.deepcopy(self.module)  # the torch model, to find where each Linear's samples are
+        self._probed: set[tuple[tuple[int, ...], torch.dtype]] = set()
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.nominal: list[torch.Tensor] = []
@@ -78,29 +84,66 @@ class AnalogNetwork:
             if type(child) is nn.MaxPool2d:  # the same pooling, compiled for evaluation
                 setattr(parent, name, CompiledMaxPool2d.like(child))
                 continue
-            chip_layer = to_chip_layer(child)
-            if chip_layer is None:
+            converted = to_chip(child)
+            if converted is None:
                 self._swap(child, f"{prefix}{name}.")
                 continue
-            self.weight_names.append(f"{prefix}{name}.weight")
-            self.nominal.append(weight_matrix(child).clone())
-            chip_layer.index = len(self.layers)
-            self.layers.append(chip_layer)
-            setattr(parent, name, chip_layer)
+            chip, layers = converted
+            for weight, layer in zip(crossbar_weights(child) or [], layers):
+                self.weight_names.append(f"{prefix}{name}.{weight}")
+                self.nominal.append(weight_matrix(child.get_parameter(weight)).clone())
+                layer.index = len(self.layers)
+                self.layers.append(layer)
+            setattr(parent, name, chip)
+
+    def _find_batch_dims(self, x: torch.Tensor) -> None:
+        """Where each Linear crossbar's input keeps its samples. Activations are
+        sample-major (``(C·N, ...)``), but a Linear may take sequence-first tokens
+        (``(L, C·N, E)``, torch's transformer default): the torch model is run once on 2
+        and on 3 zero samples shaped like ``x``, and the dimension that changes with the
+        batch is the sample dimension. Once per input shape; composites (LSTM, attention)
+        put their crossbars' inputs sample-first themselves."""
+        key = (tuple(x.shape[1:]), x.dtype)
+        if key in self._probed:
+            return
+        linears = {f"{n}.weight": m for n, m in analog_modules(self._reference) if isinstance(m, nn.Linear)}
+        seen: dict[str, list[tuple[int, ...]]] = {}
+        hooks = [
+            m.register_forward_pre_hook(lambda _m, args, name=name: seen.setdefault(name, []).append(tuple(args[0].shape)))
+            for name, m in linears.items()
+        ]
+        try:
+            with torch.no_grad(), torch_fast_paths_off():
+                for b in (2, 3):
+                    self._reference(torch.zeros(b, *x.shape[1:], dtype=x.dtype, device=x.device))
+        finally:
+            for h in hooks:
+                h.remove()
+        by_name = dict(zip(self.weight_names, self.layers))
+        for name, shapes in seen.items():
+            calls = len(shapes) // 2
+            dims = {_changed_dim(a, b, name) for a, b in zip(shapes[:calls], shapes[calls:])}
+            if len(dims) != 1:
+                raise McStudyError(f"{name.removesuffix('.weight')} is called on inputs with their samples in different dimensions {sorted(dims)}")
+            by_name[name].batch_dim = dims.pop()
+        self._probed.add(key)
 
     def describe(self) -> tuple[list[str], list[str]]:
-        """What runs where: each analog layer as ``name (out×fan_in)``, and the digital
-        modules with parameters or computation by type (mcstudy deploys ``nn.Linear`` and
-        ``nn.Conv2d`` on chips; every other module runs digitally), each type once."""
+        """What runs where: each crossbar as ``weight: kind out×fan_in``, and the digital
+        modules with parameters or computation by type, each type once (with the reason
+        where a module of an analog kind stays digital: ``models.crossbars``)."""
         analog = [
-            f"{n.removesuffix('.weight')}: {type(layer).__name__.removeprefix('Chip')} {w.shape[0]}×{w.shape[1]}"
+            f"{n.removesuffix('.weight')}: {layer.kind} {w.shape[0]}×{w.shape[1]}"
             for n, w, layer in zip(self.weight_names, self.nominal, self.layers)
         ]
         digital: dict[str, None] = {}
         for m in self.module.modules():
-            if isinstance(m, (ChipLayer, CompiledMaxPool2d, nn.Sequential, nn.ModuleList, nn.ModuleDict)) or m is self.module and list(m.children()):
+            if isinstance(m, (ChipLayer, ChipLSTM, ChipAttention, CompiledMaxPool2d, nn.Sequential, nn.ModuleList, nn.ModuleDict)) or m is self.module and list(m.children()):
                 continue
-            if not list(m.children()) or any(True for _ in m.parameters(recurse=False)):
+            reason = why_digital(m)
+            if reason is not None:
+                digital[f"{type(m).__name__} ({reason})"] = None
+            elif not list(m.children()) or any(True for _ in m.parameters(recurse=False)):
                 digital[type(m).__name__] = None
         return analog, list(digital)
 
@@ -147,15 +190,14 @@ class AnalogNetwork:
             raise ValueError(f"a read of {len(read.layers)} layers for {n_layers} analog layers")
         scales, shifts = out_scales or [None] * n_layers, out_shifts or [None] * n_layers
         c, n = read.n_chips, x.shape[0]
+        self._find_batch_dims(x)
         k = self._shared_at
         shared = k is not None and c > 1  # the inputs of the first analog layer, once, for every chip
         try:
             for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
                 layer.call = LayerCall(lr, read.periphery, a, b, calibrate, sample_offset, purpose, shared and layer is self.module[k])
-            if shared:
-                out = self.module(x)
-            else:
-                out = self.module(x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
+            with torch_fast_paths_off():
+                out = self.module(x if shared else x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
             for layer in self.layers:
                 layer.call = None
@@ -214,3 +256,12 @@ class AnalogNetwork:
             for w in self.nominal
         ]
         return ChipRead(layers, PeripherySpec())
+
+
+def _changed_dim(a: tuple[int, ...], b: tuple[int, ...], name: str) -> int:
+    """The one leading dimension in which a Linear's input for 2 samples (``a``) and for
+    3 (``b``) differ: the sample dimension."""
+    changed = [i for i, (p, q) in enumerate(zip(a[:-1], b[:-1])) if p != q]
+    if len(changed) != 1 or len(a) != len(b):
+        raise McStudyError(f"cannot tell which dimension of the input of {name.removesuffix('.weight')} holds the samples (shapes {a} and {b} for 2 and 3 samples)")
+    return changed[0]

@@ -91,7 +91,7 @@ def _load_factory(spec: DataSpec) -> RawData:
 
     if spec.factory is None:
         raise DataError("dataset 'factory' needs data.factory: 'package.module:function'")
-    out = call_factory(FactoryParams(factory=spec.factory, kwargs=dict(spec.kwargs), source_dir=spec.source_dir), "data.factory")
+    out = call_factory(FactoryParams(factory=spec.factory, kwargs=dict(spec.kwargs), source_dir=spec.source_dir, sha256=spec.sha256), "data.factory")
     source = f"data.factory {spec.factory!r}"
     if isinstance(out, Mapping):
         return raw_from_arrays(out, source)

@@ -82,7 +82,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         workers = 1 if executor_name == "serial" else (options.workers or ex.workers)
         if executor_name == "local":
             workers = workers or _cpus()
-        with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address) as executor:
+        with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address, module_sources(spec)) as executor:
             states, arch, ranges, trained, trained_reports = _train(spec, data, executor, cache, console)
             payload = Payload.build(spec, states, data, arch, ranges=ranges)
             coordinator_ctx = WorkerContext(payload, device="cpu")
@@ -218,6 +218,13 @@ def _progress(console: Console) -> Progress:
         console=console,
         transient=False,
     )
+
+
+def module_sources(spec: StudySpec) -> tuple[str, ...]:
+    """Directories of the study's own model modules (``model: {factory: ...}`` beside the
+    study file), which every worker imports."""
+    dirs = {getattr(spec.model_of(v).params, "source_dir", None) for v in spec.variants}
+    return tuple(sorted(d for d in dirs if d))
 
 
 def _describe_networks(networks: dict[str, AnalogNetwork], console: Console) -> None:

@@ -36,8 +36,10 @@ class Executor(ABC):
 
     name = "executor"
 
-    def __init__(self, workers: int, address: str | None = None) -> None:
-        """``address`` names a cluster; executors that run on this machine ignore it."""
+    def __init__(self, workers: int, address: str | None = None, sources: tuple[str, ...] = ()) -> None:
+        """``address`` names a cluster and ``sources`` the directories of the study's own
+        Python modules (a model factory beside the study file) that every worker must
+        import; executors that run on this machine ignore both."""
         self.workers = workers
 
     def train(self, jobs: list[TrainJob], data: Dataset) -> list[TrainedModel]:
@@ -74,7 +76,7 @@ class SerialExecutor(Executor):
 
     name = "serial"
 
-    def __init__(self, workers: int = 1, address: str | None = None) -> None:
+    def __init__(self, workers: int = 1, address: str | None = None, sources: tuple[str, ...] = ()) -> None:
         super().__init__(1)
         self.context: WorkerContext | None = None
 
@@ -169,7 +171,7 @@ class LocalExecutor(Executor):
 
     max_per_cpu = 8  # more worker processes than this per core only thrash (each holds the payload)
 
-    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+    def __init__(self, workers: int | None = None, address: str | None = None, sources: tuple[str, ...] = ()) -> None:
         cpus = os.cpu_count() or 1
         if workers is not None and workers > self.max_per_cpu * cpus:
             raise McStudyError(

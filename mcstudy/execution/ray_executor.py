@@ -104,7 +104,7 @@ class LocalRay:
         self._saved.setdefault(key, os.environ.get(key))
         os.environ[key] = value
 
-    def start(self, workers: int | None) -> None:
+    def start(self, workers: int | None, runtime_env: dict[str, Any] | None = None) -> None:
         import ray
         from ray._private import ray_constants
 
@@ -132,6 +132,7 @@ class LocalRay:
                 configure_logging=True,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
+                runtime_env=runtime_env,
             )
         except Exception:
             self.stop()
@@ -168,24 +169,46 @@ def _reachable(address: str) -> None:
         raise McStudyError(f"cannot reach the Ray cluster at {address!r}: {reason} (a TCP check of 5 s at most)") from None
 
 
-def ensure_ray(address: str | None, workers: int | None) -> LocalRay | bool:
-    """Connect to (or start) Ray. Returns the :class:`LocalRay` this call started, True when
-    it joined a cluster, False when Ray was already connected."""
+SHIP_EXCLUDES = [".git/", "__pycache__/", "results/", "*.zarr", "*.zarr/", "*.lock", "*.npz", "*.npy", "*.pt", "*.pth", "*.ckpt", "*.parquet"]
+"""Left out of the study directory Ray ships to the workers (besides what its
+``.gitignore`` and ``.rayignore`` name): result stores, data arrays and checkpoints,
+which reach the workers through the object store or are read on the driver."""
+
+
+def runtime_env(sources: tuple[str, ...]) -> dict[str, Any] | None:
+    """The job's runtime environment: the directory of the study's own modules as every
+    worker's working directory (Ray uploads it once and puts it on the workers' Python
+    path), and the variable that tells ``models.factory`` a worker imports from that copy."""
+    if not sources:
+        return None
+    if len(sources) > 1:
+        raise McStudyError(f"on Ray, the study's own modules must sit in one directory (one working directory per job), not {list(sources)}")
+    from ..models.factory import SHIPPED_SOURCE
+
+    return {"working_dir": sources[0], "excludes": SHIP_EXCLUDES, "env_vars": {SHIPPED_SOURCE: sources[0]}}
+
+
+def ensure_ray(address: str | None, workers: int | None, sources: tuple[str, ...] = ()) -> LocalRay | bool:
+    """Connect to (or start) Ray, shipping the study's own modules (:func:`runtime_env`).
+    Returns the :class:`LocalRay` this call started, True when it joined a cluster, False
+    when Ray was already connected (its job then must already reach the modules: the
+    workers check the SHA-256 of what they import)."""
     if address not in (None, "local"):
         _reachable(address)
     import ray
 
+    env = runtime_env(sources)
     if ray.is_initialized():
         return False
     if address in (None, "local"):
         local = LocalRay()
-        local.start(workers)
+        local.start(workers, env)
         return local
     from ray._private import ray_constants
 
     retries, ray_constants.NUM_REDIS_GET_RETRIES = ray_constants.NUM_REDIS_GET_RETRIES, int(os.environ["RAY_NUM_REDIS_GET_RETRIES"])
     try:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=env)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, TimeoutError, ValueError, …
         raise McStudyError(f"cannot connect to the Ray cluster at {address!r}: {e}") from None
     finally:
@@ -199,8 +222,8 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
-        self._owns = ensure_ray(address, workers)  # a LocalRay to stop, True (joined: disconnect), or False
+    def __init__(self, workers: int | None = None, address: str | None = None, sources: tuple[str, ...] = ()) -> None:
+        self._owns = ensure_ray(address, workers, sources)  # a LocalRay to stop, True (joined: disconnect), or False
         import ray
 
         n = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)

@@ -6,9 +6,10 @@ beside the study file is importable (``mynet.py`` next to it). mcstudy calls
 returns: its ``nn.Linear`` and ``nn.Conv2d`` layers run on the chips, everything else
 digitally (``AnalogNetwork.describe`` lists which at the start of a run). The module's
 source file's SHA-256 is part of the study's hash, so an edited network is another
-study. The local executor's workers import the module from the same place; on a Ray
-cluster the module must be importable on every node (installed, or shipped with the
-job's runtime environment).
+study. The local executor's workers import the module from the same place; the Ray
+executor ships the study's directory to every node as the job's working directory
+(Ray's runtime environment), and a worker there imports the module from that copy. Every
+import is checked against the SHA-256 the study was read with.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import importlib
 import inspect
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -90,19 +92,31 @@ class _importable_from:
             sys.path.remove(self.directory)
 
 
+SHIPPED_SOURCE = "MCSTUDY_SHIPPED_SOURCE"
+"""Set (by the Ray executor's runtime environment) on workers that received a copy of the
+study's directory as their working directory: names the driver's directory it copies."""
+
+
 def _builder(params: FactoryParams, field: str) -> Callable[..., Any]:
     module_name, _, attr = params.factory.partition(":")
-    if _local_file(module_name, params.source_dir) is not None:
+    where = params.source_dir
+    if where is not None and os.environ.get(SHIPPED_SOURCE) == where:
+        where = os.getcwd()  # a Ray worker: the copy of the study's directory Ray shipped
+    if _local_file(module_name, where) is not None:
         # a module beside the study: imported from there, never a same-named module
         # imported before from elsewhere (another study's mynet.py)
         top = module_name.split(".")[0]
         for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
             del sys.modules[name]
-    with _importable_from(params.source_dir):
+    with _importable_from(where):
         try:
             module = importlib.import_module(module_name)
         except Exception as e:  # the user's module failed to import: their code, their message
             raise McStudyError(f"{field} {params.factory!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    origin = getattr(module, "__file__", None)
+    if params.sha256 is not None and module_name != "__main__" and origin is not None and Path(origin).is_file():
+        if file_sha256(Path(origin)) != params.sha256:  # edited since the study was read, or another copy on this node
+            raise McStudyError(f"{field} {params.factory!r}: {origin} is not the source the study was read with (its SHA-256 differs)")
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise McStudyError(f"{field} {params.factory!r}: {module_name} ({getattr(module, '__file__', '?')}) has no function {attr!r}")

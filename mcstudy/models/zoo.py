@@ -1,5 +1,5 @@
 """Small models for the embedded datasets: an MLP, a LeNet-5-style CNN (2-D images or
-1-D sequences), a CIFAR-style ResNet and an LSTM for sequences."""
+1-D sequences), a CIFAR-style ResNet, an LSTM and a small transformer encoder."""
 
 from __future__ import annotations
 
@@ -179,3 +179,65 @@ class LSTMClassifier(nn.Module):
 def lstm(params: LSTMParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
     """A small LSTM classifier for sequences (MNIST-1D)."""
     return LSTMClassifier(math.prod(input_shape), params, n_classes)
+
+
+class TransformerParams(Params):
+    dim: PositiveInt = Field(32, le=MAX_WIDTH, description="token embedding width")
+    heads: PositiveInt = Field(4, le=256, description="attention heads per block (must divide dim)")
+    blocks: PositiveInt = Field(2, le=64, description="encoder blocks")
+    mlp: PositiveInt = Field(64, le=MAX_WIDTH, description="hidden width of each block's feed-forward network")
+    patch: PositiveInt = Field(4, description="input positions per token: the sequence is read in patches of this many (all channels)")
+
+
+class _EncoderBlock(nn.Module):
+    """A pre-norm transformer encoder block (Vaswani et al. 2017; pre-norm as in ViT,
+    Dosovitskiy et al. 2021): ``x + attention(LN(x))``, then ``x + W₂ GELU(W₁ LN(x))``."""
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.ff(self.norm2(x))
+
+
+class TransformerClassifier(nn.Module):
+    """A small encoder-only transformer for sequences and images: the input ``(C, L)`` (or
+    ``(C, H, W)``, read row by row) is cut into tokens of ``patch`` positions × all
+    channels, embedded by a Linear, given a learned position embedding, passed through
+    pre-norm encoder blocks (multi-head self-attention, layer norm, GELU feed-forward),
+    averaged over tokens, normalised and classified by a Linear. On a chip: the patch
+    embedding, every attention's q·k·v and output projections, the feed-forward layers and
+    the classifier; attention scores, softmax, layer norms and GELU are digital."""
+
+    def __init__(self, input_shape: tuple[int, ...], params: TransformerParams, n_classes: int) -> None:
+        super().__init__()
+        channels, positions = input_shape[0], math.prod(input_shape[1:])
+        if positions % params.patch:
+            raise ValueError(f"transformer patch {params.patch} does not divide the input length {positions}")
+        if params.dim % params.heads:
+            raise ValueError(f"transformer heads {params.heads} do not divide dim {params.dim}")
+        self.patch, self.tokens = params.patch, positions // params.patch
+        self.embed = nn.Linear(channels * params.patch, params.dim)
+        self.position = nn.Parameter(torch.randn(self.tokens, params.dim) * 0.02)
+        self.blocks = nn.Sequential(*(_EncoderBlock(params.dim, params.heads, params.mlp) for _ in range(params.blocks)))
+        self.norm = nn.LayerNorm(params.dim)
+        self.head = nn.Linear(params.dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[1]
+        tokens = x.reshape(n, c, self.tokens, self.patch).permute(0, 2, 1, 3).reshape(n, self.tokens, c * self.patch)
+        h = self.blocks(self.embed(tokens) + self.position)
+        return self.head(self.norm(h.mean(1)))
+
+
+@MODELS.register("transformer", TransformerParams)
+def transformer(params: TransformerParams, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    """A small transformer encoder classifier (multi-head attention, layer norm, GELU)."""
+    if len(input_shape) not in (2, 3):
+        raise ValueError(f"transformer needs sequence (C, L) or image (C, H, W) inputs, got shape {input_shape}")
+    return TransformerClassifier(input_shape, params, n_classes)

@@ -24,7 +24,9 @@ from pydantic import Field, PositiveInt
 from torch.func import functional_call
 
 from ..data import Dataset
+from ..errors import McStudyError
 from ..models import build_model
+from ..models.crossbars import analog_modules, analog_weight_names
 from ..registry import Params
 from ..registries import TRAINERS  # noqa: F401  (re-exported where it always was)
 
@@ -56,11 +58,6 @@ def init_model(model: str, model_params: Params, data: Dataset, seed: int) -> nn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(model, model_params, data.input_shape, data.n_classes)
-
-
-def analog_weight_names(model: nn.Module) -> list[str]:
-    """Names of the parameters that live on crossbars: Linear and Conv2d weights."""
-    return [f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 @dataclass
@@ -151,9 +148,13 @@ class Trainer:
         history: list[float] = []
         hooks = []
         if self.uses_activation():
-            for m in model.modules():
-                if isinstance(m, (nn.Linear, nn.Conv2d)):
-                    hooks.append(m.register_forward_pre_hook(lambda _m, args: (self.activation(args[0]),)))
+            for name, m in analog_modules(model):
+                if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):  # its crossbars' inputs are inside its forward
+                    raise McStudyError(
+                        f"quantised activations in training reach the inputs of Linear and convolution layers only; "
+                        f"{name} is a torch {type(m).__name__}, whose crossbars take their inputs inside its forward (set the trainer's activation_bits to null, or build it from nn.Linear)"
+                    )
+                hooks.append(m.register_forward_pre_hook(lambda _m, args: (self.activation(args[0]), *args[1:])))
         model.train()
         step = 0
         for _ in range(p.epochs):
