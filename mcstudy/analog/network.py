@@ -115,7 +115,7 @@ class AnalogNetwork:
         try:
             with torch.no_grad(), torch_fast_paths_off():
                 for b in (2, 3):
-                    self._reference(torch.zeros(b, *x.shape[1:], dtype=x.dtype, device=x.device))
+                    self._reference(torch.zeros(b, *x.shape[1:], dtype=x.dtype))  # on the CPU: only shapes are wanted
         finally:
             for h in hooks:
                 h.remove()
