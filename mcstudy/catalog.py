@@ -24,6 +24,8 @@ KINDS: dict[str, Registry[Any]] = {
     "trainers": registries.TRAINERS,
     "procedures": registries.PROCEDURES,
     "executors": registries.EXECUTORS,
+    "losses": registries.LOSSES,
+    "metrics": registries.SCORES,
 }
 
 

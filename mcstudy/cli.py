@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("dim", choices=["variant", "procedure", "hardware"], help="what differs")
     cmp_.add_argument("a", help="the one compared")
     cmp_.add_argument("b", help="the one it is compared with")
-    cmp_.add_argument("--metric", default="accuracy", help="per-chip metric (default accuracy)")
+    cmp_.add_argument("--metric", default=None, help="per-chip metric (default: the study's headline metric, accuracy unless it names another)")
     cmp_.add_argument("--confidence", type=_fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
     cmp_.add_argument("--where", action="append", default=[], metavar="DIM=NAME", help="keep only these cells, e.g. --where hardware=pcm (repeatable)")
 
@@ -246,10 +246,12 @@ def _export(args: argparse.Namespace, out: Console) -> int:
 def _compare(args: argparse.Namespace, out: Console) -> int:
     """A paired comparison as a table; the intervals are over chips (the same chips in a and b)."""
     from .analysis import paired_table
+    from .analysis.stats import headline
     from .store import open_results, require_whole
 
     require_whole(args.store)
     ds = open_results(args.store)
+    args.metric = args.metric or headline(ds)
     metrics = [str(n) for n, v in ds.data_vars.items() if v.dims == RESULT_DIMS]
     if args.metric not in metrics:
         raise McStudyError(f"--metric {args.metric!r} is not a per-chip metric of {args.store}; have {', '.join(metrics)}")
@@ -266,9 +268,10 @@ def _compare(args: argparse.Namespace, out: Console) -> int:
     cells = [c for c in CELL_DIMS if c in df.columns]
     for col in (*cells, "difference", "interval", "wins", "chips"):
         table.add_column(col, justify="left" if col in cells else "right")
+    fmt = "+.2f" if units == "pp" else "+.3g"
     for row in df.to_dict("records"):
         table.add_row(
-            *(str(row[c]) for c in cells), f"{row['difference']:+.2f}", f"{row['lower']:+.2f} … {row['upper']:+.2f}",
+            *(str(row[c]) for c in cells), f"{row['difference']:{fmt}}", f"{row['lower']:{fmt}} … {row['upper']:{fmt}}",
             f"{100 * row['wins']:.0f} %", str(row["chips"]),
         )  # fmt: skip
     out.print(table)
@@ -348,6 +351,7 @@ def _nothing() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from .analysis.stats import headline, lower_is_better
     from .analysis.summary import render_summary, summary_table
     from .execution import RunOptions, run_study
     from .spec import load_study
@@ -373,7 +377,8 @@ def _run(args: argparse.Namespace, out: Console, err: Console) -> int:
     )
     report = run_study(spec, options, console=console(stderr=True, quiet=args.quiet))
     ds = open_results(path)
-    out.print(render_summary(summary_table(ds), ds.attrs.get("yield_within", 0.01), spec.name))
+    metric = headline(ds)
+    out.print(render_summary(summary_table(ds), ds.attrs.get("yield_within", 0.01), spec.name, metric, lower_is_better(ds[metric])))
     what = "resumed" if report.resumed else "wrote"
     out.print(
         f"{what} {path} ({report.units_run} of {report.units_total} units computed) in {report.seconds:.1f} s. "

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the entries' types, for type checkers only
     from .hardware.base import DeviceModel
     from .hardware.mapping import Mapping
     from .models.zoo import ModelFactory
+    from .objectives import Loss, Metric
     from .procedures.base import Procedure
     from .training.base import Trainer
 
@@ -29,3 +30,5 @@ MAPPINGS: Registry[type[Mapping]] = Registry("mapping", builtin="mcstudy.hardwar
 TRAINERS: Registry[type[Trainer]] = Registry("trainer", builtin="mcstudy.training")
 PROCEDURES: Registry[type[Procedure]] = Registry("procedure", builtin="mcstudy.procedures")
 EXECUTORS: Registry[type[Executor]] = Registry("executor", builtin="mcstudy.execution")
+LOSSES: Registry[type[Loss]] = Registry("loss", builtin="mcstudy.objectives")
+SCORES: Registry[type[Metric]] = Registry("metric", builtin="mcstudy.objectives")

@@ -35,7 +35,7 @@ from .errors import McStudyError, StoreError
 from .location import Location, StoreLock, is_url  # noqa: F401  (re-exported: the store API)
 from .spec import StudySpec
 from .times import format_time
-from .vocabulary import METRIC_ATTRS, METRICS, PHYSICS_VERSION, RESULT_DIMS, UNIT_DIMS
+from .vocabulary import METRIC_ATTRS, PHYSICS_VERSION, RESULT_DIMS, UNIT_DIMS
 from .verify import FORMAT_VERSION, Damage, checksummed, repair, store_attrs, variables_attr, verify
 
 
@@ -90,14 +90,15 @@ def template(
     V, H, P, T, C = len(spec.variants), len(spec.hardware), len(spec.procedures), len(spec.times), spec.chips
     b = min(block_size, C)
     data_vars: dict[str, Any] = {}
+    attrs = {**METRIC_ATTRS, **spec.objective.attrs()}
     for m in spec.metrics:
         arr = da.full((V, H, P, T, C), np.nan, dtype=np.float32, chunks=(1, 1, P, T, b))
-        data_vars[m] = xr.Variable(RESULT_DIMS, arr, attrs=METRIC_ATTRS[m])
-    for m in METRICS:
+        data_vars[m] = xr.Variable(RESULT_DIMS, arr, attrs=attrs[m])
+    for m in spec.objective.metrics:
         data_vars[f"float_{m}"] = xr.Variable(
             ("variant",),
             np.array([float_metrics[v.name][m] for v in spec.variants], dtype=np.float32),  # as the chips' metrics
-            attrs={**METRIC_ATTRS[m], "long_name": f"float (digital) model's {METRIC_ATTRS[m]['long_name']}"},
+            attrs={**attrs[m], "long_name": f"float (digital) model's {attrs[m]['long_name']}"},
         )
     data_vars["done"] = xr.Variable(
         UNIT_DIMS,
@@ -147,6 +148,8 @@ def template(
         "versions": json.dumps(package_versions(), sort_keys=True),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "mcstudy_format": FORMAT_VERSION,
+        # a study that names its loss or metric: what the analysis leads with (default: accuracy)
+        **({} if spec.objective.default else {"headline_metric": spec.objective.headline, "loss_name": spec.loss.name}),
         **(extra_attrs or {}),
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)

@@ -8,7 +8,7 @@ fill values. :func:`verify` then checks, without trusting anything it reads:
   store was created with (``mcstudy_variables``: present, readable, with its shape), and
   the block size (the attribute against the arrays' chunking);
 - **every finished unit** (``done``): each per-chip array has that unit's chunk, the chunk
-  decodes (checksum) and its accuracy and loss are finite.
+  decodes (checksum) and its accuracy (or headline metric) and loss are finite.
 
 It reports damaged metadata and damaged units. :func:`repair` recreates damaged arrays
 from the study's template and marks damaged units not done, so that the run that follows
@@ -139,6 +139,7 @@ def verify(location: Location) -> Damage:
     except (KeyError, TypeError, ValueError):
         damage.fatal.append("the attribute mcstudy_variables is missing or unreadable")
         return damage
+    finite = {"accuracy", "loss", str(attrs.get("headline_metric", "accuracy"))}  # every chip's values are finite numbers
     arrays: dict[str, Any] = {}
     for name, meta in expected.items():
         try:
@@ -154,11 +155,11 @@ def verify(location: Location) -> Damage:
         if "chip" in expected[name]["dims"] and name != "chip":
             continue
         for coords in np.ndindex(*arr.cdata_shape):
-            why = _chunk_problem(location, arr, f"{name}/{arr.metadata.encode_chunk_key(coords)}", coords, name)
+            why = _chunk_problem(location, arr, f"{name}/{arr.metadata.encode_chunk_key(coords)}", coords, name in finite)
             if why is not None:
                 damage.arrays[name] = why
                 break
-    if "done" not in arrays or "accuracy" not in arrays:
+    if "done" not in arrays or "loss" not in arrays:
         # without them nothing is known to be finished: every unit is recomputed on repair
         return damage
     dims = {name: expected[name]["dims"] for name in arrays}
@@ -178,7 +179,7 @@ def verify(location: Location) -> Damage:
                 continue  # checked with the done mask below
             if not _is_done(arrays["done"], where, block, n_v, bad_blocks):
                 continue
-            why = _chunk_problem(location, arr, key, coords, name)
+            why = _chunk_problem(location, arr, key, coords, name in finite)
             if why is not None:
                 bad_blocks.setdefault(where, f"{name}: {why}")
     for (v, h, b), why in sorted(bad_blocks.items()):
@@ -207,14 +208,14 @@ def _is_done(done: Any, where: tuple[int, int, int], block: int, n_v: int, bad: 
     return any(s is not False for s in states)
 
 
-def _chunk_problem(location: Location, arr: Any, key: str, coords: tuple[int, ...], name: str) -> str | None:
+def _chunk_problem(location: Location, arr: Any, key: str, coords: tuple[int, ...], finite: bool) -> str | None:
     if not _exists(location, key):
         return "the chunk is missing"
     try:
         values = np.asarray(arr.get_block_selection(coords))
     except Exception as e:
         return f"the chunk does not decode ({type(e).__name__}: checksum or truncation)"
-    if name in ("accuracy", "loss") and not np.isfinite(values).all():
+    if finite and not np.isfinite(values).all():
         return "non-finite values"
     return None
 

@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mcstudy"
 # and the layers below it, never from one above.
 LAYERS: list[set[str]] = [
     {"errors", "registry", "registries", "vocabulary", "times", "rng", "kernels", "location", "interrupts"},
-    {"data", "models", "hardware"},
+    {"data", "models", "hardware", "objectives"},
     {"spec"},
     {"analog", "programming", "store", "verify"},
     {"training", "procedures", "analysis"},

@@ -61,6 +61,7 @@ def test_a_module_beside_the_study_runs_on_a_local_pool(tmp_path: Path, cache_di
     r = run_cli("run", study, "--out", out, "--executor", "local", "--workers", "2", cwd=Path("/"), cache=cache_dir)
     assert r.returncode == 0, r.stderr
     assert "on the chips (float, qat): 1: Linear 24×64, 5: Linear 10×24 = 1,776 weights" in r.stderr, r.stderr
+    assert "devices per chip: 3,552 with differential mapping (2 per weight: ideal, pcm)" in r.stderr, r.stderr
     assert "digital (no analog form in mcstudy): Flatten, LayerNorm, GELU, Scale" in r.stderr, r.stderr
     ds = mcstudy.open_results(out)
     ideal = ds["accuracy"].sel(hardware="ideal").load()
@@ -209,3 +210,81 @@ def test_every_analog_kind_runs_on_the_chips_as_torch_computes_it() -> None:
     batched = torch.cat([net.forward(x[:4], read), net.forward(x[4:], read, sample_offset=4)], 1)
     assert torch.equal(block, batched)
     assert (block - module(x).detach()).abs().max() > 1e-3  # the noise is there
+
+
+def test_layouts_a_chip_can_and_cannot_take() -> None:
+    """Samples merged in front of tokens ((N·T, F)) are each sample's T input vectors (the
+    same noise however batched); a layout that mixes samples ((T·N, F)) is refused; an
+    attention kept digital keeps its output projection; a query that may attend to no key
+    gives 0, as torch's attention without weights does; torch's LSTM attributes are there."""
+    import torch
+    import torch.nn as nn
+
+    from mcstudy.analog import AnalogNetwork
+    from mcstudy.errors import McStudyError
+    from mcstudy.hardware import Population, TileSpec, Variation
+    from mcstudy.hardware.mapping import DifferentialPair, Encoding
+    from mcstudy.hardware.pcm import PCMDevice, PCMParams
+    from mcstudy.rng import chip_stream
+
+    class Merged(nn.Module):
+        def __init__(self, time_major: bool) -> None:
+            super().__init__()
+            self.f, self.time_major = nn.Linear(5, 6), time_major
+
+        def forward(self, x):
+            n, t, f = x.shape
+            if self.time_major:
+                return self.f(x.transpose(0, 1).reshape(t * n, f)).reshape(t, n, 6).transpose(0, 1).reshape(n, -1)
+            return self.f(x.reshape(n * t, f)).reshape(n, t * 6)
+
+    torch.manual_seed(0)
+    pcm = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(), TileSpec(), read_noise="per_vector")
+    net = AnalogNetwork(Merged(False).eval())
+    read = pcm.program(net.nominal, chip_stream(0, "merged", range(2)), net.granules).read(3600.0)
+    x = torch.ones(9, 7, 5)  # every token the same vector: equal outputs would be equal noise draws
+    whole = net.forward(x, read)
+    assert torch.equal(whole, torch.cat([net.forward(x[:4], read), net.forward(x[4:], read, sample_offset=4)], 1))
+    tokens = whole.view(2, 9, 7, 6)
+    assert not torch.equal(tokens[0, 0, 4], tokens[0, 4, 0]) and net.layers[0].rows_per_sample == 7
+    with pytest.raises(McStudyError, match="mixes the samples"):
+        AnalogNetwork(Merged(True).eval()).forward(x, read)
+
+    class Attend(nn.Module):
+        def __init__(self, bias_kv: bool) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True, add_bias_kv=bias_kv)
+            self.lstm, self.head = nn.LSTM(8, 8, batch_first=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            self.lstm.flatten_parameters()
+            h = x.reshape(x.shape[0], 4, 8)
+            pad = torch.zeros(x.shape[0], 4, dtype=torch.bool)
+            pad[:, 0] = True  # with the causal mask, the first query may attend to no key
+            a = self.attn(h, h, h, key_padding_mask=pad, attn_mask=torch.ones(4, 4, dtype=torch.bool).triu(1), need_weights=False)[0]
+            h = self.lstm(h + a)[0]
+            zeros = torch.zeros(self.lstm.num_layers * (2 if self.lstm.bidirectional else 1), x.shape[0], 8)
+            return self.head(h[:, -1] + zeros[-1]) + a[:, 0, :3]
+
+    x = torch.randn(5, 32)
+    for bias_kv, crossbars in ((False, 5), (True, 3)):
+        module = Attend(bias_kv).eval()
+        net = AnalogNetwork(module)
+        assert len(net.layers) == crossbars and (bias_kv or "attn.out_proj.weight" in net.weight_names)
+        with torch.no_grad():
+            torch.testing.assert_close(net.forward(x, net.nominal_read(2)), module(x).expand(2, -1, -1), rtol=0, atol=2e-5)
+
+
+def test_self_tuning_refuses_a_crossbar_read_several_times_per_pass(tmp_path: Path, cache_dir: Path) -> None:
+    """Self-tuning trims each crossbar's output once per forward pass; an LSTM reads its
+    crossbars once per time step: refused with the crossbars named, nothing written."""
+    raw = {
+        "name": "lstm_tune", "seed": 1, "chips": 2, "times": ["20s"], "model": {"name": "lstm", "hidden": 8, "step": 8},
+        "variants": {"f": {"trainer": "standard", "epochs": 1}}, "hardware": {"pcm": {"device": "pcm"}},
+        "procedures": {"tune": {"kind": "self_tuning"}},
+    }  # fmt: skip
+    study = tmp_path / "lstm_tune.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    r = run_cli("run", study, "--out", tmp_path / "out.zarr", "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "procedures.tune" in r.stderr and "ih.0 (8×), hh.0 (8×)" in r.stderr, r.stderr
+    assert not (tmp_path / "out.zarr").exists()

@@ -29,9 +29,10 @@ class ChipLSTM(nn.Module):
 
     def __init__(self, lstm: nn.LSTM) -> None:
         super().__init__()
-        self.hidden_size, self.num_layers = lstm.hidden_size, lstm.num_layers
+        self.input_size, self.hidden_size, self.num_layers = lstm.input_size, lstm.hidden_size, lstm.num_layers
+        self.bias, self.batch_first, self.dropout = lstm.bias, lstm.batch_first, lstm.dropout  # torch's attributes, read by user code
+        self.bidirectional, self.proj_size = lstm.bidirectional, lstm.proj_size
         self.directions = 2 if lstm.bidirectional else 1
-        self.batch_first = lstm.batch_first
         cells: list[ChipLayer] = []
         for name in crossbar_weights(lstm) or []:
             kind = "ih" if name.startswith("weight_ih") else "hh"
@@ -41,6 +42,9 @@ class ChipLSTM(nn.Module):
 
     def crossbars(self) -> list[ChipLayer]:
         return list(self.cells)  # type: ignore[arg-type]
+
+    def flatten_parameters(self) -> None:
+        """torch's cuDNN weight layout call: nothing to do on a chip."""
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         if not isinstance(input, torch.Tensor) or input.dim() != 3:
@@ -80,7 +84,7 @@ class ChipAttention(nn.Module):
     def __init__(self, mha: nn.MultiheadAttention) -> None:
         super().__init__()
         self.embed_dim, self.num_heads, self.head_dim = mha.embed_dim, mha.num_heads, mha.head_dim
-        self.batch_first = mha.batch_first
+        self.kdim, self.vdim, self.dropout, self.batch_first = mha.kdim, mha.vdim, mha.dropout, mha.batch_first  # torch's attributes
         self._qkv_same_embed_dim = mha._qkv_same_embed_dim  # read by nn.TransformerEncoderLayer
         e, b = mha.embed_dim, mha.in_proj_bias
         if mha._qkv_same_embed_dim:
@@ -125,7 +129,8 @@ class ChipAttention(nn.Module):
         n, lq, s, h, d = q.shape[0], q.shape[1], k.shape[1], self.num_heads, self.head_dim
         q, k, v = (t.reshape(n, t.shape[1], h, d).transpose(1, 2) for t in (q, k, v))
         scores = torch.matmul(q * math.sqrt(1.0 / d), k.transpose(-2, -1))  # (n, h, lq, s)
-        if attn_mask is None and is_causal:
+        if is_causal and (attn_mask is None or (not need_weights and key_padding_mask is None)):
+            # torch's hint: without weights and padding it computes a causal mask, whatever attn_mask is
             attn_mask = torch.ones(lq, s, dtype=torch.bool, device=q.device).triu(1)
         if attn_mask is not None:
             mask = _additive(attn_mask, scores.dtype)
@@ -133,6 +138,10 @@ class ChipAttention(nn.Module):
         if key_padding_mask is not None:
             scores = scores + _additive(key_padding_mask, scores.dtype).view(n, 1, 1, s)
         weights = torch.softmax(scores, dim=-1)
+        if not need_weights and (attn_mask is not None or key_padding_mask is not None):
+            # torch's path without weights (scaled_dot_product_attention) gives a query that
+            # may attend to no key a zero output; the explicit softmax gives NaN, as torch's does
+            weights = weights.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
         out = self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(n, lq, self.embed_dim))
         if not self.batch_first:
             out = out.transpose(0, 1)

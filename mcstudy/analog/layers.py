@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import McStudyError
 from ..hardware.chip import LayerRead
 from ..hardware.periphery import PeripherySpec, adc_tile, input_scale, quantise_input, quantise_symmetric
 
@@ -162,7 +163,11 @@ class ChipLayer(nn.Module):
         super().__init__()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.index = 0  # position among the network's analog layers
-        self.batch_dim = 0  # the input's sample dimension (a Linear on sequence-first tokens: 1; AnalogNetwork finds it)
+        # where the input keeps its samples (AnalogNetwork._find_batch_dims): their dimension (a
+        # Linear on sequence-first tokens: 1; None: unknown) and rows per sample where they lead
+        # a merged dimension ((N·L, E): L)
+        self.batch_dim: int | None = 0
+        self.rows_per_sample = 1
         self.relu = False  # a ReLU that followed this layer runs in its digital stage (AnalogNetwork)
         self.call: LayerCall | None = None
 
@@ -192,10 +197,15 @@ class ChipLayer(nn.Module):
         if call.shared_input:  # one copy of the inputs viewed by every chip (stride 0), not C copies
             x = x.unsqueeze(0).expand(c, *x.shape)
         else:
+            if self.batch_dim is None:
+                raise McStudyError(
+                    f"analog layer {self.index} was not read when mcstudy ran the module on 3 samples to find where its "
+                    "samples are (a branch that depends on the input values?)"
+                )
             x = x.movedim(self.batch_dim, 0) if self.batch_dim else x
             x = x.reshape(c, -1, *self.feature_shape(x))
         x, lead = self.split_tokens(x)
-        vectors = math.prod(lead)  # input vectors per sample (1 without leading dimensions)
+        vectors = math.prod(lead) * self.rows_per_sample  # input vectors per sample (1 without leading dimensions)
         y = crossbar(x, read, call.periphery, self.product, self.rows, call.sample_offset * vectors, call.purpose, call.calls)
         call.calls += 1
         trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order

@@ -6,14 +6,14 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..hardware.chip import ChipRead, LayerRead
 from ..models import build_model
 from ..registry import Params
 from ..hardware.periphery import NeuronDraws, PeripherySpec
 from ..errors import McStudyError
-from ..models.crossbars import analog_modules, crossbar_weights, why_digital
+from ..objectives import Objective
+from ..models.crossbars import analog_modules, crossbar_weights, searched, why_digital
 from .composite import ChipAttention, ChipLSTM, to_chip, torch_fast_paths_off
 from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, LayerCall, crossbar, linear_product, linear_rows, weight_matrix
 
@@ -44,6 +44,7 @@ class AnalogNetwork:
     def __init__(self, model: nn.Module) -> None:
         self.module = copy.deepcopy(model).eval()
         self._reference = copy.deepcopy(self.module)  # the torch model, to find where each Linear's samples are
+        self.reads_last_pass: list[int] = []  # how often each crossbar was read in the last forward pass
         self._probed: set[tuple[tuple[int, ...], torch.dtype]] = set()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -86,7 +87,8 @@ class AnalogNetwork:
                 continue
             converted = to_chip(child)
             if converted is None:
-                self._swap(child, f"{prefix}{name}.")
+                if searched(child):
+                    self._swap(child, f"{prefix}{name}.")
                 continue
             chip, layers = converted
             for weight, layer in zip(crossbar_weights(child) or [], layers):
@@ -99,34 +101,45 @@ class AnalogNetwork:
     def _find_batch_dims(self, x: torch.Tensor) -> None:
         """Where each Linear crossbar's input keeps its samples. Activations are
         sample-major (``(C·N, ...)``), but a Linear may take sequence-first tokens
-        (``(L, C·N, E)``, torch's transformer default): the torch model is run once on 2
-        and on 3 zero samples shaped like ``x``, and the dimension that changes with the
-        batch is the sample dimension. Once per input shape; composites (LSTM, attention)
-        put their crossbars' inputs sample-first themselves."""
+        (``(L, C·N, E)``, torch's transformer default) or samples merged with tokens
+        (``(N·L, E)``). The torch model runs once on 3 samples shaped like ``x`` and once
+        more with each sample changed: the elements of a Linear's input that follow sample
+        ``s`` are sample ``s``'s. Its samples must then sit in one dimension of its own, or
+        lead a merged one (``(N·L, E)``, each sample's ``L`` rows together); a layout that
+        mixes them (``(L·N, E)``) is refused. Once per input shape; composites (LSTM,
+        attention) put their crossbars' inputs sample-first themselves."""
         key = (tuple(x.shape[1:]), x.dtype)
         if key in self._probed:
             return
         linears = {f"{n}.weight": m for n, m in analog_modules(self._reference) if isinstance(m, nn.Linear)}
-        seen: dict[str, list[tuple[int, ...]]] = {}
+        by_name = dict(zip(self.weight_names, self.layers))
+        runs = [self._linear_inputs(linears, v) for v in _probe_inputs(x)]
+        for name in linears:
+            calls = {len(r.get(name, [])) for r in runs}
+            if calls == {0}:
+                by_name[name].batch_dim = None  # never read on these inputs: refused if it is read later
+                continue
+            if len(calls) != 1:
+                raise McStudyError(f"{name.removesuffix('.weight')} is read a different number of times for different inputs; mcstudy cannot tell where its samples are")
+            layouts = {_sample_layout(name, base, [r[name][i] for r in runs[1:]]) for i, base in enumerate(runs[0][name])}
+            if len(layouts) != 1:
+                raise McStudyError(f"{name.removesuffix('.weight')} is called on inputs with their samples in different places {sorted(layouts)}")
+            by_name[name].batch_dim, by_name[name].rows_per_sample = layouts.pop()
+        self._probed.add(key)
+
+    def _linear_inputs(self, linears: dict[str, nn.Module], x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        seen: dict[str, list[torch.Tensor]] = {}
         hooks = [
-            m.register_forward_pre_hook(lambda _m, args, name=name: seen.setdefault(name, []).append(tuple(args[0].shape)))
+            m.register_forward_pre_hook(lambda _m, args, name=name: seen.setdefault(name, []).append(args[0].detach().clone()))
             for name, m in linears.items()
         ]
         try:
             with torch.no_grad(), torch_fast_paths_off():
-                for b in (2, 3):
-                    self._reference(torch.zeros(b, *x.shape[1:], dtype=x.dtype))  # on the CPU: only shapes are wanted
+                self._reference(x)
         finally:
             for h in hooks:
                 h.remove()
-        by_name = dict(zip(self.weight_names, self.layers))
-        for name, shapes in seen.items():
-            calls = len(shapes) // 2
-            dims = {_changed_dim(a, b, name) for a, b in zip(shapes[:calls], shapes[calls:])}
-            if len(dims) != 1:
-                raise McStudyError(f"{name.removesuffix('.weight')} is called on inputs with their samples in different dimensions {sorted(dims)}")
-            by_name[name].batch_dim = dims.pop()
-        self._probed.add(key)
+        return seen
 
     def describe(self) -> tuple[list[str], list[str]]:
         """What runs where: each crossbar as ``weight: kind out×fan_in``, and the digital
@@ -136,8 +149,11 @@ class AnalogNetwork:
             f"{n.removesuffix('.weight')}: {layer.kind} {w.shape[0]}×{w.shape[1]}"
             for n, w, layer in zip(self.weight_names, self.nominal, self.layers)
         ]
-        digital: dict[str, None] = {}
+        digital: dict[str, None] = {"ReLU": None} if any(layer.relu for layer in self.layers) else {}  # fused into a layer's digital stage
+        inner = {id(c) for m in self.module.modules() if not searched(m) for c in m.modules() if c is not m}
         for m in self.module.modules():
+            if type(m) is nn.Identity or id(m) in inner:  # computes nothing (or holds a fused ReLU's place); part of a digital attention
+                continue
             if isinstance(m, (ChipLayer, ChipLSTM, ChipAttention, CompiledMaxPool2d, nn.Sequential, nn.ModuleList, nn.ModuleDict)) or m is self.module and list(m.children()):
                 continue
             reason = why_digital(m)
@@ -199,6 +215,7 @@ class AnalogNetwork:
             with torch_fast_paths_off():
                 out = self.module(x if shared else x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
+            self.reads_last_pass = [layer.call.calls if layer.call is not None else 0 for layer in self.layers]
             for layer in self.layers:
                 layer.call = None
         return out.reshape(c, n, *out.shape[1:])
@@ -228,19 +245,18 @@ class AnalogNetwork:
         out_scales: Scales = None,
         batch: int = 1024,
         out_shifts: Scales = None,
+        objective: Objective | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-chip accuracy and mean cross-entropy loss over ``(x, y)``, float64 ``(C,)``."""
-        correct: torch.Tensor | float = 0.0
-        loss: torch.Tensor | float = 0.0
+        """Per-chip means over ``(x, y)`` of the objective's metrics (default: accuracy and
+        cross-entropy loss), each float64 ``(C,)``."""
+        objective = objective or Objective()
+        sums: dict[str, torch.Tensor] = {}
         for a in range(0, x.shape[0], batch):
-            logits = self.forward(x[a : a + batch], read, out_scales, sample_offset=a, out_shifts=out_shifts)
-            yb = y[a : a + batch]
-            c, n, k = logits.shape
-            correct = correct + (logits.argmax(-1) == yb).sum(1, dtype=torch.float64)
-            ce = F.cross_entropy(logits.reshape(c * n, k), yb.repeat(c), reduction="none")
-            loss = loss + ce.reshape(c, n).to(torch.float64).sum(1)
+            outputs = self.forward(x[a : a + batch], read, out_scales, sample_offset=a, out_shifts=out_shifts)
+            for m, v in objective.sums(outputs, y[a : a + batch]).items():
+                sums[m] = sums[m] + v if m in sums else v
         total = float(x.shape[0])
-        return {"accuracy": correct / total, "loss": loss / total}  # type: ignore[operator]
+        return {m: v / total for m, v in sums.items()}
 
     def nominal_read(self, n_chips: int = 1) -> ChipRead:
         """A read with the trained (float) weights and no periphery: the digital model."""
@@ -258,10 +274,47 @@ class AnalogNetwork:
         return ChipRead(layers, PeripherySpec())
 
 
-def _changed_dim(a: tuple[int, ...], b: tuple[int, ...], name: str) -> int:
-    """The one leading dimension in which a Linear's input for 2 samples (``a``) and for
-    3 (``b``) differ: the sample dimension."""
-    changed = [i for i, (p, q) in enumerate(zip(a[:-1], b[:-1])) if p != q]
-    if len(changed) != 1 or len(a) != len(b):
-        raise McStudyError(f"cannot tell which dimension of the input of {name.removesuffix('.weight')} holds the samples (shapes {a} and {b} for 2 and 3 samples)")
-    return changed[0]
+def _probe_inputs(x: torch.Tensor) -> list[torch.Tensor]:
+    """3 samples like ``x`` (its first, repeated where it has fewer), then the same with
+    sample 0, 1 and 2 changed in turn (a random step; integers shifted by one)."""
+    base = x[torch.arange(3) % x.shape[0]].detach().cpu().clone()
+    gen = torch.Generator().manual_seed(0)
+    out = [base]
+    for s in range(3):
+        v = base.clone()
+        if v.dtype.is_floating_point:
+            v[s] += torch.randn(v[s].shape, generator=gen, dtype=v.dtype) * (v.abs().mean() + 1)
+        else:
+            v[s] = (v[s] + 1) % (int(x.max()) + 1)
+        out.append(v)
+    return out
+
+
+def _sample_layout(name: str, base: torch.Tensor, changed: list[torch.Tensor]) -> tuple[int, int]:
+    """``(dimension, rows per sample)`` of a Linear's input ``base`` whose versions
+    ``changed[s]`` follow a change of sample ``s`` alone: a dimension of size 3 along which
+    sample ``s`` moves index ``s`` only (1 row each), or a leading dimension of ``3k`` rows
+    in which sample ``s`` moves rows ``sk .. sk + k − 1`` only."""
+    layer = name.removesuffix(".weight")
+    moved = [(c != base).reshape(*base.shape[:-1], -1).any(-1) if base.dim() > 1 else (c != base).any().reshape(1) for c in changed]
+    if base.dim() >= 2 and not any(bool(m.any()) for m in moved):
+        # the same for every sample (an LSTM's zero initial state): the one leading dimension of 3
+        threes = [d for d in range(base.dim() - 1) if base.shape[d] == 3]
+        if len(threes) == 1:
+            return threes[0], 1
+    if base.dim() < 2 or not any(bool(m.any()) for m in moved):
+        raise McStudyError(f"{layer}'s input does not depend on the samples (shape {tuple(base.shape)}): mcstudy cannot tell where its samples are")
+    for d in range(base.dim() - 1):
+        n = base.shape[d]
+        if n % 3:
+            continue
+        k = n // 3
+        along = [m.movedim(d, 0).reshape(n, -1).any(-1) for m in moved]  # which indices of d each sample moves
+        if all(not a[s * k : (s + 1) * k].logical_not().all() and not a[: s * k].any() and not a[(s + 1) * k :].any() for s, a in enumerate(along)):
+            if k > 1 and d != 0:
+                break  # samples merged with another dimension, not in front: mixed
+            return d, k
+    raise McStudyError(
+        f"{layer}'s input (shape {tuple(base.shape)} for 3 samples) mixes the samples: give it inputs whose samples have a "
+        "dimension of their own, or lead a merged one ((N·L, E), not (L·N, E))"
+    )

@@ -16,18 +16,29 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..errors import McStudyError
-from .stats import chip_yield_ci, mean_ci, paired_difference
+from .stats import chip_yield_ci, headline, lower_is_better, mean_ci, paired_difference, yield_threshold
 from .tolerance import sweeping_populations
 
 METRIC_LABEL = {"accuracy": "test accuracy (%)", "loss": "test cross-entropy (nat)"}
 
 
 def _scale(metric: str) -> float:
-    return 100.0 if metric.startswith("accuracy") else 1.0
+    """Accuracies are shown in percent, other metrics in their own units."""
+    return 100.0 if metric.startswith("accuracy") or metric.endswith("_accuracy") else 1.0
 
 
-def _label(metric: str) -> str:
-    return METRIC_LABEL.get(metric, metric)
+def _label(metric: str, ds: xr.Dataset | None = None) -> str:
+    if metric in METRIC_LABEL:
+        return METRIC_LABEL[metric]
+    attrs = ds[metric].attrs if ds is not None and metric in ds else {}
+    if _scale(metric) == 100.0:
+        return f"{attrs.get('long_name', metric)} (%)"
+    return f"{attrs.get('long_name', metric)} ({attrs['units']})" if "units" in attrs else metric
+
+
+def _within_text(ds: xr.Dataset, metric: str, within: float) -> str:
+    """How the yield's threshold reads for ``metric``: pp of an accuracy, % above an error."""
+    return f"at most {within * 100:g} % above float" if lower_is_better(ds[metric]) else f"within {within * 100:g} pp of float"
 
 
 def _pick(ds: xr.Dataset, dim: str, name: str | None) -> str:
@@ -52,10 +63,12 @@ def _series(ds: xr.Dataset) -> list[tuple[str, str]]:
     return [(str(v), str(p)) for v in ds["variant"].values for p in ds["procedure"].values]
 
 
-def plot_distributions(ds: xr.Dataset, hardware: str | None = None, metric: str = "accuracy", kind: str = "violin") -> Figure:
-    """Per-chip ``metric`` against drift time on one hardware population: a violin per
-    variant at every time, one panel per procedure (``kind="violin"``), or empirical CDFs,
-    one panel per time (``kind="ecdf"``). Dashed lines: each variant's float model."""
+def plot_distributions(ds: xr.Dataset, hardware: str | None = None, metric: str | None = None, kind: str = "violin") -> Figure:
+    """Per-chip ``metric`` (default: the study's headline metric) against drift time on one
+    hardware population: a violin per variant at every time, one panel per procedure
+    (``kind="violin"``), or empirical CDFs, one panel per time (``kind="ecdf"``). Dashed
+    lines: each variant's float model."""
+    metric = metric or headline(ds)
     hw = _pick(ds, "hardware", hardware)
     data = ds[metric].sel(hardware=hw).load() * _scale(metric)
     variants, procedures = [str(v) for v in ds["variant"].values], [str(p) for p in ds["procedure"].values]
@@ -81,7 +94,7 @@ def plot_distributions(ds: xr.Dataset, hardware: str | None = None, metric: str 
             ax.set_xlabel("time after programming")
             ax.set_title(f"procedure: {proc}")
             ax.grid(axis="y", alpha=0.3)
-        axes[0][0].set_ylabel(_label(metric))
+        axes[0][0].set_ylabel(_label(metric, ds))
         axes[0][-1].legend(title="variant (dashed: float)", fontsize="small")
     elif kind == "ecdf":
         times = list(ds["time_label"].values)
@@ -93,7 +106,7 @@ def plot_distributions(ds: xr.Dataset, hardware: str | None = None, metric: str 
                 if x.size:
                     ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=f"{v} / {p}")
             ax.set_title(f"t = {label}")
-            ax.set_xlabel(_label(metric))
+            ax.set_xlabel(_label(metric, ds))
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("fraction of chips ≤ x")
         axes[0][-1].legend(title="variant / procedure", fontsize="small")
@@ -105,8 +118,8 @@ def plot_distributions(ds: xr.Dataset, hardware: str | None = None, metric: str 
 
 
 def plot_yield(ds: xr.Dataset, hardware: str | None = None, within: float | None = None, confidence: float = 0.95) -> Figure:
-    """Yield (share of chips within ``within`` of the float accuracy) against drift time,
-    one line per variant and procedure, with its Wilson confidence band."""
+    """Yield (share of chips within ``within`` of the float model's headline metric)
+    against drift time, one line per variant and procedure, with its Wilson confidence band."""
     hw = _pick(ds, "hardware", hardware)
     y = chip_yield_ci(ds.sel(hardware=[hw]), within=within, confidence=confidence).isel(hardware=0)
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -117,7 +130,7 @@ def plot_yield(ds: xr.Dataset, hardware: str | None = None, within: float | None
         ax.fill_between(t, cell["lower"] * 100, cell["upper"] * 100, color=line.get_color(), alpha=0.2)
     _time_axis(ax, ds)
     w = float(ds.attrs.get("yield_within", 0.01)) if within is None else within
-    ax.set_ylabel(f"yield (%): chips within {w * 100:g} pp of float")
+    ax.set_ylabel(f"yield (%): chips {_within_text(ds, headline(ds), w)}")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(title=f"variant / procedure ({int(confidence * 100)} % Wilson band)", fontsize="small")
@@ -132,9 +145,12 @@ def swept_parameters(ds: xr.Dataset) -> list[str]:
 
 
 def plot_tolerance(ds: xr.Dataset, parameter: str, time: float | None = None, threshold: float = 0.01, confidence: float = 0.95) -> Figure:
-    """Mean accuracy over chips against a swept hardware parameter, with its Student-t
-    band, one panel per population that sweeps it and one line per variant and
-    procedure; the dotted line is each variant's float accuracy minus ``threshold``."""
+    """Mean headline metric (accuracy unless the study names another) over chips against a
+    swept hardware parameter, with its Student-t band, one panel per population that
+    sweeps it and one line per variant and procedure; the dotted line is each variant's
+    yield threshold (its float accuracy minus ``threshold``, or error times 1 + ``threshold``)."""
+    metric = headline(ds)
+    scale = _scale(metric)
     name = parameter.replace(".", "_")
     if name not in swept_parameters(ds):
         raise McStudyError(f"{parameter!r} is not swept in this store; swept: {', '.join(swept_parameters(ds)) or 'none'}")
@@ -148,12 +164,13 @@ def plot_tolerance(ds: xr.Dataset, parameter: str, time: float | None = None, th
         x = ds[name].values[order]
         for v, p in _series(ds):
             cell = stats.sel(variant=v, procedure=p).isel(hardware=order)
-            line = ax.plot(x, cell["mean"] * 100, marker="o", label=f"{v} / {p}")[0]
-            ax.fill_between(x, cell["lower"] * 100, cell["upper"] * 100, color=line.get_color(), alpha=0.2)
+            line = ax.plot(x, cell["mean"] * scale, marker="o", label=f"{v} / {p}")[0]
+            ax.fill_between(x, cell["lower"] * scale, cell["upper"] * scale, color=line.get_color(), alpha=0.2)
         for v in ds["variant"].values:
-            ax.axhline((float(ds["float_accuracy"].sel(variant=v)) - threshold) * 100, color="grey", ls=":", lw=1)
+            limit = yield_threshold(ds[metric], ds[f"float_{metric}"].sel(variant=v), threshold)
+            ax.axhline(float(limit) * scale, color="grey", ls=":", lw=1)
         ax.set_xlabel(f"{parameter} (swept)")
-        ax.set_ylabel("mean test accuracy over chips (%)")
+        ax.set_ylabel(f"mean over chips: {_label(metric, ds)}")
         ax.set_title(f"population: {pop}, t = {ds['time_label'].values[ti]}")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(title=f"variant / procedure ({int(confidence * 100)} % band)", fontsize="small")
@@ -168,22 +185,27 @@ def plot_paired(ds: xr.Dataset, dim: str, a: str, b: str, hardware: str | None =
     hw = _pick(ds, "hardware", hardware)
     if dim == "hardware":
         raise McStudyError("plot_paired compares variants or procedures; pick the hardware with hardware=")
+    metric = headline(ds)
+    scale = _scale(metric)
     diff = paired_difference(ds.sel(hardware=[hw]), dim, a, b, confidence).isel(hardware=0)
     other = "procedure" if dim == "variant" else "variant"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     t = ds["time"].values
     for o in diff[other].values:
         cell = diff.sel({other: o})
-        line = ax1.plot(t, cell["mean"] * 100, marker="o", label=str(o))[0]
-        ax1.fill_between(t, cell["lower"] * 100, cell["upper"] * 100, color=line.get_color(), alpha=0.2)
+        line = ax1.plot(t, cell["mean"] * scale, marker="o", label=str(o))[0]
+        ax1.fill_between(t, cell["lower"] * scale, cell["upper"] * scale, color=line.get_color(), alpha=0.2)
         ax2.plot(t, cell["wins"] * 100, marker="o", color=line.get_color(), label=str(o))
         ax2.fill_between(t, cell["wins_lower"] * 100, cell["wins_upper"] * 100, color=line.get_color(), alpha=0.2)
     for ax in (ax1, ax2):
         _time_axis(ax, ds)
         ax.grid(alpha=0.3)
     ax1.axhline(0, color="black", lw=0.8)
-    ax1.set_ylabel(f"mean accuracy difference, {a} − {b} (pp)")
-    ax2.set_ylabel(f"chips where {a} is more accurate (%)")
+    if scale == 100.0:
+        ax1.set_ylabel(f"mean {metric} difference, {a} − {b} (pp)")
+    else:
+        ax1.set_ylabel(f"mean {metric} difference, {a} − {b} ({ds[metric].attrs.get('units', metric)})")
+    ax2.set_ylabel(f"chips where {a} is better (%)")
     ax2.set_ylim(-2, 102)
     ax1.legend(title=other, fontsize="small")
     fig.suptitle(f"paired on the same chips: {dim} {a} vs {b} — hardware: {hw} ({int(confidence * 100)} % intervals)")

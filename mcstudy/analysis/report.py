@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ..errors import McStudyError
 from .plots import plot_distributions, plot_paired, plot_tolerance, plot_yield, swept_parameters
-from .stats import chip_yield_ci, quantiles_ci
+from .stats import chip_yield_ci, headline, lower_is_better, quantiles_ci
 from .tolerance import tolerance
 
 MAX_HARDWARE_FIGURES = 8  # per-population figures beyond this many populations are left out (the tables keep all)
@@ -36,10 +36,17 @@ pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 
 
 def summary_with_intervals(ds: xr.Dataset, confidence: float = 0.95, n_boot: int = 500) -> pd.DataFrame:
-    """One row per variant × hardware × procedure × time: float accuracy, yield and median
-    and 5th percentile of chip accuracy, each with its interval (percent)."""
+    """One row per variant × hardware × procedure × time, for the headline metric
+    (accuracy unless the study names another): the float model's, yield, and the median and
+    the bad tail over chips (5th percentile of an accuracy, 95th of an error), each with its
+    interval (accuracies and yields in percent)."""
+    metric = headline(ds)
+    scale = 100.0 if metric == "accuracy" or metric.endswith("_accuracy") else 1.0
+    unit = " %" if scale == 100.0 else ""
+    tail = 0.95 if lower_is_better(ds[metric]) else 0.05
+    tail_name = f"p{round(tail * 100)}"
     y = chip_yield_ci(ds, confidence=confidence)
-    q = quantiles_ci(ds, (0.5, 0.05), confidence, n_boot)
+    q = quantiles_ci(ds, (0.5, tail), confidence, n_boot)
     rows = []
     labels = dict(zip(ds["time"].values.tolist(), ds["time_label"].values.tolist()))
     for v in ds["variant"].values:
@@ -48,20 +55,22 @@ def summary_with_intervals(ds: xr.Dataset, confidence: float = 0.95, n_boot: int
                 for t in ds["time"].values:
                     at = {"variant": v, "hardware": h, "procedure": p, "time": t}
                     yc, qc = y.sel(at), q.sel(at)
-                    med, p5 = qc.sel(quantile=0.5), qc.sel(quantile=0.05)
+                    med, p5 = qc.sel(quantile=0.5), qc.sel(quantile=tail)
                     rows.append({
                         "variant": str(v), "hardware": str(h), "procedure": str(p), "time": str(labels[float(t)]),
-                        "float %": 100 * float(ds["float_accuracy"].sel(variant=v)),
-                        "median %": 100 * float(med["estimate"]), "median CI": _ci(med["lower"], med["upper"]),
-                        "p5 %": 100 * float(p5["estimate"]), "p5 CI": _ci(p5["lower"], p5["upper"]),
+                        f"float{unit}": scale * float(ds[f"float_{metric}"].sel(variant=v)),
+                        f"median{unit}": scale * float(med["estimate"]), "median CI": _ci(med["lower"], med["upper"], scale),
+                        f"{tail_name}{unit}": scale * float(p5["estimate"]), f"{tail_name} CI": _ci(p5["lower"], p5["upper"], scale),
                         "yield %": 100 * float(yc["yield"]), "yield CI": _ci(yc["lower"], yc["upper"]),
                         "chips": int(yc["chips"]),
                     })  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def _ci(lo: Any, hi: Any) -> str:
-    return f"{100 * float(lo):.1f}–{100 * float(hi):.1f}"
+def _ci(lo: Any, hi: Any, scale: float = 100.0) -> str:
+    if scale == 100.0:
+        return f"{100 * float(lo):.1f}–{100 * float(hi):.1f}"
+    return f"{float(lo):.4g}–{float(hi):.4g}"
 
 
 def write_report(ds: xr.Dataset, out_dir: str | Path, confidence: float = 0.95) -> Path:
@@ -80,7 +89,7 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, confidence: float = 0.95) 
 
     hardware = [str(h) for h in ds["hardware"].values]
     for h in hardware[:MAX_HARDWARE_FIGURES]:
-        save(plot_distributions(ds, h), f"Accuracy of every chip against drift time — hardware {h}")
+        save(plot_distributions(ds, h), f"{headline(ds).capitalize()} of every chip against drift time — hardware {h}")
         if ds.sizes["time"] > 1:
             save(plot_yield(ds, h, confidence=confidence), f"Yield against drift time — hardware {h}")
         variants, procedures = [str(v) for v in ds["variant"].values], [str(p) for p in ds["procedure"].values]
@@ -90,7 +99,10 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, confidence: float = 0.95) 
             save(plot_paired(ds, "procedure", p, procedures[0], h, confidence), f"Paired difference, procedure {p} − {procedures[0]} — hardware {h}")
     tolerance_tables = []
     for param in swept_parameters(ds):
-        save(plot_tolerance(ds, param, confidence=confidence), f"Mean accuracy against {param}")
+        save(plot_tolerance(ds, param, confidence=confidence), f"Mean {headline(ds)} against {param}")
+        if headline(ds) != "accuracy":  # tolerance is defined as an accuracy loss
+            tolerance_tables.append((param, pd.DataFrame({"note": [f"tolerance is defined on accuracy; this study's metric is {headline(ds)}"]})))
+            continue
         try:
             tol = tolerance(ds, param).to_dataframe().reset_index()
             tolerance_tables.append((param, tol))

@@ -46,18 +46,37 @@ def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[n
     return centre - half, centre + half
 
 
+def headline(ds: xr.Dataset) -> str:
+    """The store's headline metric: the study's ``metric`` (accuracy unless it names another)."""
+    return str(ds.attrs.get("headline_metric", "accuracy"))
+
+
+def lower_is_better(metric: xr.DataArray) -> bool:
+    """Whether smaller values of a stored metric are better (an error such as ``mse``)."""
+    return metric.attrs.get("better") == "lower"
+
+
 def _threshold(ds: xr.Dataset, metric: str, within: float | None, absolute: float | None) -> xr.DataArray | float:
+    """The value a chip must reach: ``absolute``, or within ``within`` of the float model —
+    below it by ``within`` for an accuracy, above it by the factor ``1 + within`` for an error."""
     if absolute is not None:
         return absolute
     within = float(ds.attrs.get("yield_within", 0.01)) if within is None else within
-    return ds[f"float_{metric}"] - within
+    return yield_threshold(ds[metric], ds[f"float_{metric}"], within)
+
+
+def yield_threshold(metric: xr.DataArray, float_metric: xr.DataArray, within: float) -> xr.DataArray:
+    """What a chip must reach to pass: the float model's ``metric`` less ``within`` (an
+    accuracy: 0.01 = 1 pp), or times ``1 + within`` (an error: 0.01 = 1 % more)."""
+    return float_metric * (1 + within) if lower_is_better(metric) else float_metric - within
 
 
 def passing_chips(metric: xr.DataArray, threshold: xr.DataArray | float) -> tuple[xr.DataArray, xr.DataArray]:
-    """``(passing, evaluated)``: per cell, how many chips reach ``threshold`` (less
-    :data:`SLACK`) and how many were evaluated (chips not yet evaluated are left out)."""
+    """``(passing, evaluated)``: per cell, how many chips reach ``threshold`` (at least it,
+    or at most it for an error, to :data:`SLACK`) and how many were evaluated (chips not
+    yet evaluated are left out)."""
     evaluated = metric.notnull()
-    ok = (metric >= threshold - SLACK) & evaluated
+    ok = ((metric <= threshold + SLACK) if lower_is_better(metric) else (metric >= threshold - SLACK)) & evaluated
     return ok.sum("chip").compute(), evaluated.sum("chip").compute()
 
 
@@ -66,12 +85,14 @@ def chip_yield_ci(
     within: float | None = None,
     absolute: float | None = None,
     confidence: float = 0.95,
-    metric: str = "accuracy",
+    metric: str | None = None,
 ) -> xr.Dataset:
-    """Share of chips whose ``metric`` is at least ``absolute``, or (default) within
-    ``within`` of the float model's (the store's ``yield_within``, 0.01 = 1 pp), with its
-    Wilson interval. Chips not yet evaluated are left out. Variables: ``yield``, ``lower``,
-    ``upper``, ``chips``, ``passing``."""
+    """Share of chips whose ``metric`` (default: the headline) reaches ``absolute``, or
+    (default) is within ``within`` of the float model's (the store's ``yield_within``: 0.01
+    = 1 pp of accuracy, or 1 % above the float model's error), with its Wilson interval.
+    Chips not yet evaluated are left out. Variables: ``yield``, ``lower``, ``upper``,
+    ``chips``, ``passing``."""
+    metric = metric or headline(ds)
     k, n = passing_chips(ds[metric], _threshold(ds, metric, within, absolute))
     lo, hi = wilson_interval(k.values, n.values, confidence)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -105,12 +126,13 @@ def quantiles_ci(
     confidence: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
-    metric: str = "accuracy",
+    metric: str | None = None,
 ) -> xr.Dataset:
     """Quantiles of ``metric`` over chips (default median, 5th and 1st percentile) with
     percentile-bootstrap intervals (``n_boot`` resamples of the chips, fixed ``seed``).
     Variables ``estimate``, ``lower``, ``upper`` with a ``quantile`` dimension."""
     _z(confidence)
+    metric = metric or headline(ds)
     qs = np.asarray(q, dtype=np.float64)
     if ((qs < 0) | (qs > 1)).any():
         raise McStudyError(f"quantiles must lie in [0, 1]; got {list(q)}")
@@ -139,13 +161,14 @@ def paired_difference(
     a: str,
     b: str,
     confidence: float = 0.95,
-    metric: str = "accuracy",
+    metric: str | None = None,
 ) -> xr.Dataset:
     """``a − b`` along ``dim`` (``"variant"``, ``"procedure"`` or ``"hardware"``), chip by
     chip — every chip of a store is common to all variants and procedures, so each
-    difference is paired. Variables: ``mean`` with ``lower``/``upper`` (Student-t),
-    ``wins`` (share of chips where ``a`` is higher) with ``wins_lower``/``wins_upper``
-    (Wilson), ``ties``, ``chips``."""
+    difference is paired. ``metric``: default the headline. Variables: ``mean`` with
+    ``lower``/``upper`` (Student-t), ``wins`` (share of chips where ``a`` is better: higher,
+    or lower for an error) with ``wins_lower``/``wins_upper`` (Wilson), ``ties``, ``chips``."""
+    metric = metric or headline(ds)
     if dim not in ds[metric].dims or dim == "chip":
         raise McStudyError(f"cannot pair along {dim!r}; choose one of variant, hardware, procedure, time")
     names = [str(v) for v in ds[dim].values]
@@ -155,7 +178,7 @@ def paired_difference(
     d = ds[metric].sel({dim: a}, drop=True) - ds[metric].sel({dim: b}, drop=True)
     out = _t_interval(d, confidence)
     n = out["chips"]
-    wins = (d > SLACK).sum("chip").compute()
+    wins = ((d < -SLACK) if lower_is_better(ds[metric]) else (d > SLACK)).sum("chip").compute()
     ties = (abs(d) <= SLACK).sum("chip").compute()
     lo, hi = wilson_interval(wins.values, n.values, confidence)
     dims = n.dims
@@ -165,13 +188,14 @@ def paired_difference(
 
 
 def paired_table(
-    ds: xr.Dataset, dim: str, a: str, b: str, confidence: float = 0.95, metric: str = "accuracy"
+    ds: xr.Dataset, dim: str, a: str, b: str, confidence: float = 0.95, metric: str | None = None
 ) -> "pd.DataFrame":
     """:func:`paired_difference` as one row per remaining cell (e.g. hardware × procedure ×
     time for ``dim="variant"``): the mean difference ``a − b`` over the same chips with its
     Student-t interval, in percentage points for accuracies, and the share of chips ``a`` wins."""
     import pandas as pd
 
+    metric = metric or headline(ds)
     res = paired_difference(ds, dim, a, b, confidence, metric).compute()
     scale = 100.0 if metric.startswith("accuracy") else 1.0
     cells = [d for d in CELL_DIMS if d in res["mean"].dims]
@@ -187,7 +211,7 @@ def paired_table(
         })  # fmt: skip
         rows.append(row)
     out = pd.DataFrame(rows)
-    out.attrs = {"dim": dim, "a": a, "b": b, "confidence": confidence, "metric": metric, "units": "pp" if scale == 100.0 else metric}
+    out.attrs = {"dim": dim, "a": a, "b": b, "confidence": confidence, "metric": metric, "units": "pp" if scale == 100.0 else str(ds[metric].attrs.get("units", metric))}
     return out
 
 
@@ -199,7 +223,7 @@ def chips_needed(
     within: float | None = None,
     confidence: float = 0.95,
     n_boot: int = 1000,
-    metric: str = "accuracy",
+    metric: str | None = None,
 ) -> xr.DataArray:
     """Chips needed for a confidence interval of ``half_width`` on each cell's yield
     (``statistic="yield"``; the smallest n whose Wilson interval at the pilot's yield is
@@ -207,6 +231,7 @@ def chips_needed(
     scaled by 1/√n), from a pilot store."""
     if half_width <= 0:
         raise McStudyError(f"half_width must be positive; got {half_width}")
+    metric = metric or headline(ds)
     if statistic == "yield":
         y = chip_yield_ci(ds, within=within, confidence=confidence, metric=metric)["yield"]
 
@@ -253,9 +278,10 @@ def _t_interval(x: xr.DataArray, confidence: float) -> xr.Dataset:
     return xr.Dataset({"mean": mean, "lower": (mean.dims, mean.values - half), "upper": (mean.dims, mean.values + half), "chips": n})
 
 
-def mean_ci(ds: xr.Dataset, confidence: float = 0.95, metric: str = "accuracy") -> xr.Dataset:
-    """Mean of ``metric`` over chips with its Student-t interval (``mean``, ``lower``, ``upper``, ``chips``)."""
-    return _t_interval(ds[metric], confidence)
+def mean_ci(ds: xr.Dataset, confidence: float = 0.95, metric: str | None = None) -> xr.Dataset:
+    """Mean of ``metric`` (default: the headline) over chips with its Student-t interval
+    (``mean``, ``lower``, ``upper``, ``chips``)."""
+    return _t_interval(ds[metric or headline(ds)], confidence)
 
 
-__all__ = ["chip_yield_ci", "chips_needed", "mean_ci", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]
+__all__ = ["chip_yield_ci", "chips_needed", "headline", "lower_is_better", "mean_ci", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]

@@ -7,28 +7,33 @@ import pandas as pd
 import xarray as xr
 from rich.table import Table
 
-from .stats import passing_chips
+from .stats import headline, lower_is_better, passing_chips, yield_threshold
 
 
 def chip_yield(accuracy: xr.DataArray, float_accuracy: xr.DataArray, within: float = 0.01) -> xr.DataArray:
     """Fraction of chips whose accuracy is within ``within`` (absolute, e.g. 0.01 = 1
-    percentage point) of the float model's; chips not yet evaluated are left out (the
-    yield of :func:`chip_yield_ci`, without its interval)."""
-    k, n = passing_chips(accuracy, float_accuracy - within)
+    percentage point) of the float model's — for an error (``mse``, ``mae``: lower is
+    better), at most ``1 + within`` times the float model's; chips not yet evaluated are
+    left out (the yield of :func:`chip_yield_ci`, without its interval)."""
+    k, n = passing_chips(accuracy, yield_threshold(accuracy, float_accuracy, within))
     return k / n
 
 
 def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
-    """One row per variant × hardware × procedure × time: float accuracy, median and 5th
-    percentile of chip accuracy, yield, and how many chips were evaluated."""
+    """One row per variant × hardware × procedure × time, for the headline metric (the
+    study's ``metric``, accuracy by default): the float model's, the median and the 5th
+    percentile over chips (95th for an error: the bad tail), yield, and how many chips
+    were evaluated."""
     within = float(ds.attrs.get("yield_within", 0.01)) if within is None else within
-    acc = ds["accuracy"].load()
+    metric = headline(ds)
+    acc = ds[metric].load()
+    tail = 0.95 if lower_is_better(acc) else 0.05
     stats = xr.Dataset(
         {
-            "float": ds["float_accuracy"].load().broadcast_like(acc.isel(chip=0, drop=True)),
+            "float": ds[f"float_{metric}"].load().broadcast_like(acc.isel(chip=0, drop=True)),
             "median": acc.median("chip", skipna=True),
-            "p5": acc.quantile(0.05, dim="chip", skipna=True).drop_vars("quantile"),
-            "yield": chip_yield(acc, ds["float_accuracy"], within),
+            "p5": acc.quantile(tail, dim="chip", skipna=True).drop_vars("quantile"),
+            "yield": chip_yield(acc, ds[f"float_{metric}"], within),
             "chips": acc.notnull().sum("chip"),
         }
     )
@@ -38,11 +43,15 @@ def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
     return df[[*keep, "time_label", "float", "median", "p5", "yield", "chips"]]
 
 
-def render_summary(df: pd.DataFrame, within: float, title: str) -> Table:
-    """The end-of-run table: one row per variant × population × procedure × time."""
-    table = Table(title=f"{title}: accuracy over chips (yield = share within {within * 100:g} pp of float)")
+def render_summary(df: pd.DataFrame, within: float, title: str, metric: str = "accuracy", lower: bool = False) -> Table:
+    """The end-of-run table: one row per variant × population × procedure × time, for the
+    headline ``metric`` (``lower``: an error, where smaller is better)."""
+    if lower:
+        table = Table(title=f"{title}: {metric} over chips (yield = share at most {within * 100:g} % above float)")
+    else:
+        table = Table(title=f"{title}: {metric} over chips (yield = share within {within * 100:g} pp of float)")
     for col, justify in (("variant", "left"), ("hardware", "left"), ("procedure", "left"), ("time", "right"),
-                         ("float", "right"), ("median", "right"), ("p5", "right"), ("yield", "right"), ("chips", "right")):  # fmt: skip
+                         ("float", "right"), ("median", "right"), ("p95" if lower else "p5", "right"), ("yield", "right"), ("chips", "right")):  # fmt: skip
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     last = None
     for row in df.to_dict("records"):

@@ -26,6 +26,7 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
 def check_raw(raw: RawData, what: str) -> None:
     """Refuse data a study cannot learn from or score on: no samples, inputs of the wrong
     shape or not finite, labels outside 0 .. n_classes − 1, or a single class."""
+    values = raw.y.dtype.kind == "f"  # regression targets
     parts = [("training", raw.x, raw.y)] + ([("test", raw.x_test, raw.y_test)] if raw.x_test is not None else [])
     parts += [("calibration", raw.x_cal, raw.y_cal)] if raw.x_cal is not None else []
     for name, x, y in parts:
@@ -38,7 +39,11 @@ def check_raw(raw: RawData, what: str) -> None:
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).any(axis=tuple(range(1, x.ndim))).sum())
             raise DataError(f"{what}: {bad} {name} inputs hold NaN or infinite values")
+        if values:
+            continue  # regression targets: checked finite, one shape per sample, by their loader
         if y.min() < 0 or y.max() >= raw.n_classes:
             raise DataError(f"{what}: {name} labels run from {int(y.min())} to {int(y.max())}; they must lie in 0 .. {raw.n_classes - 1}")
+    if values:
+        return
     if raw.n_classes < 2 or len(np.unique(raw.y)) < 2:
         raise DataError(f"{what}: the training labels hold a single class; a classifier needs at least two")

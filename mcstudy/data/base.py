@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt
@@ -33,15 +33,19 @@ class DataSpec(Params):
     factory: str | None = Field(None, description="dataset 'factory': your function 'package.module:function' returning named arrays or a torch Dataset")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="dataset 'factory': keyword arguments of the function")
     source_dir: str | None = Field(None, description="dataset 'factory': where its module is imported from first: the study file's directory (filled in)")
+    targets: Literal["classes", "values"] = Field(
+        "classes", description="class labels (integers from 0), or regression target values: filled in from the study's loss"
+    )
 
 
 @dataclass(frozen=True)
 class RawData:
     """What a loader returns: float32 inputs (images scaled to [0, 1]; other data as the
-    dataset defines it), integer labels from 0."""
+    dataset defines it), integer labels from 0 — or float32 regression targets ``(N,)`` or
+    ``(N, K)``, where ``n_classes`` is the network's output width (1 or K)."""
 
     x: np.ndarray  # (N, *input_shape) float32
-    y: np.ndarray  # (N,) int64
+    y: np.ndarray  # (N,) int64, or float32 targets (N,) / (N, K)
     input_shape: tuple[int, ...]
     n_classes: int
     x_test: np.ndarray | None = None  # official test split, when the dataset has one
@@ -69,7 +73,8 @@ class Dataset:
     def summary(self) -> str:
         return (
             f"{self.name}: {len(self.y_train)} train / {len(self.y_cal)} calibration / "
-            f"{len(self.y_test)} test, input {self.input_shape}, {self.n_classes} classes"
+            f"{len(self.y_test)} test, input {self.input_shape}, "
+            + (f"{self.n_classes} regression output(s)" if self.y_train.dtype.kind == "f" else f"{self.n_classes} classes")
         )
 
 
@@ -78,16 +83,18 @@ class DatasetEntry:
     load: Callable[[DataSpec], RawData]
     needs_root: bool = False
     extra: str | None = None  # pip extra that provides it
+    values: bool = False  # can hold regression targets (data.targets: values), not only class labels
 
 
 
 
 def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (rest, held-out) with ``fraction`` of every class held out."""
+    """Indices (rest, held-out) with ``fraction`` of every class held out (of all samples,
+    for regression targets)."""
     held: list[np.ndarray] = []
     rest: list[np.ndarray] = []
-    for cls in np.unique(y):
-        idx = np.flatnonzero(y == cls)
+    groups = [np.arange(len(y))] if y.dtype.kind == "f" else [np.flatnonzero(y == cls) for cls in np.unique(y)]
+    for idx in groups:
         idx = idx[rng.permutation(len(idx))]
         k = int(round(fraction * len(idx)))
         held.append(idx[:k])
@@ -127,7 +134,8 @@ def make_splits(name: str, raw: RawData, spec: DataSpec, seed: int) -> Dataset:
                 f"dataset {name!r}: the split leaves no {what} samples (data.test_fraction {spec.test_fraction}, "
                 f"calibration_fraction {spec.calibration_fraction}, {len(raw.y)} samples in all)"
             )
-    parts = {k: np.ascontiguousarray(v, dtype=np.float32 if k[0] == "x" else np.int64) for k, v in parts.items()}
+    values = raw.y.dtype.kind == "f"  # regression targets
+    parts = {k: np.ascontiguousarray(v, dtype=np.float32 if k[0] == "x" or values else np.int64) for k, v in parts.items()}
     h = hashlib.sha256()
     for k in sorted(parts):
         h.update(k.encode())

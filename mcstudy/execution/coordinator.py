@@ -28,6 +28,7 @@ from ..analog import AnalogNetwork
 from ..data import Dataset, load_dataset
 from ..errors import McStudyError, SpecError
 from ..interrupts import critical
+from ..models.factory import FactoryParams
 from ..spec import StudySpec
 from ..store import Location, ResultStore, StoreLock
 from ..registry import Params
@@ -102,9 +103,11 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
             for name, m in float_metrics.items():
                 if not math.isfinite(m["loss"]):
                     raise McStudyError(f"the trained network of variant {name!r} gives a non-finite loss on the test split (its outputs overflow); nothing was written")
+            headline = spec.objective.headline
             for name, m in float_metrics.items():
-                console.print(Text.assemble("  float accuracy of ", (name, "cyan"), f": {m['accuracy']:.4f}"))
-            _describe_networks(coordinator_ctx.networks, console)
+                console.print(Text.assemble(f"  float {headline} of ", (name, "cyan"), f": {m[headline]:.4f}"))
+            per_weight = {h.name: (h.mapping.name, coordinator_ctx.populations[h.name].mapping.devices_per_weight) for h in spec.hardware}
+            _describe_networks(coordinator_ctx.networks, per_weight, console)
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})
             models = {v.name: {"model": spec.model_of(v).name, **payload.model_params[v.name].model_dump(mode="json")} for v in spec.variants}
             extra = {"variant_models": json.dumps(models, sort_keys=True)}
@@ -155,7 +158,7 @@ def _train(
     """Every variant's weights, architecture, trained weight ranges, how it was obtained
     and its trainer's report: from the cache, or trained by the executor (in parallel
     where it can) and then cached."""
-    jobs = {v.name: TrainJob(spec.model_of(v).name, spec.model_of(v).params, v.trainer.name, v.trainer.params, spec.seed) for v in spec.variants}
+    jobs = {v.name: TrainJob(spec.model_of(v).name, spec.model_of(v).params, v.trainer.name, v.trainer.params, spec.seed, spec.loss.name) for v in spec.variants}
     done: dict[str, TrainedModel] = {}
     status: dict[str, str] = {}
     missing: list[str] = []
@@ -222,24 +225,27 @@ def _progress(console: Console) -> Progress:
 
 def module_sources(spec: StudySpec) -> tuple[str, ...]:
     """Directories of the study's own model modules (``model: {factory: ...}`` beside the
-    study file), which every worker imports."""
-    dirs = {getattr(spec.model_of(v).params, "source_dir", None) for v in spec.variants}
+    study file, not an installed package), which every worker imports."""
+    dirs = {p.local_dir() for v in spec.variants if isinstance(p := spec.model_of(v).params, FactoryParams)}
     return tuple(sorted(d for d in dirs if d))
 
 
-def _describe_networks(networks: dict[str, AnalogNetwork], console: Console) -> None:
-    """Once per run: which layers run on the chips (crossbar rows × columns of weights)
-    and which digitally; networks that are alike are described once."""
+def _describe_networks(networks: dict[str, AnalogNetwork], per_weight: dict[str, tuple[str, int]], console: Console) -> None:
+    """Once per run: which layers run on the chips (crossbar rows × columns of weights),
+    how many devices a chip of each population needs for them (``per_weight``: population
+    -> its mapping and devices per weight), and which layers run digitally; networks that
+    are alike are described once."""
     seen: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
     for name, net in networks.items():
         analog, digital = net.describe()
         seen.setdefault((tuple(analog), tuple(digital)), []).append(name)
     for (analog, digital), names in seen.items():
         weights = sum(int(w.numel()) for w in networks[names[0]].nominal)
-        console.print(
-            f"  on the chips ({', '.join(names)}): {', '.join(analog)} = {weights:,} weights, each on the mapping's devices "
-            f"(2 for a differential pair, 4 for multi_pair, 1 unipolar)",
-            markup=False, highlight=False,
-        )  # fmt: skip
+        console.print(f"  on the chips ({', '.join(names)}): {', '.join(analog)} = {weights:,} weights", markup=False, highlight=False)
+        kinds: dict[tuple[str, int], list[str]] = {}
+        for pop, kind in per_weight.items():
+            kinds.setdefault(kind, []).append(pop)
+        devices = "; ".join(f"{weights * k:,} with {m} mapping ({k} per weight: {', '.join(pops)})" for (m, k), pops in kinds.items())
+        console.print(f"  devices per chip: {devices}", markup=False, highlight=False)
         if digital:
             console.print(f"  digital (no analog form in mcstudy): {', '.join(digital)}", markup=False, highlight=False)

@@ -169,10 +169,15 @@ def _reachable(address: str) -> None:
         raise McStudyError(f"cannot reach the Ray cluster at {address!r}: {reason} (a TCP check of 5 s at most)") from None
 
 
-SHIP_EXCLUDES = [".git/", "__pycache__/", "results/", "*.zarr", "*.zarr/", "*.lock", "*.npz", "*.npy", "*.pt", "*.pth", "*.ckpt", "*.parquet"]
+SHIP_EXCLUDES = [
+    ".git/", "__pycache__/", ".venv/", "venv/", ".ipynb_checkpoints/", "results/", "*.zarr", "*.zarr/", "*.lock",
+    "*.npz", "*.npy", "*.pt", "*.pth", "*.ckpt", "*.safetensors", "*.onnx", "*.bin", "*.parquet", "*.csv", "*.h5",
+    "*.hdf5", "*.pkl", "*.pickle", "*.zip", "*.tar", "*.gz", "*.idx*-ubyte", "*.png", "*.jpg", "*.pdf",
+]  # fmt: skip
 """Left out of the study directory Ray ships to the workers (besides what its
-``.gitignore`` and ``.rayignore`` name): result stores, data arrays and checkpoints,
-which reach the workers through the object store or are read on the driver."""
+``.gitignore`` and ``.rayignore`` name): result stores, environments, data, checkpoints
+and figures — the data reaches the workers through the object store and checkpoints are
+read where the variant trains — so the upload holds the study's Python code."""
 
 
 def runtime_env(sources: tuple[str, ...]) -> dict[str, Any] | None:

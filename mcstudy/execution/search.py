@@ -39,6 +39,6 @@ def study_objective(
     chosen = spec.variant(vname)
     data = load_dataset(spec.data, spec.seed)
     model = spec.model_of(chosen)
-    trained = train_or_load(model.name, model.params, chosen.trainer.name, chosen.trainer.params, data, spec.seed, ModelCache(cache_dir))
+    trained = train_or_load(model.name, model.params, chosen.trainer.name, chosen.trainer.params, data, spec.seed, ModelCache(cache_dir), spec.loss.name)
     net = AnalogNetwork.from_state(model.name, trained.model_params or model.params, trained.state_dict, data.input_shape, data.n_classes)
     return objective_for(net, pop, spec.times, net.layer_ranges(trained.ranges)), pop, vname

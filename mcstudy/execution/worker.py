@@ -19,7 +19,7 @@ import torch
 from ..analog import AnalogNetwork
 from ..data import Dataset
 from ..errors import McStudyError
-from ..procedures import METRICS, PROCEDURES, EvalData
+from ..procedures import PROCEDURES, EvalData
 from ..programming import Strategy
 from ..programming.study import build_population
 from ..registry import Params
@@ -106,7 +106,7 @@ class WorkerContext:
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device)
 
-        self.data = EvalData(t(payload.x_test), t(payload.y_test), t(payload.x_cal), t(payload.y_cal), spec.execution.eval_batch)
+        self.data = EvalData(t(payload.x_test), t(payload.y_test), t(payload.x_cal), t(payload.y_cal), spec.execution.eval_batch, spec.objective)
 
     def problems(self) -> list[tuple[str, str]]:
         """``(field path, message)`` for every procedure that cannot run on a variant's network."""
@@ -135,9 +135,9 @@ class WorkerContext:
             read = chips.read(t)
             for pi, (proc, state) in enumerate(zip(self.procedures, states)):
                 result = proc.evaluate(state, chips, read, t, net, self.data)
-                for m in (*METRICS, *proc.extra_metrics):
+                for m in (*spec.objective.metrics, *proc.extra_metrics):
                     metrics[m][pi, ti] = result[m].cpu().numpy()
-        bad = ~np.isfinite(metrics["loss"]) | ~np.isfinite(metrics["accuracy"])
+        bad = ~np.isfinite(metrics["loss"]) | ~np.isfinite(metrics[spec.objective.headline])
         if bad.any():
             _, _, chip = np.nonzero(bad)
             raise McStudyError(
@@ -154,6 +154,6 @@ class WorkerContext:
         out = {}
         with torch_threads(self.threads):
             for name, net in self.networks.items():
-                r = net.score(self.data.x_test, self.data.y_test, net.nominal_read(), batch=self.data.batch)
-                out[name] = {m: float(r[m][0]) for m in METRICS}
+                r = self.data.score(net, net.nominal_read())
+                out[name] = {m: float(r[m][0]) for m in self.spec.objective.metrics}
         return out

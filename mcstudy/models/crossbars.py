@@ -57,12 +57,20 @@ def crossbar_weights(m: nn.Module) -> list[str] | None:
     return ["weight"]
 
 
+def searched(m: nn.Module) -> bool:
+    """Whether a digital module's children may be analog: not an attention kept digital,
+    whose ``out_proj`` its own forward reads as a weight, never calls as a module."""
+    return not isinstance(m, nn.MultiheadAttention)
+
+
 def analog_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """The outermost modules with crossbars, depth first in ``named_children`` order, each
     as (qualified name, module); a module with crossbars is not searched further (an
     attention's ``out_proj`` is its own)."""
     if crossbar_weights(model) is not None:
         yield prefix.removesuffix("."), model
+        return
+    if not searched(model):
         return
     for name, child in model.named_children():
         yield from analog_modules(child, f"{prefix}{name}.")

@@ -40,6 +40,11 @@ class FactoryParams(Params):
     source_dir: str | None = Field(None, description="where the builder's module is imported from first: the study file's directory (filled in)")
     sha256: str | None = Field(None, description="the builder's source file's SHA-256: filled in when the study is read")
 
+    def local_dir(self) -> str | None:
+        """The directory the builder's module is read from when it sits beside the study
+        file (None: an installed module, or a function of this process)."""
+        return self.source_dir if _local_file(self.factory.split(":")[0], self.source_dir) is not None else None
+
     def resolve(self, base_dir: Path | None) -> FactoryParams:
         where = str(base_dir.resolve()) if base_dir is not None else self.source_dir
         module_name = self.factory.split(":")[0]

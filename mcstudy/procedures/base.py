@@ -10,13 +10,15 @@ procedures are paired chip by chip.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..analog import AnalogNetwork
+from ..analog.network import Scales
 from ..hardware import ChipBatch, ChipRead
+from ..objectives import Objective
 from ..registry import Params
 from ..registries import PROCEDURES  # noqa: F401  (re-exported where it always was)
 from ..vocabulary import METRIC_ATTRS, METRICS  # noqa: F401  (re-exported: the procedures' metrics)
@@ -32,10 +34,16 @@ class EvalData:
     x_cal: torch.Tensor
     y_cal: torch.Tensor
     batch: int = 1024
+    objective: Objective = field(default_factory=Objective)  # the study's loss and headline metric
+
+    def score(self, net: AnalogNetwork, read: ChipRead, out_scales: Scales = None, out_shifts: Scales = None) -> dict[str, torch.Tensor]:
+        """Per-chip metrics of ``net`` on the test split, through ``read`` and the digital trims."""
+        return net.score(self.x_test, self.y_test, read, out_scales, self.batch, out_shifts, self.objective)
 
 
 class Procedure(ABC):
-    extra_metrics: tuple[str, ...] = ()  # per-chip metrics beyond METRICS (names in METRIC_ATTRS)
+    extra_metrics: tuple[str, ...] = ()  # per-chip metrics beyond the objective's (names in METRIC_ATTRS)
+    needs_classes = False  # learns from or reports class accuracy: a classification study only
 
     def __init__(self, params: Params) -> None:
         self.params = params
@@ -68,6 +76,18 @@ def with_before_and_costs(
     for k, v in figures.items():
         out[k] = torch.full((c,), v, dtype=torch.float64)
     return out
+
+
+def read_once_problems(net: AnalogNetwork, data: EvalData, kind: str) -> list[str]:
+    """A procedure that trims or learns each crossbar's output once per forward pass
+    cannot serve a crossbar read several times in one pass (an LSTM's recurrent weights,
+    once per time step; attention's projections, once per input): it is refused."""
+    x = data.x_cal if data.x_cal.shape[0] else data.x_test
+    net.forward(x[:1], net.nominal_read())
+    many = [f"{n.removesuffix('.weight')} ({k}×)" for n, k in zip(net.weight_names, net.reads_last_pass) if k > 1]
+    if not many:
+        return []
+    return [f"{kind} sets each crossbar's output trims once per forward pass, but these crossbars are read several times in one pass: {', '.join(many)}"]
 
 
 @torch.no_grad()

@@ -64,4 +64,4 @@ class DriftCompensation(Procedure):
         inputs, reference = state
         current = self._readout(net, inputs, read)
         alphas: list[torch.Tensor | None] = [r / c.clamp(min=torch.finfo(c.dtype).tiny) for r, c in zip(reference, current)]
-        return net.score(data.x_test, data.y_test, read, alphas, batch=data.batch)
+        return data.score(net, read, alphas)

@@ -19,4 +19,4 @@ class Inference(Procedure):
     def evaluate(
         self, state: Any, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        return net.score(data.x_test, data.y_test, read, batch=data.batch)
+        return data.score(net, read)

@@ -45,7 +45,7 @@ from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..rng import Stream, fixed_stream
-from .base import PROCEDURES, EvalData, Procedure, layer_outputs, with_before_and_costs
+from .base import PROCEDURES, EvalData, Procedure, layer_outputs, read_once_problems, with_before_and_costs
 from .costs import LearningCost
 
 
@@ -108,6 +108,7 @@ class InsituTransfer(Procedure):
     """Retrain the last layers (and neuron trims) of every chip through its own forward pass, in fixed point."""
 
     params: InsituTransferParams
+    needs_classes = True
     extra_metrics = ("accuracy_before", "learn_memory_bits", "learn_energy_pj", "float_memory_bits", "float_energy_pj")
 
     def _calibration(self, data: EvalData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +121,7 @@ class InsituTransfer(Procedure):
             out.append("insitu_transfer needs labelled calibration samples: set data.calibration_fraction above 0")
         if self.params.layers > len(net.layers):
             out.append(f"layers is {self.params.layers} but the network has {len(net.layers)} analog layers")
-        return out
+        return out + read_once_problems(net, data, "insitu_transfer")
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> Prepared:
         x, _ = self._calibration(data)
@@ -263,8 +264,8 @@ class InsituTransfer(Procedure):
     def evaluate(
         self, state: Prepared, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        before = net.score(data.x_test, data.y_test, read, batch=data.batch)["accuracy"] if self.params.record_before else None
+        before = data.score(net, read)["accuracy"] if self.params.record_before else None
         tuned, scales, shifts = self.learn(chips, read, t, net, data, state)
-        out = net.score(data.x_test, data.y_test, tuned, scales, data.batch, shifts)
+        out = data.score(net, tuned, scales, shifts)
         n = self._calibration(data)[0].shape[0]
         return with_before_and_costs(out, before, self.cost(chips, net, state, n).figures(self.params.bits))

@@ -32,7 +32,7 @@ from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..times import TimeSeconds
-from .base import PROCEDURES, EvalData, Procedure, layer_outputs, with_before_and_costs
+from .base import PROCEDURES, EvalData, Procedure, layer_outputs, read_once_problems, with_before_and_costs
 from .costs import LearningCost
 from ..vocabulary import REFERENCE_TIME_S
 
@@ -73,6 +73,7 @@ class SelfTuning(Procedure):
     """Match each layer's output statistics on a calibration batch to the nominal model's."""
 
     params: SelfTuningParams
+    needs_classes = True
     extra_metrics = ("accuracy_before", "learn_memory_bits", "learn_energy_pj", "float_memory_bits", "float_energy_pj")
 
     def _batch(self, data: EvalData) -> torch.Tensor:
@@ -81,7 +82,7 @@ class SelfTuning(Procedure):
     def problems(self, net: AnalogNetwork, data: EvalData) -> list[str]:
         if data.x_cal.shape[0] == 0:
             return ["self_tuning needs calibration samples: set data.calibration_fraction above 0"]
-        return []
+        return read_once_problems(net, data, "self_tuning")
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> Reference:
         """The nominal model's statistics, layer by layer (the same for every chip)."""
@@ -122,7 +123,7 @@ class SelfTuning(Procedure):
     def evaluate(
         self, state: Reference, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
-        before = net.score(data.x_test, data.y_test, read, batch=data.batch)["accuracy"] if self.params.record_before else None
+        before = data.score(net, read)["accuracy"] if self.params.record_before else None
         scales, shifts = state.fixed if state.fixed is not None else self.trims(state, read, net, data)
-        out = net.score(data.x_test, data.y_test, read, scales, data.batch, shifts)
+        out = data.score(net, read, scales, shifts)
         return with_before_and_costs(out, before, self.cost(state, self._batch(data).shape[0]).figures(None))

@@ -12,12 +12,12 @@ from pydantic import ValidationError
 from ..data import DATASETS, DataSpec
 from ..errors import SpecError
 from ..models import MODELS
-from ..registries import PROCEDURES, TRAINERS
+from ..registries import LOSSES, PROCEDURES, SCORES, TRAINERS
 from ..registry import FileParamError
 from ..times import format_time
 from .limits import MAX_FILE_BYTES, MAX_POPULATIONS, MAX_PROCEDURES, MAX_RESULTS, MAX_VARIANTS, MAX_YAML_NODES
 from .problems import _pydantic_problems
-from .schema import ProcedureSpec, StudySpec, VariantSpec, _StudyFile
+from .schema import Component, ProcedureSpec, StudySpec, VariantSpec, _StudyFile
 from .sweeps import _named_factory, _resolved, _component, _expand_hardware, _expand_named, _named, _population_value, _sweep_coords, _trainer_value, _variant_models
 from ..location import pin_problem, study_relative
 
@@ -87,6 +87,12 @@ def parse_study(
         ProcedureSpec(name, comp)
         for name, comp in _named(top.procedures, "procedures", "kind", PROCEDURES, problems).items()
     ]
+    loss = _component(top.loss, LOSSES, "loss", "kind", problems)
+    metric = _component(top.metric, SCORES, "metric", "kind", problems)
+    if loss is not None and metric is not None:
+        _check_objective(loss, metric, procedures, [(n.split("[")[0], c) for n, c, _ in variants], problems)
+    if loss is not None:
+        data = _data_targets(data, "targets" in top.data.model_fields_set, loss, problems)
     bases = {h.base for h in hardware}
     for h in hardware:
         if h.chips_of is not None and (h.chips_of not in bases or h.chips_of == h.base):
@@ -121,6 +127,8 @@ def parse_study(
         procedures=tuple(procedures),
         execution=top.execution,
         analysis=top.analysis,
+        loss=loss,  # type: ignore[arg-type]
+        metric=metric,  # type: ignore[arg-type]
         source_text=text,
         source_path=source,
         variant_coords=_sweep_coords([(n, c.params, s) for n, c, s in variants], _trainer_value),
@@ -262,3 +270,33 @@ def _check_data_factory(data: DataSpec, base_dir: Path | None, problems: list[tu
     if problem := pin_problem(f"the module of {data.factory!r}", resolved.sha256, data.sha256):
         problems.append(("data.sha256", problem))
     return data.model_copy(update={"source_dir": resolved.source_dir, "sha256": resolved.sha256})
+
+
+def _check_objective(
+    loss: Component, metric: Component, procedures: list[ProcedureSpec], variants: list[tuple[str, Component]], problems: list[tuple[str, str]]
+) -> None:
+    """The metric scores what the loss trains for (class labels or regression targets), and
+    every procedure can work with it."""
+    classes = LOSSES.get(loss.name).obj.classification
+    if SCORES.get(metric.name).obj.classification != classes:
+        fits = [n for n in SCORES.names() if SCORES.get(n).obj.classification == classes]
+        what = "class labels" if not classes else "regression targets"
+        problems.append(("metric", f"{metric.name!r} scores {what}, but loss {loss.name!r} does not; with it use {', '.join(fits)}"))
+    if not classes:
+        for name, trainer in dict(variants).items():
+            if TRAINERS.get(trainer.name).obj.needs_classes:
+                problems.append((f"variants.{name}.trainer", f"{trainer.name!r} chooses by class accuracy; loss {loss.name!r} trains for regression targets"))
+        for p in procedures:
+            if PROCEDURES.get(p.kind.name).obj.needs_classes:
+                problems.append((f"procedures.{p.name}", f"{p.kind.name!r} learns from class labels (cross-entropy); loss {loss.name!r} trains for regression targets"))
+
+
+def _data_targets(data: DataSpec, given: bool, loss: Component, problems: list[tuple[str, str]]) -> DataSpec:
+    """``data.targets`` filled in from the loss: class labels for cross-entropy, values for
+    a regression loss (from a dataset that can hold them: arrays or factory)."""
+    targets = "classes" if LOSSES.get(loss.name).obj.classification else "values"
+    if given and data.targets != targets:
+        problems.append(("data.targets", f"{data.targets!r}, but loss {loss.name!r} trains for {'class labels' if targets == 'classes' else 'regression targets'}"))
+    elif targets == "values" and data.dataset in DATASETS and not DATASETS.get(data.dataset).obj.values:
+        problems.append(("data.dataset", f"{data.dataset!r} holds class labels; loss {loss.name!r} needs regression targets: use dataset arrays or factory"))
+    return data.model_copy(update={"targets": targets})

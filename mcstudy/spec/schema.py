@@ -14,9 +14,10 @@ from ..hardware import PeripherySpec, TileSpec, Variation
 from ..hardware.chip import ReadNoiseMode, WeightScale
 from ..hardware.strategy import Strategy
 from ..registries import PROCEDURES, TRAINERS
-from ..registry import Params
+from ..objectives import Objective
+from ..registry import NoParams, Params
 from ..times import TimeSeconds
-from ..vocabulary import METRICS, PHYSICS_VERSION
+from ..vocabulary import PHYSICS_VERSION
 from .limits import MAX_CHIPS, MAX_NAME_LENGTH, MAX_TIMES, NAME_PATTERN
 
 
@@ -54,6 +55,8 @@ class _StudyFile(Params):
     procedures: dict[str, Any] = Field(default_factory=lambda: {"inference": None}, min_length=1, description="on-chip procedures by name: {kind: ..., **params}")
     execution: ExecutionSpec = Field(ExecutionSpec(), description="how the study runs (not part of its hash)")
     analysis: AnalysisSpec = Field(AnalysisSpec(), description="the summary's yield threshold")
+    loss: str | dict[str, Any] = Field("cross_entropy", description="what every variant trains for and each chip records as 'loss': cross_entropy (class labels) or mse (regression targets)")
+    metric: str | dict[str, Any] = Field("accuracy", description="the headline metric of the summary and the yield: accuracy, {kind: top_k, k: 5}, mse or mae")
 
 
 # -- the validated study -----------------------------------------------------------
@@ -151,6 +154,8 @@ class StudySpec:
     procedures: tuple[ProcedureSpec, ...]
     execution: ExecutionSpec
     analysis: AnalysisSpec
+    loss: Component = field(default_factory=lambda: Component("cross_entropy", NoParams()))
+    metric: Component = field(default_factory=lambda: Component("accuracy", NoParams()))
     source_text: str = ""
     source_path: str = ""
     variant_coords: dict[str, tuple[float, ...]] = field(default_factory=dict)
@@ -168,7 +173,14 @@ class StudySpec:
             "variants": {v.name: v.canonical() for v in self.variants},
             "hardware": {h.name: h.canonical() for h in self.hardware},
             "procedures": {p.name: p.kind.canonical() for p in self.procedures},
+            # the default objective is left out: studies written before it could be named keep their hash
+            **({} if self.objective.default else {"objective": {"loss": self.loss.canonical(), "metric": self.metric.canonical()}}),
         }
+
+    @property
+    def objective(self) -> Objective:
+        """The study's loss and headline metric."""
+        return Objective(self.loss.name, self.loss.params, self.metric.name, self.metric.params)
 
     @property
     def hash(self) -> str:
@@ -177,9 +189,9 @@ class StudySpec:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        """Per-chip metrics the study records: METRICS, then every procedure's extra
+        """Per-chip metrics the study records: the objective's, then every procedure's extra
         metrics in order of first appearance (NaN where one does not apply)."""
-        names = list(METRICS)
+        names = list(self.objective.metrics)
         for p in self.procedures:
             names += [m for m in PROCEDURES.get(p.kind.name).obj.extra_metrics if m not in names]
         return tuple(names)

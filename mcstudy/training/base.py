@@ -19,7 +19,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch.func import functional_call
 
@@ -27,7 +26,8 @@ from ..data import Dataset
 from ..errors import McStudyError
 from ..models import build_model
 from ..models.crossbars import analog_modules, analog_weight_names
-from ..registry import Params
+from ..objectives import CrossEntropy, Loss
+from ..registry import NoParams, Params
 from ..registries import TRAINERS  # noqa: F401  (re-exported where it always was)
 
 
@@ -73,10 +73,13 @@ class TrainOutcome:
 
 
 class Trainer:
-    """Standard float training (cross-entropy, Adam or SGD)."""
+    """Standard float training (the study's loss, by default cross-entropy; Adam or SGD)."""
 
     def __init__(self, params: TrainParams) -> None:
         self.params = params
+        self.loss: Loss = CrossEntropy(NoParams())  # the study's loss (set by the training job)
+
+    needs_classes = False  # chooses by class accuracy: a classification study only
 
     def start(self, model: str, model_params: Params, data: Dataset, seed: int) -> nn.Module:
         """The model training starts from: initial weights from ``seed``, or the ``init``
@@ -164,7 +167,7 @@ class Trainer:
                 idx = order[a : a + p.batch_size]
                 params = dict(model.named_parameters())
                 used = {**params, **self.weights({n: params[n] for n in names}, gen, step / max(total - 1, 1))}
-                loss = F.cross_entropy(functional_call(model, used, (x[idx],)), y[idx])
+                loss = self.loss.mean(functional_call(model, used, (x[idx],)), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -20,7 +20,7 @@ import torch
 from ..errors import McStudyError
 from ..registry import Params
 
-TRAINING_CODE_VERSION = 5  # 5: QAT grid through the mapping's transfer, continuous HWA surrogate, ranges recorded
+TRAINING_CODE_VERSION = 6  # 6: Conv1d, LSTM and attention weights are crossbar weights (trainers perturb them); 5: QAT grid through the mapping's transfer, continuous HWA surrogate, ranges recorded
 
 
 def default_cache_dir() -> Path:
@@ -32,9 +32,9 @@ def default_cache_dir() -> Path:
 
 
 def training_key(
-    data_digest: str, model: str, model_params: Params, trainer: str, trainer_params: Params, seed: int
+    data_digest: str, model: str, model_params: Params, trainer: str, trainer_params: Params, seed: int, loss: str = "cross_entropy"
 ) -> str:
-    payload = {
+    payload: dict[str, object] = {
         "data": data_digest,
         "model": [model, model_params.model_dump(mode="json")],
         "trainer": [trainer, trainer_params.model_dump(mode="json")],
@@ -42,6 +42,8 @@ def training_key(
         "code": TRAINING_CODE_VERSION,
         "torch": torch.__version__.split("+")[0],
     }
+    if loss != "cross_entropy":  # named only where a study names another loss
+        payload["loss"] = loss
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from ..data import Dataset
 from ..models import MODELS, build_model
-from ..registry import Params
+from ..registries import LOSSES
+from ..registry import NoParams, Params
 from ..rng import mix64_int, tag_hash
 from .base import TRAINERS, analog_weight_names
 from .cache import ModelCache, training_key
@@ -50,9 +51,10 @@ class TrainJob:
     trainer: str
     trainer_params: Params
     seed: int
+    loss: str = "cross_entropy"  # the study's loss (objectives.LOSSES)
 
     def key(self, data: Dataset) -> str:
-        return training_key(data.digest, self.model, self.model_params, self.trainer, self.trainer_params, self.seed)
+        return training_key(data.digest, self.model, self.model_params, self.trainer, self.trainer_params, self.seed, self.loss)
 
 
 def run_train_job(job: TrainJob, data: Dataset) -> TrainedModel:
@@ -61,7 +63,9 @@ def run_train_job(job: TrainJob, data: Dataset) -> TrainedModel:
     before = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     try:
-        outcome = TRAINERS.get(job.trainer).obj(job.trainer_params).run(job.model, job.model_params, data, training_seed(job.seed))
+        trainer = TRAINERS.get(job.trainer).obj(job.trainer_params)
+        trainer.loss = LOSSES.get(job.loss).obj(NoParams())
+        outcome = trainer.run(job.model, job.model_params, data, training_seed(job.seed))
     finally:
         torch.set_num_threads(before)
     state = {k: v.detach().clone() for k, v in outcome.model.state_dict().items()}
@@ -103,10 +107,10 @@ def save_trained(trained: TrainedModel, job: TrainJob, cache: ModelCache) -> Non
 
 
 def train_or_load(
-    model: str, model_params: Params, trainer: str, trainer_params: Params, data: Dataset, seed: int, cache: ModelCache
+    model: str, model_params: Params, trainer: str, trainer_params: Params, data: Dataset, seed: int, cache: ModelCache, loss: str = "cross_entropy"
 ) -> TrainedModel:
     """Train one variant, or load it from ``cache`` if the same training was done before."""
-    job = TrainJob(model, model_params, trainer, trainer_params, seed)
+    job = TrainJob(model, model_params, trainer, trainer_params, seed, loss)
     hit = load_trained(job, data, cache)
     if hit is not None:
         return hit

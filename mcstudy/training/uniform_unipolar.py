@@ -79,6 +79,8 @@ class UniformUnipolarParams(QATParams):
 class UniformUnipolar(QuantizationAware):
     """Shared weight and activation ranges, single-sign matrices, and a search over widths and polarities."""
 
+    needs_classes = True
+
     params: UniformUnipolarParams
     signs: Sequence[torch.Tensor] = ()  # per analog layer: (out,) ±1, the sign of each output's weights
 

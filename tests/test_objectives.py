@@ -1,0 +1,127 @@
+"""A study's loss and headline metric by registry name: top-k accuracy, regression errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import mcstudy
+from mcstudy.objectives import Objective
+from mcstudy.registries import LOSSES, SCORES
+from mcstudy.registry import NoParams
+
+from .conftest import run_cli
+
+
+def test_metrics_follow_their_definitions() -> None:
+    """Each metric against its formula, written out here: cross-entropy as torch's, top-k
+    as "the label among the k largest outputs", MSE and MAE averaged over outputs."""
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(3, 50, 7, generator=g), torch.randint(0, 7, (50,), generator=g)
+    top3 = Objective(metric="top_k", metric_params=SCORES.get("top_k").params(k=3))
+    sums = top3.sums(logits, labels)
+    assert top3.metrics == ("accuracy", "loss", "top3_accuracy")
+    order = logits.argsort(-1, descending=True)
+    rank = (order == labels.view(1, -1, 1)).float().argmax(-1)  # position of the label among the outputs
+    torch.testing.assert_close(sums["top3_accuracy"], (rank < 3).sum(1).double())
+    torch.testing.assert_close(sums["accuracy"], (rank == 0).sum(1).double())
+    ce = torch.stack([F.cross_entropy(logits[c], labels, reduction="sum") for c in range(3)]).double()
+    torch.testing.assert_close(sums["loss"], ce)
+    assert (sums["top3_accuracy"] >= sums["accuracy"]).all()
+    # top-k with k at least the number of outputs: every sample is found
+    all_k = Objective(metric="top_k", metric_params=SCORES.get("top_k").params(k=10)).sums(logits, labels)
+    assert torch.equal(all_k["top10_accuracy"], torch.full((3,), 50.0, dtype=torch.float64))
+
+    outputs, targets = torch.randn(2, 40, 3, generator=g), torch.randn(40, 3, generator=g)
+    reg = Objective(loss="mse", metric="mae")
+    assert reg.metrics == ("loss", "mae") and not reg.classification
+    sums = reg.sums(outputs, targets)
+    torch.testing.assert_close(sums["loss"], ((outputs - targets) ** 2).mean(-1).sum(1).double())
+    torch.testing.assert_close(sums["mae"], (outputs - targets).abs().mean(-1).sum(1).double())
+    one = Objective(loss="mse", metric="mse").sums(outputs[..., :1], targets[:, 0])  # one target per sample, one output
+    torch.testing.assert_close(one["mse"], ((outputs[..., 0] - targets[:, 0]) ** 2).double().sum(1))
+    with pytest.raises(ValueError, match="one value per sample"):
+        LOSSES.get("mse").obj(NoParams())(outputs[0], targets[:, 0])
+
+
+def _regression_study(root: Path, **changes: object) -> Path:
+    """A regression on arrays: y = tanh(x·w / 2) + noise, an MLP with one output."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)).astype(np.float32)
+    y = (np.tanh(x @ rng.normal(size=6) / 2) + 0.05 * rng.normal(size=500)).astype(np.float32)
+    np.savez(root / "reg.npz", x=x, y=y)
+    raw = {
+        "name": "reg", "seed": 1, "chips": 6, "times": ["20s", "1d"],
+        "data": {"dataset": "arrays", "path": "reg.npz"}, "model": {"name": "mlp", "hidden": [16]},
+        "loss": "mse", "metric": "mae",
+        "variants": {"float": {"trainer": "standard", "epochs": 15}, "noisy": {"trainer": "noise_injection", "epochs": 15, "sigma": 0.05}},
+        "hardware": {"ideal": {"device": "ideal"}, "pcm": {"device": "pcm"}},
+        "procedures": {"inference": {}, "global": {"kind": "drift_compensation"}},
+        **changes,
+    }  # fmt: skip
+    path = root / "reg.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_a_regression_study_trains_for_mse_and_scores_mae(tmp_path: Path, cache_dir: Path) -> None:
+    study = _regression_study(tmp_path)
+    out = tmp_path / "reg.zarr"
+    r = run_cli("run", study, "--out", out, "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 0, r.stderr
+    assert "input (6,), 1 regression output(s)" in r.stderr, r.stderr
+    assert "reg: mae over chips (yield = share at most 1 % above float)" in r.stdout, r.stdout
+    ds = mcstudy.open_results(out)
+    assert "accuracy" not in ds and ds.attrs["headline_metric"] == "mae" and ds["mae"].attrs["better"] == "lower"
+    assert {"loss", "mae", "float_loss", "float_mae"} <= set(ds.data_vars)
+    var_y = float(np.var(np.load(tmp_path / "reg.npz")["y"]))
+    assert float(ds["float_loss"].sel(variant="float")) < 0.5 * var_y  # it learnt the function
+    ideal = ds.sel(hardware="ideal")  # ideal devices compute the trained network
+    for m in ("loss", "mae"):
+        np.testing.assert_allclose(ideal[m].values, np.broadcast_to(ds[f"float_{m}"].values[:, None, None, None], ideal[m].shape), rtol=1e-5)
+    pcm = ds.sel(hardware="pcm", procedure="inference")
+    assert float(pcm["mae"].sel(time=86400.0).load().median()) > float(pcm["mae"].sel(time=20.0).load().median())  # drift hurts
+    r = run_cli("compare", out, "procedure", "global", "inference", "--where", "hardware=pcm")
+    assert r.returncode == 0 and "mae" in r.stdout, r.stderr
+    r = run_cli("verify", out)
+    assert r.returncode == 0 and "intact" in r.stdout, r.stdout + r.stderr
+
+
+def test_top_k_accuracy_is_recorded_beside_accuracy(tmp_path: Path, cache_dir: Path) -> None:
+    raw = {
+        "name": "top3", "seed": 2, "chips": 4, "times": ["20s"], "model": {"name": "mlp", "hidden": [16]},
+        "metric": {"kind": "top_k", "k": 3},
+        "variants": {"float": {"trainer": "standard", "epochs": 3}}, "hardware": {"pcm": {"device": "pcm"}},
+    }  # fmt: skip
+    ds = mcstudy.run(raw, out=tmp_path / "top3.zarr", executor="serial", cache_dir=cache_dir, progress=False)
+    assert ds.attrs["headline_metric"] == "top3_accuracy"
+    assert (ds["top3_accuracy"] >= ds["accuracy"]).all() and float(ds["float_top3_accuracy"][0]) > float(ds["float_accuracy"][0])
+    from mcstudy.spec import parse_study
+
+    named, plain = parse_study(yaml.safe_dump(raw)), parse_study(yaml.safe_dump({k: v for k, v in raw.items() if k != "metric"}))
+    assert "objective" in named.canonical() and "objective" not in plain.canonical()  # the default keeps older studies' hashes
+    assert named.hash != plain.hash
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"metric": "accuracy"}, "metric", "'accuracy' scores class labels, but loss 'mse' does not; with it use mae, mse"),
+        ({"data": {"dataset": "digits"}}, "data.dataset", "'digits' holds class labels; loss 'mse' needs regression targets"),
+        ({"procedures": {"tune": {"kind": "self_tuning"}}}, "procedures.tune", "learns from class labels"),
+        ({"loss": "hinge"}, "loss.kind", "hinge"),
+        ({"metric": {"kind": "top_k", "k": 0}}, "metric.k", ""),
+    ],
+)
+def test_an_objective_that_does_not_fit_exits_2_naming_the_field(tmp_path: Path, changes: dict, field: str, message: str) -> None:
+    study = _regression_study(tmp_path, **changes)
+    out = tmp_path / "out.zarr"
+    r = run_cli("run", study, "--out", out, "--executor", "serial")
+    assert r.returncode == 2, r.stderr
+    assert field in r.stderr and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
