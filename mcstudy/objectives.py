@@ -28,6 +28,8 @@ def _outputs_like(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if outputs.shape[-1] != 1:
             raise ValueError(f"regression targets hold one value per sample, but the network has {outputs.shape[-1]} outputs")
         return outputs[..., 0]
+    if outputs.shape[-1] != targets.shape[-1]:
+        raise ValueError(f"regression targets hold {targets.shape[-1]} values per sample, but the network has {outputs.shape[-1]} outputs")
     return outputs
 
 
@@ -91,6 +93,10 @@ class Metric:
         """Its name in the store."""
         raise NotImplementedError
 
+    def problem(self, n_outputs: int) -> str | None:
+        """Why this metric cannot score a network of ``n_outputs`` outputs (None: it can)."""
+        return None
+
     def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``outputs (M, K)``, ``targets (M, ...)`` -> ``(M,)``."""
         raise NotImplementedError
@@ -127,8 +133,17 @@ class TopK(Metric):
         return f"test top-{self.params.k} accuracy"
 
     def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        k = min(self.params.k, outputs.shape[-1])
-        return (outputs.topk(k, dim=-1).indices == targets.unsqueeze(-1)).any(-1).to(torch.float64)
+        # the label's rank, ties broken as argmax breaks them (the lower index first): with
+        # k = 1 this is exactly the top-1 accuracy
+        label = outputs.gather(-1, targets.unsqueeze(-1))
+        index = torch.arange(outputs.shape[-1], device=outputs.device)
+        rank = (outputs > label).sum(-1) + ((outputs == label) & (index < targets.unsqueeze(-1))).sum(-1)
+        return (rank < self.params.k).to(torch.float64)
+
+    def problem(self, n_outputs: int) -> str | None:
+        if self.params.k >= n_outputs:
+            return f"metric top_k with k = {self.params.k} and {n_outputs} classes: every chip would score 100 %; choose k below {n_outputs}"
+        return None
 
 
 @SCORES.register("mse", NoParams)
@@ -187,7 +202,7 @@ class Objective:
 
     def attrs(self) -> dict[str, dict[str, str]]:
         """Long name and units of each recorded metric."""
-        out = {"loss": {"long_name": self.loss.long_name, "units": self.loss.units}}
+        out = {"loss": {"long_name": self.loss.long_name, "units": self.loss.units, "better": "lower"}}
         if self.classification:
             out["accuracy"] = {"long_name": "test accuracy", "units": "1"}
         out[self.headline] = {"long_name": self.metric.long_name, "units": self.metric.units}

@@ -13,7 +13,7 @@ METRICS: tuple[str, ...] = ("accuracy", "loss")
 
 METRIC_ATTRS: dict[str, dict[str, str]] = {
     "accuracy": {"long_name": "test accuracy", "units": "1"},
-    "loss": {"long_name": "mean cross-entropy loss on the test split", "units": "nat"},
+    "loss": {"long_name": "mean cross-entropy loss on the test split", "units": "nat", "better": "lower"},
     "accuracy_before": {"long_name": "test accuracy of the chip as read, before the procedure", "units": "1"},
     "learn_memory_bits": {"long_name": "memory of the procedure's trainable state and learning buffers", "units": "bit"},
     "learn_energy_pj": {"long_name": "multiply energy of the procedure's learning stage (Horowitz 2014, 45 nm)", "units": "pJ"},

@@ -268,3 +268,39 @@ def test_paired_table_and_the_claims_helpers_pair_the_same_chips(store: Path) ->
     text = claims._pair(ds, dict(variant="noise_injection", hardware=h1, procedure="inference", time=float(ds.time[0])), dict(variant="float", hardware=h0))
     direct = 100 * (ds["accuracy"].sel(variant="noise_injection", hardware=h1) - ds["accuracy"].sel(variant="float", hardware=h0)).sel(procedure="inference").isel(time=0)
     assert text.startswith(f"{float(direct.mean()):+.2f} (")
+
+
+def test_common_scale_script_scales_exactly_the_crossbar_weights(tmp_path: Path, cache_dir: Path) -> None:
+    """analysis/common_scale.py: factor 1 is the float network; an attention's query and
+    key rows are the first 2·E rows of its input projection; the table prints."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import torch.nn as nn
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("common_scale", root / "analysis" / "common_scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.MultiheadAttention(8, 2)])
+
+    assert module.query_key_rows(Net()) == {"blocks.0.in_proj_weight": slice(0, 16)}
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "tiny", "seed": 1, "chips": 2, "times": ["20s"], "model": {"name": "transformer", "dim": 8, "heads": 2, "blocks": 1, "mlp": 8, "patch": 8},
+        "variants": {"f": {"trainer": "standard", "epochs": 2}}, "hardware": {"pcm": {"device": "pcm"}},
+    }))  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, str(root / "analysis" / "common_scale.py"), str(study), "--cache-dir", str(cache_dir), "--factors", "1", "0.5"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert rows[0][0] == "1.00" and rows[0][1] == rows[0][2] == rows[0][3] and len(rows) == 2

@@ -125,3 +125,44 @@ def test_an_objective_that_does_not_fit_exits_2_naming_the_field(tmp_path: Path,
     assert r.returncode == 2, r.stderr
     assert field in r.stderr and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_ties_yield_and_wins_of_errors_at_any_scale() -> None:
+    """Top-k breaks ties as argmax does (top-1 is accuracy, on outputs full of ties); an
+    error's yield and paired wins hold for errors of any size (1e-5 as for 1)."""
+    import xarray as xr
+
+    from mcstudy.analysis.stats import paired_difference, passing_chips
+
+    g = torch.Generator().manual_seed(1)
+    outputs = torch.randint(0, 3, (2, 400, 6), generator=g).float()  # quantised outputs: many ties
+    labels = torch.randint(0, 6, (400,), generator=g)
+    top1 = Objective(metric="top_k", metric_params=SCORES.get("top_k").params(k=1)).sums(outputs, labels)
+    assert torch.equal(top1["top1_accuracy"], top1["accuracy"])
+    assert SCORES.get("top_k").obj(SCORES.get("top_k").params(k=6)).problem(6) is not None
+
+    for scale in (1e-5, 1.0):
+        chips = np.linspace(1.0, 1.2, 21) * scale  # 0 .. 20 % above the float model's error
+        metric = xr.DataArray(chips[None, :], dims=("cell", "chip"), attrs={"better": "lower"})
+        k, n = passing_chips(metric, scale * 1.01)
+        assert int(k[0]) == 2 and int(n[0]) == 21  # 1.00 and 1.01 (up to float rounding) pass at 1 %
+        ds = xr.Dataset({"mse": xr.DataArray(np.stack([chips, chips * 1.1]), dims=("procedure", "chip"), attrs={"better": "lower"})})
+        ds = ds.assign_coords(procedure=["a", "b"])
+        d = paired_difference(ds, "procedure", "a", "b", metric="mse")
+        assert float(d["wins"]) == 1.0 and float(d["ties"]) == 0.0  # a's error is lower on every chip
+
+
+def test_a_network_of_the_wrong_width_or_a_top_k_that_finds_everything_exits_2(tmp_path: Path, cache_dir: Path) -> None:
+    (tmp_path / "wide.py").write_text("import torch.nn as nn\n\ndef build(input_shape, n_classes):\n    return nn.Sequential(nn.Flatten(), nn.Linear(6, 3))\n")
+    r = run_cli("run", _regression_study(tmp_path, model={"factory": "wide:build"}), "--out", tmp_path / "a.zarr", "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "outputs of shape (3,) per sample; the data has 1 regression target(s)" in r.stderr, r.stderr
+    raw = {
+        "name": "top10", "chips": 2, "times": ["20s"], "model": "mlp", "metric": {"kind": "top_k", "k": 10},
+        "variants": {"f": {"trainer": "standard", "epochs": 1}}, "hardware": {"pcm": {"device": "pcm"}},
+    }  # fmt: skip
+    (tmp_path / "top10.yaml").write_text(yaml.safe_dump(raw))
+    r = run_cli("run", tmp_path / "top10.yaml", "--out", tmp_path / "b.zarr", "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "metric" in r.stderr and "every chip would score 100 %" in r.stderr, r.stderr
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    with pytest.raises(ValueError, match="3 values per sample, but the network has 2 outputs"):
+        LOSSES.get("mse").obj(NoParams())(torch.zeros(4, 2), torch.zeros(4, 3))

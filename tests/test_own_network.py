@@ -259,9 +259,10 @@ def test_layouts_a_chip_can_and_cannot_take() -> None:
         def forward(self, x):
             self.lstm.flatten_parameters()
             h = x.reshape(x.shape[0], 4, 8)
-            pad = torch.zeros(x.shape[0], 4, dtype=torch.bool)
-            pad[:, 0] = True  # with the causal mask, the first query may attend to no key
-            a = self.attn(h, h, h, key_padding_mask=pad, attn_mask=torch.ones(4, 4, dtype=torch.bool).triu(1), need_weights=False)[0]
+            pad = torch.zeros(x.shape[0], 4)
+            pad[:, 0] = float("-inf")  # with the causal mask, the first query may attend to no key
+            causal = nn.Transformer.generate_square_subsequent_mask(4)
+            a = self.attn(h, h, h, key_padding_mask=pad, attn_mask=causal, need_weights=False)[0]
             h = self.lstm(h + a)[0]
             zeros = torch.zeros(self.lstm.num_layers * (2 if self.lstm.bidirectional else 1), x.shape[0], 8)
             return self.head(h[:, -1] + zeros[-1]) + a[:, 0, :3]

@@ -139,8 +139,9 @@ class ChipAttention(nn.Module):
             scores = scores + _additive(key_padding_mask, scores.dtype).view(n, 1, 1, s)
         weights = torch.softmax(scores, dim=-1)
         if not need_weights and (attn_mask is not None or key_padding_mask is not None):
-            # torch's path without weights (scaled_dot_product_attention) gives a query that
-            # may attend to no key a zero output; the explicit softmax gives NaN, as torch's does
+            # a query that may attend to no key: a zero output, as torch's path without weights
+            # (scaled_dot_product_attention) gives with additive masks (with boolean masks
+            # torch 2.13 gives NaN there; the explicit softmax below would too)
             weights = weights.masked_fill(torch.isneginf(scores).all(-1, keepdim=True), 0.0)
         out = self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(n, lq, self.embed_dim))
         if not self.batch_first:

@@ -294,7 +294,8 @@ def _sample_layout(name: str, base: torch.Tensor, changed: list[torch.Tensor]) -
     """``(dimension, rows per sample)`` of a Linear's input ``base`` whose versions
     ``changed[s]`` follow a change of sample ``s`` alone: a dimension of size 3 along which
     sample ``s`` moves index ``s`` only (1 row each), or a leading dimension of ``3k`` rows
-    in which sample ``s`` moves rows ``sk .. sk + k − 1`` only."""
+    in which sample ``s`` moves rows ``sk .. sk + k − 1`` only. A sample that moves
+    nothing (every unit it reaches is a dead ReLU) fits any layout."""
     layer = name.removesuffix(".weight")
     moved = [(c != base).reshape(*base.shape[:-1], -1).any(-1) if base.dim() > 1 else (c != base).any().reshape(1) for c in changed]
     if base.dim() >= 2 and not any(bool(m.any()) for m in moved):
@@ -310,7 +311,7 @@ def _sample_layout(name: str, base: torch.Tensor, changed: list[torch.Tensor]) -
             continue
         k = n // 3
         along = [m.movedim(d, 0).reshape(n, -1).any(-1) for m in moved]  # which indices of d each sample moves
-        if all(not a[s * k : (s + 1) * k].logical_not().all() and not a[: s * k].any() and not a[(s + 1) * k :].any() for s, a in enumerate(along)):
+        if all(not a[: s * k].any() and not a[(s + 1) * k :].any() for s, a in enumerate(along)):
             if k > 1 and d != 0:
                 break  # samples merged with another dimension, not in front: mixed
             return d, k

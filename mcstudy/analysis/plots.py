@@ -16,15 +16,15 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..errors import McStudyError
-from .stats import chip_yield_ci, headline, lower_is_better, mean_ci, paired_difference, yield_threshold
+from .stats import chip_yield_ci, headline, in_percent, lower_is_better, mean_ci, paired_difference, yield_threshold
 from .tolerance import sweeping_populations
 
-METRIC_LABEL = {"accuracy": "test accuracy (%)", "loss": "test cross-entropy (nat)"}
+METRIC_LABEL = {"accuracy": "test accuracy (%)"}
 
 
 def _scale(metric: str) -> float:
     """Accuracies are shown in percent, other metrics in their own units."""
-    return 100.0 if metric.startswith("accuracy") or metric.endswith("_accuracy") else 1.0
+    return 100.0 if in_percent(metric) else 1.0
 
 
 def _label(metric: str, ds: xr.Dataset | None = None) -> str:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ..errors import McStudyError
 from .plots import plot_distributions, plot_paired, plot_tolerance, plot_yield, swept_parameters
-from .stats import chip_yield_ci, headline, lower_is_better, quantiles_ci
+from .stats import chip_yield_ci, headline, in_percent, lower_is_better, quantiles_ci
 from .tolerance import tolerance
 
 MAX_HARDWARE_FIGURES = 8  # per-population figures beyond this many populations are left out (the tables keep all)
@@ -41,7 +41,7 @@ def summary_with_intervals(ds: xr.Dataset, confidence: float = 0.95, n_boot: int
     the bad tail over chips (5th percentile of an accuracy, 95th of an error), each with its
     interval (accuracies and yields in percent)."""
     metric = headline(ds)
-    scale = 100.0 if metric == "accuracy" or metric.endswith("_accuracy") else 1.0
+    scale = 100.0 if in_percent(metric) else 1.0
     unit = " %" if scale == 100.0 else ""
     tail = 0.95 if lower_is_better(ds[metric]) else 0.05
     tail_name = f"p{round(tail * 100)}"
@@ -110,6 +110,11 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, confidence: float = 0.95) 
             tolerance_tables.append((param, pd.DataFrame({"note": [str(e)]})))
 
     summary = summary_with_intervals(ds, confidence)
+    metric = headline(ds)
+    within = 100 * float(ds.attrs.get("yield_within", 0.01))
+    lower = lower_is_better(ds[metric])
+    tail_text = "95th" if lower else "5th"
+    within_text = f"at most {within:g} % above the float model's {metric}" if lower else f"within {within:g} pp of the float model"
     attrs = ds.attrs
     versions = json.loads(attrs.get("versions", "{}"))
     models = json.loads(attrs.get("variant_models", "{}"))
@@ -131,9 +136,8 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, confidence: float = 0.95) 
             ]
         ),  # fmt: skip
         "</table>",
-        f"<h2>Summary</h2><p class='note'>Accuracy over chips; {int(confidence * 100)} % intervals: "
-        "bootstrap for the median and 5th percentile, Wilson for the yield (chips within "
-        f"{100 * float(attrs.get('yield_within', 0.01)):g} pp of the float model).</p>",
+        f"<h2>Summary</h2><p class='note'>{esc(metric.capitalize())} over chips; {int(confidence * 100)} % intervals: "
+        f"bootstrap for the median and {tail_text} percentile, Wilson for the yield (chips {esc(within_text)}).</p>",
         summary.to_html(index=False, float_format=lambda x: f"{x:.2f}", escape=True),
     ]
     for param, tol in tolerance_tables:

@@ -46,6 +46,12 @@ def wilson_interval(successes: Any, n: Any, confidence: float = 0.95) -> tuple[n
     return centre - half, centre + half
 
 
+def in_percent(metric: str) -> bool:
+    """Whether a stored metric is an accuracy (a share of samples: ``accuracy``,
+    ``accuracy_before``, ``top5_accuracy``), shown in percent and differenced in pp."""
+    return metric.startswith("accuracy") or metric.endswith("_accuracy")
+
+
 def headline(ds: xr.Dataset) -> str:
     """The store's headline metric: the study's ``metric`` (accuracy unless it names another)."""
     return str(ds.attrs.get("headline_metric", "accuracy"))
@@ -76,7 +82,10 @@ def passing_chips(metric: xr.DataArray, threshold: xr.DataArray | float) -> tupl
     or at most it for an error, to :data:`SLACK`) and how many were evaluated (chips not
     yet evaluated are left out)."""
     evaluated = metric.notnull()
-    ok = ((metric <= threshold + SLACK) if lower_is_better(metric) else (metric >= threshold - SLACK)) & evaluated
+    if lower_is_better(metric):  # an error of any units: float32 rounding relative to its size
+        ok = (metric <= threshold * (1 + SLACK)) & evaluated
+    else:
+        ok = (metric >= threshold - SLACK) & evaluated
     return ok.sum("chip").compute(), evaluated.sum("chip").compute()
 
 
@@ -178,8 +187,11 @@ def paired_difference(
     d = ds[metric].sel({dim: a}, drop=True) - ds[metric].sel({dim: b}, drop=True)
     out = _t_interval(d, confidence)
     n = out["chips"]
-    wins = ((d < -SLACK) if lower_is_better(ds[metric]) else (d > SLACK)).sum("chip").compute()
-    ties = (abs(d) <= SLACK).sum("chip").compute()
+    lower = lower_is_better(ds[metric])
+    # float32 rounding: absolute for accuracies, relative to the values' size for an error of any units
+    slack = SLACK * np.maximum(abs(ds[metric].sel({dim: a}, drop=True)), abs(ds[metric].sel({dim: b}, drop=True))) if lower else SLACK
+    wins = ((d < -slack) if lower else (d > slack)).sum("chip").compute()
+    ties = (abs(d) <= slack).sum("chip").compute()
     lo, hi = wilson_interval(wins.values, n.values, confidence)
     dims = n.dims
     out = out.assign(wins=wins / n, wins_lower=(dims, lo), wins_upper=(dims, hi), ties=ties / n)
@@ -197,7 +209,7 @@ def paired_table(
 
     metric = metric or headline(ds)
     res = paired_difference(ds, dim, a, b, confidence, metric).compute()
-    scale = 100.0 if metric.startswith("accuracy") else 1.0
+    scale = 100.0 if in_percent(metric) else 1.0
     cells = [d for d in CELL_DIMS if d in res["mean"].dims]
     labels = dict(zip(ds["time"].values.tolist(), map(str, ds["time_label"].values.tolist()))) if "time_label" in ds else {}
     rows = []
@@ -284,4 +296,4 @@ def mean_ci(ds: xr.Dataset, confidence: float = 0.95, metric: str | None = None)
     return _t_interval(ds[metric or headline(ds)], confidence)
 
 
-__all__ = ["chip_yield_ci", "chips_needed", "headline", "lower_is_better", "mean_ci", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]
+__all__ = ["chip_yield_ci", "chips_needed", "headline", "in_percent", "lower_is_better", "mean_ci", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]

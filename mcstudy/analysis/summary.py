@@ -28,11 +28,12 @@ def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
     metric = headline(ds)
     acc = ds[metric].load()
     tail = 0.95 if lower_is_better(acc) else 0.05
+    tail_name = "p95" if lower_is_better(acc) else "p5"
     stats = xr.Dataset(
         {
             "float": ds[f"float_{metric}"].load().broadcast_like(acc.isel(chip=0, drop=True)),
             "median": acc.median("chip", skipna=True),
-            "p5": acc.quantile(tail, dim="chip", skipna=True).drop_vars("quantile"),
+            tail_name: acc.quantile(tail, dim="chip", skipna=True).drop_vars("quantile"),
             "yield": chip_yield(acc, ds[f"float_{metric}"], within),
             "chips": acc.notnull().sum("chip"),
         }
@@ -40,7 +41,7 @@ def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
     keep = ["variant", "hardware", "procedure", "time"]
     df = stats.to_dataframe().reset_index()
     df["time_label"] = np.asarray(ds["time_label"].values)[np.searchsorted(ds["time"].values, df["time"].values)]
-    return df[[*keep, "time_label", "float", "median", "p5", "yield", "chips"]]
+    return df[[*keep, "time_label", "float", "median", tail_name, "yield", "chips"]]
 
 
 def render_summary(df: pd.DataFrame, within: float, title: str, metric: str = "accuracy", lower: bool = False) -> Table:
@@ -61,7 +62,7 @@ def render_summary(df: pd.DataFrame, within: float, title: str, metric: str = "a
         shown = key if key != last else ("", "", "")
         last = key
         table.add_row(
-            *shown, str(row["time_label"]), f"{row['float']:.4f}", f"{row['median']:.4f}", f"{row['p5']:.4f}",
+            *shown, str(row["time_label"]), f"{row['float']:.4f}", f"{row['median']:.4f}", f"{row['p95' if lower else 'p5']:.4f}",
             f"{row['yield'] * 100:.1f}%", str(int(row["chips"])),
         )  # fmt: skip
     return table

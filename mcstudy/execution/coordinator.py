@@ -74,6 +74,8 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         raise McStudyError("execution.device is 'cuda' but torch sees no CUDA device")
 
     data = load_dataset(spec.data, spec.seed)
+    if (why := spec.objective.metric.problem(data.n_classes)) is not None:
+        raise SpecError([("metric", why)], spec.source_path or None)
     console.print(Text.assemble((spec.name, "bold"), f": {data.summary()}"))
     location = Location(options.out)
     location.check_writable(options.overwrite)

@@ -60,6 +60,19 @@ def init_model(model: str, model_params: Params, data: Dataset, seed: int) -> nn
         return build_model(model, model_params, data.input_shape, data.n_classes)
 
 
+def _check_outputs(net: nn.Module, data: Dataset) -> None:
+    """The network gives one output per class (or regression target) for every sample."""
+    was_training = net.training
+    with torch.no_grad():
+        out = net.eval()(torch.from_numpy(data.x_train[:1]))
+    net.train(was_training)
+    want = data.n_classes
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != want:
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        what = "regression target(s)" if data.y_train.dtype.kind == "f" else "classes"
+        raise McStudyError(f"the network gives outputs of shape {got} per sample; the data has {want} {what}: it must give ({want},)")
+
+
 @dataclass
 class TrainOutcome:
     """A trained model, its architecture's parameters, the loss per epoch, and a report
@@ -90,6 +103,7 @@ class Trainer:
             from .checkpoint import load_into
 
             load_into(net, init, getattr(self.params, "init_sha256", None))
+        _check_outputs(net, data)
         return net
 
     def run(self, model: str, model_params: Params, data: Dataset, seed: int) -> TrainOutcome:
