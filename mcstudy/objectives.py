@@ -33,6 +33,11 @@ def _outputs_like(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return outputs
 
 
+def _mean_over_outputs(e: torch.Tensor) -> torch.Tensor:
+    """Per-sample errors ``(M, ...)`` -> their mean over outputs ``(M,)``."""
+    return e.reshape(e.shape[0], -1).mean(1)
+
+
 class Loss:
     """A per-sample loss ``(outputs (M, K), targets (M, ...)) -> (M,)``; training and the
     recorded ``loss`` take its mean."""
@@ -74,7 +79,7 @@ class MeanSquaredError(Loss):
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         d = _outputs_like(outputs, targets) - targets
-        return (d * d).reshape(d.shape[0], -1).mean(1)
+        return _mean_over_outputs(d * d)
 
 
 class Metric:
@@ -146,29 +151,38 @@ class TopK(Metric):
         return None
 
 
-@SCORES.register("mse", NoParams)
-class MSE(Metric):
-    """Mean squared error against regression targets (averaged over outputs)."""
+class _RegressionError(Metric):
+    """An error against regression targets, per output, averaged over outputs; lower is better."""
 
     classification, higher_is_better = False, False
+
+    def error(self, d: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _mean_over_outputs(self.error(_outputs_like(outputs, targets) - targets)).to(torch.float64)
+
+
+@SCORES.register("mse", NoParams)
+class MSE(_RegressionError):
+    """Mean squared error against regression targets (averaged over outputs)."""
+
     long_name, units = "test mean squared error", "target units²"
     variable = "mse"  # type: ignore[assignment]
 
-    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return MeanSquaredError(NoParams())(outputs, targets).to(torch.float64)
+    def error(self, d: torch.Tensor) -> torch.Tensor:
+        return d * d
 
 
 @SCORES.register("mae", NoParams)
-class MAE(Metric):
+class MAE(_RegressionError):
     """Mean absolute error against regression targets (averaged over outputs)."""
 
-    classification, higher_is_better = False, False
     long_name, units = "test mean absolute error", "target units"
     variable = "mae"  # type: ignore[assignment]
 
-    def per_sample(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        d = (_outputs_like(outputs, targets) - targets).abs()
-        return d.reshape(d.shape[0], -1).mean(1).to(torch.float64)
+    def error(self, d: torch.Tensor) -> torch.Tensor:
+        return d.abs()
 
 
 class Objective:

@@ -270,11 +270,12 @@ def test_paired_table_and_the_claims_helpers_pair_the_same_chips(store: Path) ->
     assert text.startswith(f"{float(direct.mean()):+.2f} (")
 
 
-def test_common_scale_script_scales_exactly_the_crossbar_weights(tmp_path: Path, cache_dir: Path) -> None:
+def test_common_scale_script_scales_exactly_the_crossbar_weights(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """analysis/common_scale.py: factor 1 is the float network; an attention's query and
     key rows are the first 2·E rows of its input projection; the table prints."""
     import importlib.util
-    import subprocess
     import sys
 
     import torch.nn as nn
@@ -297,10 +298,7 @@ def test_common_scale_script_scales_exactly_the_crossbar_weights(tmp_path: Path,
         "name": "tiny", "seed": 1, "chips": 2, "times": ["20s"], "model": {"name": "transformer", "dim": 8, "heads": 2, "blocks": 1, "mlp": 8, "patch": 8},
         "variants": {"f": {"trainer": "standard", "epochs": 2}}, "hardware": {"pcm": {"device": "pcm"}},
     }))  # fmt: skip
-    r = subprocess.run(
-        [sys.executable, str(root / "analysis" / "common_scale.py"), str(study), "--cache-dir", str(cache_dir), "--factors", "1", "0.5"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    rows = [line.split() for line in r.stdout.splitlines()[2:]]
+    monkeypatch.setattr(sys, "argv", ["common_scale.py", str(study), "--cache-dir", str(cache_dir), "--factors", "1", "0.5"])
+    module.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert rows[0][0] == "1.00" and rows[0][1] == rows[0][2] == rows[0][3] and len(rows) == 2

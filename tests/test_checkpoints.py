@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -99,14 +100,22 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[str, str]]:
 
 
 def test_a_checkpoint_that_does_not_fit_exits_2_naming_it_and_writes_nothing(tmp_path: Path, cache_dir: Path) -> None:
+    """Every bad file is an error naming it and what is wrong (in this process, as
+    ``mcstudy.run`` raises it); through the command line, exit code 2 and no traceback."""
+    import mcstudy
+
     for name, (_, message) in _bad_files(tmp_path).items():
         study = _study(tmp_path, {"trainer": "pretrained", "checkpoint": name})
         out = tmp_path / f"{name}.zarr"
-        r = run_cli("run", study, "--out", out, "--executor", "serial", cache=cache_dir)
-        assert r.returncode == 2, (name, r.stderr)
-        assert message in r.stderr and name in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)
+        with pytest.raises(mcstudy.McStudyError) as e:
+            mcstudy.run(study, out=out, executor="serial", cache_dir=cache_dir, progress=False)
+        assert message in str(e.value) and name in str(e.value), (name, str(e.value))
         assert not out.exists()
-    r = run_cli("validate", _study(tmp_path, {"trainer": "pretrained", "checkpoint": "missing.pt"}))
-    assert r.returncode == 2 and "variants.mine.checkpoint: no such checkpoint file" in r.stderr, r.stderr
-    r = run_cli("validate", _study(tmp_path, {"trainer": "standard", "init": "missing.pt"}))
-    assert r.returncode == 2 and "variants.mine.init: no such checkpoint file" in r.stderr, r.stderr
+    out = tmp_path / "cli.zarr"
+    r = run_cli("run", _study(tmp_path, {"trainer": "pretrained", "checkpoint": "keys.pt"}), "--out", out, "--executor", "serial", cache=cache_dir)
+    assert r.returncode == 2 and "unexpected extra.weight" in r.stderr and "keys.pt" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()
+    for field, entry in (("checkpoint", {"trainer": "pretrained", "checkpoint": "missing.pt"}), ("init", {"trainer": "standard", "init": "missing.pt"})):
+        with pytest.raises(mcstudy.SpecError) as e:
+            load_study(_study(tmp_path, entry))
+        assert (f"variants.mine.{field}", "no such checkpoint file") in [(p, m.split(";")[0]) for p, m in e.value.problems], e.value.problems

@@ -86,10 +86,14 @@ def test_a_regression_study_trains_for_mse_and_scores_mae(tmp_path: Path, cache_
         np.testing.assert_allclose(ideal[m].values, np.broadcast_to(ds[f"float_{m}"].values[:, None, None, None], ideal[m].shape), rtol=1e-5)
     pcm = ds.sel(hardware="pcm", procedure="inference")
     assert float(pcm["mae"].sel(time=86400.0).load().median()) > float(pcm["mae"].sel(time=20.0).load().median())  # drift hurts
-    r = run_cli("compare", out, "procedure", "global", "inference", "--where", "hardware=pcm")
-    assert r.returncode == 0 and "mae" in r.stdout, r.stderr
-    r = run_cli("verify", out)
-    assert r.returncode == 0 and "intact" in r.stdout, r.stdout + r.stderr
+    from mcstudy.analysis import paired_table
+    from mcstudy.store import Location
+    from mcstudy.verify import verify
+
+    table = paired_table(ds.sel(hardware=["pcm"]), "procedure", "global", "inference")  # the rows `mcstudy compare` prints
+    assert table.attrs["metric"] == "mae" and table.attrs["units"] == "target units"
+    assert (table["wins"][table["time"] == "1 d"] > 0.5).all()  # compensation lowers the error on most chips after a day
+    assert verify(Location(out)).intact
 
 
 def test_top_k_accuracy_is_recorded_beside_accuracy(tmp_path: Path, cache_dir: Path) -> None:
@@ -118,12 +122,18 @@ def test_top_k_accuracy_is_recorded_beside_accuracy(tmp_path: Path, cache_dir: P
         ({"metric": {"kind": "top_k", "k": 0}}, "metric.k", ""),
     ],
 )
-def test_an_objective_that_does_not_fit_exits_2_naming_the_field(tmp_path: Path, changes: dict, field: str, message: str) -> None:
-    study = _regression_study(tmp_path, **changes)
+def test_an_objective_that_does_not_fit_is_refused_naming_the_field(tmp_path: Path, changes: dict, field: str, message: str) -> None:
+    """Each case is a SpecError naming its field (the command line turns one into exit code 2:
+    :func:`test_a_mismatched_metric_exits_2_and_writes_nothing`)."""
+    with pytest.raises(mcstudy.SpecError) as e:
+        mcstudy.load_study(_regression_study(tmp_path, **changes))
+    assert any(path == field and message in text for path, text in e.value.problems), e.value.problems
+
+
+def test_a_mismatched_metric_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out.zarr"
-    r = run_cli("run", study, "--out", out, "--executor", "serial")
-    assert r.returncode == 2, r.stderr
-    assert field in r.stderr and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("run", _regression_study(tmp_path, metric="accuracy"), "--out", out, "--executor", "serial")
+    assert r.returncode == 2 and "metric: 'accuracy' scores class labels" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not out.exists()
 
 
@@ -152,17 +162,17 @@ def test_ties_yield_and_wins_of_errors_at_any_scale() -> None:
         assert float(d["wins"]) == 1.0 and float(d["ties"]) == 0.0  # a's error is lower on every chip
 
 
-def test_a_network_of_the_wrong_width_or_a_top_k_that_finds_everything_exits_2(tmp_path: Path, cache_dir: Path) -> None:
+def test_a_network_of_the_wrong_width_or_a_top_k_that_finds_everything_is_refused(tmp_path: Path, cache_dir: Path) -> None:
     (tmp_path / "wide.py").write_text("import torch.nn as nn\n\ndef build(input_shape, n_classes):\n    return nn.Sequential(nn.Flatten(), nn.Linear(6, 3))\n")
-    r = run_cli("run", _regression_study(tmp_path, model={"factory": "wide:build"}), "--out", tmp_path / "a.zarr", "--executor", "serial", cache=cache_dir)
-    assert r.returncode == 2 and "outputs of shape (3,) per sample; the data has 1 regression target(s)" in r.stderr, r.stderr
+    study = _regression_study(tmp_path, model={"factory": "wide:build"})
+    with pytest.raises(mcstudy.McStudyError, match=r"outputs of shape \(3,\) per sample; the data has 1 regression target\(s\)"):
+        mcstudy.run(study, out=tmp_path / "a.zarr", executor="serial", cache_dir=cache_dir, progress=False)
     raw = {
         "name": "top10", "chips": 2, "times": ["20s"], "model": "mlp", "metric": {"kind": "top_k", "k": 10},
         "variants": {"f": {"trainer": "standard", "epochs": 1}}, "hardware": {"pcm": {"device": "pcm"}},
     }  # fmt: skip
-    (tmp_path / "top10.yaml").write_text(yaml.safe_dump(raw))
-    r = run_cli("run", tmp_path / "top10.yaml", "--out", tmp_path / "b.zarr", "--executor", "serial", cache=cache_dir)
-    assert r.returncode == 2 and "metric" in r.stderr and "every chip would score 100 %" in r.stderr, r.stderr
+    with pytest.raises(mcstudy.SpecError, match="every chip would score 100 %"):
+        mcstudy.run(raw, out=tmp_path / "b.zarr", executor="serial", cache_dir=cache_dir, progress=False)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
     with pytest.raises(ValueError, match="3 values per sample, but the network has 2 outputs"):
         LOSSES.get("mse").obj(NoParams())(torch.zeros(4, 2), torch.zeros(4, 3))

@@ -284,8 +284,7 @@ def test_self_tuning_refuses_a_crossbar_read_several_times_per_pass(tmp_path: Pa
         "variants": {"f": {"trainer": "standard", "epochs": 1}}, "hardware": {"pcm": {"device": "pcm"}},
         "procedures": {"tune": {"kind": "self_tuning"}},
     }  # fmt: skip
-    study = tmp_path / "lstm_tune.yaml"
-    study.write_text(yaml.safe_dump(raw))
-    r = run_cli("run", study, "--out", tmp_path / "out.zarr", "--executor", "serial", cache=cache_dir)
-    assert r.returncode == 2 and "procedures.tune" in r.stderr and "ih.0 (8×), hh.0 (8×)" in r.stderr, r.stderr
+    with pytest.raises(mcstudy.SpecError) as e:
+        mcstudy.run(raw, out=tmp_path / "out.zarr", executor="serial", cache_dir=cache_dir, progress=False)
+    assert [p for p, m in e.value.problems if "ih.0 (8×), hh.0 (8×)" in m] == ["procedures.tune"], e.value.problems
     assert not (tmp_path / "out.zarr").exists()
