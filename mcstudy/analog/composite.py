@@ -158,12 +158,10 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.to(dtype)
 
 
-def to_chip(module: nn.Module) -> tuple[nn.Module, list[ChipLayer]] | None:
-    """The analog counterpart of a torch module and its crossbar layers (in the order of
-    ``models.crossbars.crossbar_weights``), or None for a module that is not analog."""
-    if crossbar_weights(module) is None:
-        return None
-    chip: nn.Module
+def to_chip(module: nn.Module) -> ChipLayer | ChipLSTM | ChipAttention:
+    """The analog counterpart of a torch module with crossbars (``crossbar_weights`` not
+    None); its ``crossbars()`` are in the order of ``models.crossbars.crossbar_weights``."""
+    chip: ChipLayer | ChipLSTM | ChipAttention
     if isinstance(module, nn.Linear):
         chip = ChipLinear(module.weight, module.bias)
     elif isinstance(module, nn.Conv1d):
@@ -175,7 +173,7 @@ def to_chip(module: nn.Module) -> tuple[nn.Module, list[ChipLayer]] | None:
     else:
         assert isinstance(module, nn.MultiheadAttention)
         chip = ChipAttention(module)
-    return chip, (chip.crossbars() if isinstance(chip, (ChipLSTM, ChipAttention)) else [chip])  # type: ignore[list-item]
+    return chip
 
 
 @contextmanager

@@ -174,6 +174,10 @@ class ChipLayer(nn.Module):
     def matrix_shape(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def crossbars(self) -> list["ChipLayer"]:
+        """The crossbars this module computes with: itself (a composite has several)."""
+        return [self]
+
     def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -51,7 +51,7 @@ class AnalogNetwork:
         self.nominal: list[torch.Tensor] = []
         self.layers: list[ChipLayer] = []
         self.weight_names: list[str] = []  # each analog layer's weight parameter in the trained model
-        self._swap(self.module)
+        self._swap()
         self._fuse_relus(self.module)
         self._shared_at = self._first_layer_of_shared_input()
 
@@ -80,23 +80,27 @@ class AnalogNetwork:
                 return None
         return None
 
-    def _swap(self, parent: nn.Module, prefix: str = "") -> None:
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.MaxPool2d:  # the same pooling, compiled for evaluation
-                setattr(parent, name, CompiledMaxPool2d.like(child))
-                continue
-            converted = to_chip(child)
-            if converted is None:
-                if searched(child):
-                    self._swap(child, f"{prefix}{name}.")
-                continue
-            chip, layers = converted
-            for weight, layer in zip(crossbar_weights(child) or [], layers):
-                self.weight_names.append(f"{prefix}{name}.{weight}")
+    def _swap(self) -> None:
+        """Every module with crossbars replaced by its analog form, found by the walk that
+        names the weights training perturbs (``models.crossbars.analog_modules``), and
+        every max pooling by its compiled twin (the same pooling)."""
+        for qualified, child in list(analog_modules(self.module)):
+            if not qualified:
+                continue  # the model is itself one analog module: nothing holds it to swap
+            chip = to_chip(child)
+            for weight, layer in zip(crossbar_weights(child) or [], chip.crossbars()):
+                self.weight_names.append(f"{qualified}.{weight}")
                 self.nominal.append(weight_matrix(child.get_parameter(weight)).clone())
                 layer.index = len(self.layers)
                 self.layers.append(layer)
-            setattr(parent, name, chip)
+            self._replace(qualified, chip)
+        for qualified, m in list(self.module.named_modules()):
+            if qualified and type(m) is nn.MaxPool2d:
+                self._replace(qualified, CompiledMaxPool2d.like(m))
+
+    def _replace(self, qualified: str, module: nn.Module) -> None:
+        parent, _, name = qualified.rpartition(".")
+        setattr(self.module.get_submodule(parent), name, module)
 
     def _find_batch_dims(self, x: torch.Tensor) -> None:
         """Where each Linear crossbar's input keeps its samples. Activations are
@@ -298,12 +302,11 @@ def _sample_layout(name: str, base: torch.Tensor, changed: list[torch.Tensor]) -
     nothing (every unit it reaches is a dead ReLU) fits any layout."""
     layer = name.removesuffix(".weight")
     moved = [(c != base).reshape(*base.shape[:-1], -1).any(-1) if base.dim() > 1 else (c != base).any().reshape(1) for c in changed]
-    if base.dim() >= 2 and not any(bool(m.any()) for m in moved):
+    if base.dim() < 2 or not any(bool(m.any()) for m in moved):
         # the same for every sample (an LSTM's zero initial state): the one leading dimension of 3
         threes = [d for d in range(base.dim() - 1) if base.shape[d] == 3]
         if len(threes) == 1:
             return threes[0], 1
-    if base.dim() < 2 or not any(bool(m.any()) for m in moved):
         raise McStudyError(f"{layer}'s input does not depend on the samples (shape {tuple(base.shape)}): mcstudy cannot tell where its samples are")
     for d in range(base.dim() - 1):
         n = base.shape[d]

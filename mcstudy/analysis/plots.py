@@ -16,7 +16,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..errors import McStudyError
-from .stats import chip_yield_ci, headline, in_percent, lower_is_better, mean_ci, paired_difference, yield_threshold
+from .stats import chip_yield_ci, headline, in_percent, lower_is_better, mean_ci, paired_difference, yield_rule, yield_threshold
 from .tolerance import sweeping_populations
 
 METRIC_LABEL = {"accuracy": "test accuracy (%)"}
@@ -34,11 +34,6 @@ def _label(metric: str, ds: xr.Dataset | None = None) -> str:
     if _scale(metric) == 100.0:
         return f"{attrs.get('long_name', metric)} (%)"
     return f"{attrs.get('long_name', metric)} ({attrs['units']})" if "units" in attrs else metric
-
-
-def _within_text(ds: xr.Dataset, metric: str, within: float) -> str:
-    """How the yield's threshold reads for ``metric``: pp of an accuracy, % above an error."""
-    return f"at most {within * 100:g} % above float" if lower_is_better(ds[metric]) else f"within {within * 100:g} pp of float"
 
 
 def _pick(ds: xr.Dataset, dim: str, name: str | None) -> str:
@@ -130,7 +125,7 @@ def plot_yield(ds: xr.Dataset, hardware: str | None = None, within: float | None
         ax.fill_between(t, cell["lower"] * 100, cell["upper"] * 100, color=line.get_color(), alpha=0.2)
     _time_axis(ax, ds)
     w = float(ds.attrs.get("yield_within", 0.01)) if within is None else within
-    ax.set_ylabel(f"yield (%): chips {_within_text(ds, headline(ds), w)}")
+    ax.set_ylabel(f"yield (%): chips {yield_rule(w, lower_is_better(ds[headline(ds)]))}")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(title=f"variant / procedure ({int(confidence * 100)} % Wilson band)", fontsize="small")

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from ..errors import McStudyError
 from .plots import plot_distributions, plot_paired, plot_tolerance, plot_yield, swept_parameters
-from .stats import chip_yield_ci, headline, in_percent, lower_is_better, quantiles_ci
+from .stats import chip_yield_ci, headline, in_percent, lower_is_better, quantiles_ci, yield_rule
 from .tolerance import tolerance
 
 MAX_HARDWARE_FIGURES = 8  # per-population figures beyond this many populations are left out (the tables keep all)
@@ -111,10 +111,9 @@ def write_report(ds: xr.Dataset, out_dir: str | Path, confidence: float = 0.95) 
 
     summary = summary_with_intervals(ds, confidence)
     metric = headline(ds)
-    within = 100 * float(ds.attrs.get("yield_within", 0.01))
     lower = lower_is_better(ds[metric])
     tail_text = "95th" if lower else "5th"
-    within_text = f"at most {within:g} % above the float model's {metric}" if lower else f"within {within:g} pp of the float model"
+    within_text = yield_rule(float(ds.attrs.get("yield_within", 0.01)), lower)
     attrs = ds.attrs
     versions = json.loads(attrs.get("versions", "{}"))
     models = json.loads(attrs.get("variant_models", "{}"))

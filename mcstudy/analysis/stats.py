@@ -71,6 +71,11 @@ def _threshold(ds: xr.Dataset, metric: str, within: float | None, absolute: floa
     return yield_threshold(ds[metric], ds[f"float_{metric}"], within)
 
 
+def yield_rule(within: float, lower: bool) -> str:
+    """The yield's rule in words, for ``within`` (a fraction) and an error (``lower``) or an accuracy."""
+    return f"at most {within * 100:g} % above float" if lower else f"within {within * 100:g} pp of float"
+
+
 def yield_threshold(metric: xr.DataArray, float_metric: xr.DataArray, within: float) -> xr.DataArray:
     """What a chip must reach to pass: the float model's ``metric`` less ``within`` (an
     accuracy: 0.01 = 1 pp), or times ``1 + within`` (an error: 0.01 = 1 % more)."""
@@ -296,4 +301,4 @@ def mean_ci(ds: xr.Dataset, confidence: float = 0.95, metric: str | None = None)
     return _t_interval(ds[metric or headline(ds)], confidence)
 
 
-__all__ = ["chip_yield_ci", "chips_needed", "headline", "in_percent", "lower_is_better", "mean_ci", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]
+__all__ = ["chip_yield_ci", "chips_needed", "headline", "in_percent", "lower_is_better", "mean_ci", "yield_rule", "paired_difference", "paired_table", "quantiles_ci", "wilson_interval"]

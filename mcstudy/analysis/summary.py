@@ -7,7 +7,7 @@ import pandas as pd
 import xarray as xr
 from rich.table import Table
 
-from .stats import headline, lower_is_better, passing_chips, yield_threshold
+from .stats import headline, lower_is_better, passing_chips, yield_rule, yield_threshold
 
 
 def chip_yield(accuracy: xr.DataArray, float_accuracy: xr.DataArray, within: float = 0.01) -> xr.DataArray:
@@ -47,10 +47,7 @@ def summary_table(ds: xr.Dataset, within: float | None = None) -> pd.DataFrame:
 def render_summary(df: pd.DataFrame, within: float, title: str, metric: str = "accuracy", lower: bool = False) -> Table:
     """The end-of-run table: one row per variant × population × procedure × time, for the
     headline ``metric`` (``lower``: an error, where smaller is better)."""
-    if lower:
-        table = Table(title=f"{title}: {metric} over chips (yield = share at most {within * 100:g} % above float)")
-    else:
-        table = Table(title=f"{title}: {metric} over chips (yield = share within {within * 100:g} pp of float)")
+    table = Table(title=f"{title}: {metric} over chips (yield = share {yield_rule(within, lower)})")
     for col, justify in (("variant", "left"), ("hardware", "left"), ("procedure", "left"), ("time", "right"),
                          ("float", "right"), ("median", "right"), ("p95" if lower else "p5", "right"), ("yield", "right"), ("chips", "right")):  # fmt: skip
         table.add_column(col, justify=justify)  # type: ignore[arg-type]

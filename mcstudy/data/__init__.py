@@ -8,9 +8,9 @@ import numpy as np
 
 from ..errors import DataError
 from . import arrays, builtin, idx, local  # noqa: F401  (registers the loaders)
-from .base import DATASETS, Dataset, DataSpec, RawData, make_splits
+from .base import DATASETS, Dataset, DataSpec, RawData, holds_values, make_splits
 
-__all__ = ["DATASETS", "Dataset", "DataSpec", "RawData", "check_raw", "load_dataset", "make_splits"]
+__all__ = ["DATASETS", "Dataset", "DataSpec", "RawData", "check_raw", "holds_values", "load_dataset", "make_splits"]
 
 
 def load_dataset(spec: DataSpec, seed: int) -> Dataset:
@@ -26,7 +26,7 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
 def check_raw(raw: RawData, what: str) -> None:
     """Refuse data a study cannot learn from or score on: no samples, inputs of the wrong
     shape or not finite, labels outside 0 .. n_classes − 1, or a single class."""
-    values = raw.y.dtype.kind == "f"  # regression targets
+    values = holds_values(raw.y)
     parts = [("training", raw.x, raw.y)] + ([("test", raw.x_test, raw.y_test)] if raw.x_test is not None else [])
     parts += [("calibration", raw.x_cal, raw.y_cal)] if raw.x_cal is not None else []
     for name, x, y in parts:

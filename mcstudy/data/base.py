@@ -38,6 +38,12 @@ class DataSpec(Params):
     )
 
 
+def holds_values(y: np.ndarray) -> bool:
+    """Whether ``y`` holds regression targets (floats) rather than class labels (integers):
+    loaders give float32 targets only under ``data.targets: values``."""
+    return y.dtype.kind == "f"
+
+
 @dataclass(frozen=True)
 class RawData:
     """What a loader returns: float32 inputs (images scaled to [0, 1]; other data as the
@@ -74,7 +80,7 @@ class Dataset:
         return (
             f"{self.name}: {len(self.y_train)} train / {len(self.y_cal)} calibration / "
             f"{len(self.y_test)} test, input {self.input_shape}, "
-            + (f"{self.n_classes} regression output(s)" if self.y_train.dtype.kind == "f" else f"{self.n_classes} classes")
+            + (f"{self.n_classes} regression output(s)" if holds_values(self.y_train) else f"{self.n_classes} classes")
         )
 
 
@@ -93,7 +99,7 @@ def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) 
     for regression targets)."""
     held: list[np.ndarray] = []
     rest: list[np.ndarray] = []
-    groups = [np.arange(len(y))] if y.dtype.kind == "f" else [np.flatnonzero(y == cls) for cls in np.unique(y)]
+    groups = [np.arange(len(y))] if holds_values(y) else [np.flatnonzero(y == cls) for cls in np.unique(y)]
     for idx in groups:
         idx = idx[rng.permutation(len(idx))]
         k = int(round(fraction * len(idx)))
@@ -134,7 +140,7 @@ def make_splits(name: str, raw: RawData, spec: DataSpec, seed: int) -> Dataset:
                 f"dataset {name!r}: the split leaves no {what} samples (data.test_fraction {spec.test_fraction}, "
                 f"calibration_fraction {spec.calibration_fraction}, {len(raw.y)} samples in all)"
             )
-    values = raw.y.dtype.kind == "f"  # regression targets
+    values = holds_values(raw.y)
     parts = {k: np.ascontiguousarray(v, dtype=np.float32 if k[0] == "x" or values else np.int64) for k, v in parts.items()}
     h = hashlib.sha256()
     for k in sorted(parts):

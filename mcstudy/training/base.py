@@ -22,7 +22,7 @@ import torch.nn as nn
 from pydantic import Field, PositiveInt
 from torch.func import functional_call
 
-from ..data import Dataset
+from ..data import Dataset, holds_values
 from ..errors import McStudyError
 from ..models import build_model
 from ..models.crossbars import analog_modules, analog_weight_names
@@ -69,7 +69,7 @@ def _check_outputs(net: nn.Module, data: Dataset) -> None:
     want = data.n_classes
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != want:
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        what = "regression target(s)" if data.y_train.dtype.kind == "f" else "classes"
+        what = "regression target(s)" if holds_values(data.y_train) else "classes"
         raise McStudyError(f"the network gives outputs of shape {got} per sample; the data has {want} {what}: it must give ({want},)")
 
 
