@@ -10,6 +10,10 @@ per chip, 8-bit DAC/ADC off and on. Figures, all in chip-time evaluations per se
 - ``loop``: the usual way, one chip at a time in plain PyTorch — sample the chip, drift,
   read, compensate, evaluate — with the same physics (SCIENCE.md §2);
 - ``float``: the plain float forward of the same shapes on the same inputs (the floor);
+- ``products``: the crossbar products alone (MLP, LeNet; a block of chips on the 1,000
+  inputs) by mcstudy's fixed-order kernels (``analog/invariant.py``: one summation order
+  per output, whatever shares the call) and by the BLAS / native convolution they
+  replace, in GFLOP/s;
 - local executor scaling from 1 to 2 workers on a study of ``scaling_chips`` chips;
 - the coordinator's peak memory for a small and a ten-times larger study.
 
@@ -117,6 +121,62 @@ def batched_rate(w: Workload, block: int, min_seconds: float) -> float:
         return block * len(TIMES)
 
     return _timed(run, min_seconds)
+
+
+def _crossbar_inputs(w: Workload) -> list[tuple[nn.Module, torch.Tensor]]:
+    """Every crossbar layer of the workload's network with its input on the 1,000 inputs."""
+    seen: list[tuple[nn.Module, torch.Tensor]] = []
+    layers = [m for m in w.model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0].detach()))) for m in layers]
+    with torch.no_grad():
+        w.model(w.x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def product_rates(w: Workload, block: int, min_seconds: float) -> tuple[float, float]:
+    """GFLOP/s of the workload's crossbar products for a block of chips on the 1,000 inputs
+    (the first layer's inputs shared by every chip, as deployed): mcstudy's fixed-order
+    kernels (``analog.invariant``) and the BLAS / native convolution they replace."""
+    from .analog import invariant
+
+    gen = torch.Generator().manual_seed(2)
+    cases = []
+    for i, (m, x) in enumerate(seen := _crossbar_inputs(w)):
+        kern = m.weight.detach().reshape(m.weight.shape[0], -1)
+        wc = kern + 0.01 * torch.randn(block, *kern.shape, generator=gen)
+        xc = x.unsqueeze(0).expand(block, *x.shape) if i == 0 else x.unsqueeze(0).repeat(block, *([1] * x.dim()))
+        cases.append((m, xc, wc))
+    flops = 0.0
+    for m, xc, wc in cases:
+        out_positions = m(xc[0][:1]).shape[2:].numel() if isinstance(m, nn.Conv2d) else 1
+        flops += 2.0 * xc.shape[0] * xc.shape[1] * wc.shape[1] * wc.shape[2] * out_positions
+
+    def fixed() -> int:
+        for m, xc, wc in cases:
+            if isinstance(m, nn.Conv2d):
+                invariant.conv2d(xc, wc, m.kernel_size, m.stride, m.padding, m.dilation)
+            else:
+                invariant.matmul(xc, wc.transpose(1, 2))
+        return 1
+
+    def blas() -> int:
+        for m, xc, wc in cases:
+            if isinstance(m, nn.Conv2d):  # one group per chip on the native kernel (oneDNN's grouped sums differ from single-group ones)
+                c, n = xc.shape[:2]
+                F.conv2d(xc.transpose(0, 1).reshape(n, -1, *xc.shape[3:]), wc.reshape(-1, *m.weight.shape[1:]), None, m.stride, m.padding, m.dilation, groups=c)
+            else:
+                torch.bmm(xc, wc.transpose(1, 2))
+        return 1
+
+    del seen
+    mkldnn = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        return flops * _timed(fixed, min_seconds) / 1e9, flops * _timed(blas, min_seconds) / 1e9
+    finally:
+        torch.backends.mkldnn.enabled = mkldnn
 
 
 def float_rate(w: Workload, min_seconds: float) -> float:
@@ -258,6 +318,7 @@ def _run_study(tmp: Path, chips: int, times: str, executor: str, workers: int, t
 class BenchResult:
     machine: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
+    products: list[dict[str, Any]] = field(default_factory=list)
     scaling: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, Any] = field(default_factory=dict)
@@ -279,6 +340,16 @@ def run(quick: bool = False, block: int = 8, log: Callable[[str], None] = print)
                          "fraction_of_float": statistics.median(x[1] / x[0] for x in rounds),
                          "batched_over_loop": statistics.median(x[1] / x[2] for x in rounds),
                          "rounds": [list(x) for x in rounds]})  # fmt: skip
+    for w in workloads(True):
+        if w.converters:
+            continue
+        prounds = []
+        for r in range(ROUNDS):
+            log(f"  {w.name}: crossbar products of {block} chips, fixed order and BLAS — round {r + 1} of {ROUNDS}")
+            prounds.append(product_rates(w, block, min_seconds))
+        res.products.append({"workload": w.name, "fixed_gflops": statistics.median(x[0] for x in prounds),
+                             "blas_gflops": statistics.median(x[1] for x in prounds),
+                             "fixed_over_blas": statistics.median(x[0] / x[1] for x in prounds), "rounds": [list(x) for x in prounds]})  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         chips = 400 if quick else 2000
@@ -319,6 +390,11 @@ def tables(res: BenchResult) -> list[Any]:
     for r in res.rows:
         t.add_row(r["workload"], "8-bit" if r["converters"] else "off", f"{r['float']:.1f}", f"{r['batched']:.1f}", f"{r['loop']:.1f}",
                   f"{r['fraction_of_float']:.0%}", f"{r['batched_over_loop']:.1f}×")  # fmt: skip
+    p = Table(title=f"crossbar products of a block of chips on {N_INPUTS} inputs, GFLOP/s on 1 thread (analog/invariant.py)")
+    for col in ("workload", "fixed order (mcstudy)", "BLAS / native conv", "fixed / BLAS"):
+        p.add_column(col, justify="right")
+    for r in res.products:
+        p.add_row(r["workload"], f"{r['fixed_gflops']:.1f}", f"{r['blas_gflops']:.1f}", f"{r['fixed_over_blas']:.2f}×")
     s = Table(title="targets (ratios measured in this run)")
     for col in ("target", "measured", "met"):
         s.add_column(col, justify="right")
@@ -328,7 +404,7 @@ def tables(res: BenchResult) -> list[Any]:
     s.add_row(f"(local executor on {sc['chips']} chips: {sc['seconds_1']:.1f} s → {sc['seconds_2']:.1f} s)", "", "")
     m = res.memory
     s.add_row(f"(coordinator peak RSS {m['small_mib']:.0f} MiB → {m['large_mib']:.0f} MiB)", "", "")
-    return [t, s]
+    return [t, p, s]
 
 
 __all__ = ["BenchResult", "run", "tables", "to_json"]

@@ -210,6 +210,7 @@ for run in range(2):  # a second instance in the same process (a notebook's seco
     private = Path(executor._owns.dir)
     token = private / "auth_token"
     out["modes"] = [oct(private.stat().st_mode & 0o777), oct(token.stat().st_mode & 0o777)]
+    out["dir"] = str(private)
     out["token_path_set"] = os.environ.get("RAY_AUTH_TOKEN_PATH") == str(token)
     out["answer"] = ray.get(ray.remote(lambda: 42).remote())
     executor.close()
@@ -219,23 +220,61 @@ print(json.dumps(out))
 """
 
 
-def test_a_local_ray_instance_is_private() -> None:
+def test_a_local_ray_instance_is_private(tmp_path: Path) -> None:
     """The instance mcstudy starts itself: every server it opens listens on loopback only,
     its token is a 0600 file in a 0700 directory (nothing in ~/.ray), and it leaves no
-    file behind. In a fresh process, as a user's run is."""
+    file behind. In a fresh process, as a user's run is, with a TMPDIR of 100+ characters
+    (a cluster job's scratch directory): Ray's unix sockets would not fit under it, so the
+    private directory is a short one under /tmp."""
     import json
     import subprocess
     import sys
 
+    from mcstudy.execution.ray_executor import FALLBACK_TEMP_DIRS
+
+    long_tmp = tmp_path / "scratch" / "job_1234567" / ("node-local-" + "x" * 60) / "tmp"
+    long_tmp.mkdir(parents=True)
+    assert len(str(long_tmp)) > 100
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     probe = _PRIVACY_PROBE
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, "TMPDIR": str(long_tmp)}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["opened"], "Ray opened no listener?"
     assert {addr for addr, _ in out["opened"]} <= {"127.0.0.1", "::1"}, out["opened"]
     assert out["modes"] == ["0o700", "0o600"] and out["token_path_set"] and out["answer"] == 42
     assert not out["left"] and not out["home_token_created"]
+    assert str(Path(out["dir"]).parent) in FALLBACK_TEMP_DIRS and not any(long_tmp.iterdir())
+
+
+def test_the_private_ray_directory_is_under_tmpdir_where_the_sockets_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``private_dir`` takes TMPDIR where Ray's longest socket path fits the kernel's limit
+    there, else the first fallback; with nowhere to put it, a message saying what to set."""
+    import shutil
+    import tempfile
+
+    from mcstudy.errors import McStudyError
+    from mcstudy.execution import ray_executor
+
+    short = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    made: list[Path] = []
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(short))
+        fits = len(str(short)) + len("/mcstudy-ray-12345678") + len(ray_executor.RAY_SOCKET_TAIL)
+        monkeypatch.setattr(ray_executor, "SOCKET_PATH_MAX", fits)
+        made.append(Path(ray_executor.private_dir()))
+        assert made[-1].parent == short and made[-1].stat().st_mode & 0o777 == 0o700
+        monkeypatch.setattr(ray_executor, "SOCKET_PATH_MAX", fits - 1)
+        made.append(Path(ray_executor.private_dir()))
+        assert str(made[-1].parent) == ray_executor.FALLBACK_TEMP_DIRS[0]
+        monkeypatch.setattr(ray_executor, "SOCKET_PATH_MAX", 10)
+        with pytest.raises(McStudyError, match="set TMPDIR to a short writable directory"):
+            ray_executor.private_dir()
+    finally:
+        for d in made:
+            d.rmdir()
+        shutil.rmtree(short)
+
 
 
 def test_an_unreachable_cluster_fails_within_bounded_time(tmp_path: Path, cache_dir: Path) -> None:

@@ -25,8 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,8 +35,11 @@ import torch.nn.functional as F
 from ..errors import McStudyError
 from ..hardware.chip import LayerRead
 from ..hardware.periphery import PeripherySpec, adc_tile, input_scale, quantise_input, quantise_symmetric
+from .invariant import conv2d, matmul, suspended
 
-Product = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Product = Callable[[torch.Tensor, LayerRead, str, slice], torch.Tensor]
+"""``(inputs of one row of tiles (C, N, rows, ...), the read, its matrix ("weight" or
+"var"), the tile's rows) -> (C, N, out, ...)``: a crossbar's analog product."""
 
 
 def _vector_noise(read: LayerRead, tag: tuple[str | int, ...], k: int, like: torch.Tensor, sample_offset: int) -> torch.Tensor:
@@ -47,7 +49,8 @@ def _vector_noise(read: LayerRead, tag: tuple[str | int, ...], k: int, like: tor
     assert read.noise is not None
     c, n = like.shape[:2]
     per_sample = math.prod(like.shape[2:])
-    z = read.noise.child(*tag, k).normal_range(sample_offset * per_sample, n * per_sample, dtype=like.dtype)
+    with suspended():  # the streams' values depend on their keys alone: no need to route their many small operations
+        z = read.noise.child(*tag, k).normal_range(sample_offset * per_sample, n * per_sample, dtype=like.dtype)
     return z.view(like.shape)
 
 
@@ -87,9 +90,9 @@ def crossbar(
     y: torch.Tensor | None = None
     for k, sl in enumerate(slices):
         xk = rows(x, sl) if len(slices) > 1 else x
-        yk = product(xk, read.weight[:, :, sl])
+        yk = product(xk, read, "weight", sl)
         if read.var is not None:
-            std = torch.sqrt(product(xk * xk, read.var[:, :, sl]).clamp(min=0))
+            std = torch.sqrt(product(xk * xk, read, "var", sl).clamp(min=0))
             yk = yk + std * _vector_noise(read, (purpose, "read", call), k, yk, sample_offset)
         fused = adc_tile(yk, x_scale, read.w_max[k], adc) if per_tile and periphery.output_noise == 0 else None
         if fused is not None:
@@ -115,16 +118,12 @@ def _expand_scale(x_scale: torch.Tensor | float, y: torch.Tensor) -> torch.Tenso
     return x_scale.reshape(*x_scale.shape[:2], *([1] * (y.dim() - 2)))
 
 
-def linear_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``(C, N, in) @ (C, out, in)^T -> (C, N, out)``, one GEMM per chip.
-
-    A block of one chip runs as a batch of two (the chip twice, as stride-0 views): the
-    BLAS computes a batch of one with another kernel, whose sums differ in the last bit for
-    long rows (fan-in above ~700 on MKL), and a chip must get the same bits alone as in any
-    block (``tests/test_analog.py``)."""
-    if x.shape[0] == 1:
-        return torch.bmm(x.expand(2, *x.shape[1:]), w.expand(2, *w.shape[1:]).transpose(1, 2))[:1]
-    return torch.bmm(x, w.transpose(1, 2))
+def linear_product(x: torch.Tensor, read: LayerRead, matrix: str, sl: slice) -> torch.Tensor:
+    """``(C, N, in) @ (C, out, in)[:, :, sl]^T -> (C, N, out)``: each output one fma chain
+    over the inputs in order (``invariant.matmul``), so a chip gets the same bits alone as
+    in any block, and a sample however its set is batched. The read keeps the transposed
+    matrix it is given (``LayerRead.transposed``) for its other products."""
+    return matmul(x, read.transposed(matrix)[:, sl])
 
 
 def linear_rows(x: torch.Tensor, sl: slice) -> torch.Tensor:
@@ -178,7 +177,8 @@ class ChipLayer(nn.Module):
         """The crossbars this module computes with: itself (a composite has several)."""
         return [self]
 
-    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def product(self, x: torch.Tensor, read: LayerRead, matrix: str, sl: slice) -> torch.Tensor:
+        """The crossbar's analog product (:data:`Product`)."""
         raise NotImplementedError
 
     def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
@@ -276,8 +276,8 @@ class ChipLinear(ChipLayer):
     def matrix_shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
 
-    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return linear_product(x, w)
+    def product(self, x: torch.Tensor, read: LayerRead, matrix: str, sl: slice) -> torch.Tensor:
+        return linear_product(x, read, matrix, sl)
 
     def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
         return linear_rows(x, sl)
@@ -290,23 +290,6 @@ class ChipLinear(ChipLayer):
         return x.reshape(x.shape[0], -1, x.shape[-1]), tuple(x.shape[2:-1])
 
 
-@contextmanager
-def _native_cpu_conv() -> Iterator[None]:
-    """Use PyTorch's native CPU convolution instead of oneDNN's.
-
-    oneDNN computes a grouped convolution with a different summation order than a
-    single-group one, so a chip's result would depend on how many chips share its
-    block; the native kernel computes every group exactly as a lone convolution
-    (``tests/test_analog.py``), and on small kernels it is also faster.
-    """
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
-
-
 class ChipConv2d(ChipLayer):
     """Grouped convolution: chip ``c``'s channels form group ``c``. The crossbar matrix is
     the unrolled kernel ``(out, in_channels·kh·kw)``; a row tile holds whole channels."""
@@ -317,9 +300,10 @@ class ChipConv2d(ChipLayer):
         super().__init__(layer.bias)
         assert layer.groups == 1 and layer.padding_mode == "zeros"  # else digital (models.crossbars.why_digital)
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
-        self.kernel_size = layer.kernel_size
-        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.kernel_size = _pair(layer.kernel_size)
+        self.stride, self.padding, self.dilation = _pair(layer.stride), layer.padding, _pair(layer.dilation)
         self.granule = self.kernel_size[0] * self.kernel_size[1]
+        self._pads = _padding(layer.padding, self.kernel_size, self.dilation)
 
     def matrix_shape(self) -> tuple[int, int]:
         return self.out_channels, self.in_channels * self.granule
@@ -327,16 +311,26 @@ class ChipConv2d(ChipLayer):
     def rows(self, x: torch.Tensor, sl: slice) -> torch.Tensor:
         return x[:, :, sl.start // self.granule : sl.stop // self.granule]
 
-    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        c, n, cin, h, wd = x.shape
-        xg = x.transpose(0, 1).reshape(n, c * cin, h, wd)
-        kernel = w.reshape(c * self.out_channels, cin, *self.kernel_size)
-        with _native_cpu_conv():
-            y = F.conv2d(xg, kernel, None, self.stride, self.padding, self.dilation, groups=c)
-        _, _, ho, wo = y.shape
-        # chip-major, as every activation: the digital stage then runs in one pass and the
-        # layer's (C·N, ...) output is a view (one copy here instead of strided passes there)
-        return y.reshape(n, c, self.out_channels, ho, wo).transpose(0, 1).contiguous()
+    def product(self, x: torch.Tensor, read: LayerRead, matrix: str, sl: slice) -> torch.Tensor:
+        """Every chip's convolution ``(C, N, in, H, W)`` with its unrolled kernels ``(C, out,
+        in·kh·kw)`` (columns ``sl``) -> ``(C, N, out, Ho, Wo)``, chip-major as every
+        activation; each output one fma chain over the kernel in order (``invariant.conv2d``)."""
+        top, bottom, left, right = self._pads
+        if bottom != top or right != left:  # 'same' with an even kernel: the extra row or column at the end, as torch
+            x = F.pad(x, (0, right - left, 0, bottom - top))
+        return conv2d(x, getattr(read, matrix)[:, :, sl], self.kernel_size, self.stride, (top, left), self.dilation)
+
+
+def _padding(padding: str | int | tuple[int, ...], kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A convolution's padding as (top, bottom, left, right) zeros: torch's ``'same'`` puts
+    the odd one of ``dilation·(k − 1)`` after the input."""
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        (th, tw) = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = _pair(padding)  # type: ignore[arg-type]
+    return ph, ph, pw, pw
 
 
 class ChipConv1d(ChipConv2d):
@@ -354,8 +348,8 @@ class ChipConv1d(ChipConv2d):
         super().__init__(as_2d)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
 
-    def product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return super().product(x.unsqueeze(3), w).squeeze(3)
+    def product(self, x: torch.Tensor, read: LayerRead, matrix: str, sl: slice) -> torch.Tensor:
+        return super().product(x.unsqueeze(3), read, matrix, sl).squeeze(3)
 
 
 class CompiledMaxPool2d(nn.MaxPool2d):

@@ -15,6 +15,7 @@ from ..errors import McStudyError
 from ..objectives import Objective
 from ..models.crossbars import analog_modules, crossbar_weights, searched, why_digital
 from .composite import ChipAttention, ChipLSTM, to_chip, torch_fast_paths_off
+from .invariant import batch_invariant
 from .layers import Calibrate, ChipLayer, CompiledMaxPool2d, LayerCall, crossbar, linear_product, linear_rows, weight_matrix
 
 Scales = list[torch.Tensor | None] | None
@@ -216,7 +217,7 @@ class AnalogNetwork:
         try:
             for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
                 layer.call = LayerCall(lr, read.periphery, a, b, calibrate, sample_offset, purpose, shared and layer is self.module[k])
-            with torch_fast_paths_off():
+            with batch_invariant():  # a chip's numbers whatever shares the call (invariant.py)
                 out = self.module(x if shared else x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
             self.reads_last_pass = [layer.call.calls if layer.call is not None else 0 for layer in self.layers]
@@ -235,9 +236,10 @@ class AnalogNetwork:
         ``inputs[i]`` ``(K, fan_in)`` applied directly to it (the same on every chip), through
         the periphery and its noise: a readout of the chip, as calibration circuits do."""
         out = []
-        for xi, lr in zip(inputs, read.layers):
-            x = xi.unsqueeze(0).expand(read.n_chips, *xi.shape)
-            out.append(crossbar(x, lr, read.periphery, linear_product, linear_rows, purpose="readout"))
+        with batch_invariant():
+            for xi, lr in zip(inputs, read.layers):
+                x = xi.unsqueeze(0).expand(read.n_chips, *xi.shape)
+                out.append(crossbar(x, lr, read.periphery, linear_product, linear_rows, purpose="readout"))
         return out
 
     @torch.no_grad()

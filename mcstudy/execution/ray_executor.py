@@ -13,7 +13,10 @@ this machine and this user (:class:`LocalRay`): every Ray server binds 127.0.0.1
 rewritten to the routable address on Linux), there is no dashboard and no metrics
 export, token authentication is on with a fresh token in a 0600 file inside a 0700
 directory (unless ``RAY_AUTH_TOKEN`` is set), Ray's session files live in that directory
-under umask 077, and the directory is removed when the instance shuts down. Joining a
+under umask 077, and the directory is removed when the instance shuts down. The
+directory is under ``TMPDIR`` where Ray's unix socket paths fit the kernel's limit there,
+else under ``/tmp`` (:func:`private_dir`); Ray keeps all its session files there (sockets,
+logs, and objects it spills, which for mcstudy's payloads and result blocks are small). Joining a
 cluster (``--address HOST:PORT``) fails within :data:`CONNECT_SECONDS` when nothing
 answers there: a TCP check first, then one bounded connection attempt.
 """
@@ -25,6 +28,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 from functools import lru_cache
 from typing import Any, Iterable, Iterator
@@ -91,12 +95,42 @@ def _process_token() -> str:
     return _TOKEN[0]
 
 
+# An AF_UNIX socket path holds at most 107 bytes on Linux (108 with its NUL), 103 on macOS,
+# and Ray puts its sockets in <its temp dir>/session_<date>_<µs>_<pid>/sockets/: a private
+# directory must leave room for the longest of them (a pid of 7 digits, a ".NN" suffix).
+SOCKET_PATH_MAX = 103 if sys.platform == "darwin" else 107
+RAY_TEMP = "r"  # Ray's temp dir inside the private directory (short: every byte counts)
+RAY_SOCKET_TAIL = f"/{RAY_TEMP}/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store.99"
+FALLBACK_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def private_dir() -> str:
+    """A new 0700 directory for a private local Ray instance whose socket paths fit the
+    kernel's limit: under ``TMPDIR`` (``tempfile.gettempdir()``) where they fit, else under
+    the first of :data:`FALLBACK_TEMP_DIRS` where they do."""
+    example = "mcstudy-ray-" + "x" * 8  # mkdtemp's name: the prefix and 8 characters
+    tried = []
+    for base in dict.fromkeys([tempfile.gettempdir(), *FALLBACK_TEMP_DIRS]):
+        length = len(os.fsencode(os.path.join(os.path.abspath(base), example) + RAY_SOCKET_TAIL))
+        if length > SOCKET_PATH_MAX:
+            tried.append(f"{base} (socket paths of {length} bytes)")
+            continue
+        try:
+            return tempfile.mkdtemp(prefix="mcstudy-ray-", dir=base)
+        except OSError as e:
+            tried.append(f"{base} ({e.strerror or e})")
+    raise McStudyError(
+        f"no directory for a local Ray instance's unix sockets (at most {SOCKET_PATH_MAX} bytes each): tried "
+        + ", ".join(tried) + "; set TMPDIR to a short writable directory"
+    )
+
+
 class LocalRay:
     """A private local Ray instance (module docstring): started by :meth:`start`, removed
     with its files by :meth:`stop`."""
 
     def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="mcstudy-ray-")  # 0700; short, for Ray's unix sockets
+        self.dir = private_dir()  # 0700; short enough for Ray's unix sockets whatever TMPDIR is
         self._saved: dict[str, str | None] = {}
         self._constants: dict[str, Any] = {}
 
@@ -127,7 +161,7 @@ class LocalRay:
                 num_cpus=workers or os.cpu_count() or 1,
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",
-                _temp_dir=os.path.join(self.dir, "session"),
+                _temp_dir=os.path.join(self.dir, RAY_TEMP),
                 _system_config={"enable_metrics_collection": False},
                 configure_logging=True,
                 log_to_driver=False,

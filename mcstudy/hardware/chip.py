@@ -72,6 +72,16 @@ class LayerRead:
     row_slices: list[slice]  # inputs of each row of tiles
     neurons: NeuronDraws
     noise: Stream | None  # draws per input vector (read noise, output noise)
+    _transposed: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def transposed(self, matrix: str) -> torch.Tensor:
+        """``weight`` or ``var`` as ``(C, in, out)`` with unit stride along ``out`` — the
+        layout a linear crossbar product reads (``analog.invariant.matmul``) — made once per
+        read and kept (the evaluation and the calibration readouts of one read share it)."""
+        if matrix not in self._transposed:
+            m = getattr(self, matrix)
+            self._transposed[matrix] = m.transpose(1, 2).contiguous()
+        return self._transposed[matrix]
 
 
 @dataclass(frozen=True)

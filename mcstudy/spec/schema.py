@@ -31,7 +31,7 @@ class ExecutionSpec(Params):
     address: str | None = Field(None, description="Ray cluster: 'local' (start one), 'auto' or HOST:PORT")
     workers: PositiveInt | None = Field(None, le=100_000, description="worker processes or Ray actors (default: CPU count)")
     block_size: PositiveInt = Field(64, description="chips per work unit")
-    threads_per_worker: PositiveInt = Field(1, le=256, description="torch threads in each worker")
+    threads_per_worker: PositiveInt = Field(1, le=256, description="torch threads in each worker for programming and reading chips (a chip pass through the network runs on one thread, for bit identity)")
     eval_batch: PositiveInt = Field(1024, description="test samples per forward pass")
     device: Literal["cpu", "cuda"] = Field("cpu", description="torch device of the workers")
 
