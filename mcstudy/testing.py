@@ -7,26 +7,51 @@ invariants. The test suite runs them on every built-in entry; run them on your o
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 
+ArrayLike = Any  # a tensor, a NumPy array or anything torch.as_tensor takes
 
-def chip_identity_problems(module: nn.Module, x: torch.Tensor, chips: int = 3, splits: Sequence[int] = (1, 4), seed: int = 0) -> list[str]:
-    """Where ``module`` on chips breaks chip identity, for inputs ``x`` (N, ...): on PCM chips
-    with within-chip variation, 16-row tiles and per-vector read noise, once with exact
-    converters and once with 8-bit DAC and ADC and output noise, each chip of a block of
-    ``chips`` is compared with the same chip alone, and the block's outputs with ``x``
-    evaluated in two pieces at each of ``splits``. Empty when every comparison is bit-identical."""
+
+def chip_identity_problems(module: nn.Module, x: ArrayLike, chips: int = 3, splits: Sequence[int] = (1, 4), seed: int = 0) -> list[str]:
+    """Where ``module`` on chips breaks chip identity, for a batch of inputs ``x`` (N ≥ 2
+    samples first, as the module takes them; a tensor or an array, converted to float32):
+    on PCM chips with within-chip variation, 16-row tiles and per-vector read noise, once
+    with exact converters and once with 8-bit DAC and ADC and output noise, each chip of a
+    block of ``chips`` is compared with the same chip alone, and the block's outputs with
+    ``x`` evaluated in two pieces at each of ``splits`` (0 < split < N). Empty when every
+    comparison is bit-identical; a network mcstudy cannot run per chip and per sample (an
+    operation across samples, such as a batch statistic) is one problem, with the reason.
+    Inputs the module itself does not take raise ``ValueError``."""
     from .analog import AnalogNetwork
+    from .errors import McStudyError
     from .hardware import Population, TileSpec, Variation, WithinChip
     from .hardware.mapping import DifferentialPair, Encoding
     from .hardware.pcm import PCMDevice, PCMParams
     from .hardware.periphery import ADCSpec, DACSpec, PeripherySpec
     from .rng import chip_stream
 
-    net = AnalogNetwork(module)
+    x = torch.as_tensor(x)
+    x = x.float() if x.is_floating_point() else x
+    if x.dim() == 0 or x.shape[0] < 2:
+        raise ValueError(f"x must be a batch of at least 2 samples (samples first), got shape {tuple(x.shape)}")
+    wrong = [s for s in splits if not 0 < s < x.shape[0]]
+    if wrong:
+        raise ValueError(f"splits must lie between 0 and the {x.shape[0]} samples (exclusive), got {wrong}")
+    if chips < 1:
+        raise ValueError(f"chips must be at least 1, got {chips}")
+    try:
+        with torch.no_grad():
+            module.eval()(x[:2])
+    except Exception as e:  # the module's own error, with the shape it was given
+        raise ValueError(f"the module does not run on inputs of shape {tuple(x[:2].shape)} (2 samples of x): {type(e).__name__}: {e}") from None
+    try:
+        net = AnalogNetwork(module)
+        net.forward(x[:2], net.nominal_read())
+    except McStudyError as e:
+        return [f"mcstudy cannot run this network chip by chip and sample by sample: {e}"]
     converters = PeripherySpec(dac=DACSpec(bits=8), adc=ADCSpec(bits=8), output_noise=0.01)
     problems: list[str] = []
     for label, periphery in (("exact converters", PeripherySpec()), ("8-bit converters and output noise", converters)):

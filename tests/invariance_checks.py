@@ -66,6 +66,7 @@ def networks() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "Conv2d ('same' with an even kernel, stride 2) with sigmoid and Mish": (conv, torch.randn(9, 2, 7, 7)),
         "Conv1d, LSTM, attention, encoder, digital grouped Conv1d and GRU": (_EveryKind(), torch.randn(9, 2, 7)),
         "zoo mlp (sigmoid)": (build_model("mlp", zoo["mlp"].params(hidden=(19, 13), activation="sigmoid"), (1, 6, 6), 5), torch.randn(9, 1, 6, 6)),
+        "zoo mlp (ReLU: no routing needed)": (build_model("mlp", zoo["mlp"].params(hidden=(19, 13)), (1, 6, 6), 5), torch.randn(9, 1, 6, 6)),
         "zoo lenet": (build_model("lenet", zoo["lenet"].params(channels=(3, 5), hidden=(11,), kernel=3), (1, 12, 12), 4), torch.randn(9, 1, 12, 12)),
         "zoo lstm": (build_model("lstm", zoo["lstm"].params(hidden=7, layers=2, step=3), (1, 21), 4), torch.randn(9, 1, 21)),
         "zoo transformer": (build_model("transformer", zoo["transformer"].params(dim=10, heads=2, blocks=1, mlp=14, patch=3), (2, 21), 4), torch.randn(9, 2, 21)),
@@ -96,22 +97,25 @@ def function_problems() -> list[str]:
 
 def gradient_problems() -> list[str]:
     """On-chip learning: each chip's gradient with respect to its read weights is the same
-    alone as in a block."""
-    module, x = networks()["Conv1d, LSTM, attention, encoder, digital grouped Conv1d and GRU"]
-    net = AnalogNetwork(module.eval())
-    pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(within=WithinChip(sigma=0.05)), TileSpec(rows=16))
+    alone as in a block, for a network that needs routing and for one that does not."""
+    problems = []
+    for name in ("Conv1d, LSTM, attention, encoder, digital grouped Conv1d and GRU", "zoo lenet"):
+        module, x = networks()[name]
+        net = AnalogNetwork(module.eval())
+        pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(within=WithinChip(sigma=0.05)), TileSpec(rows=16))
 
-    def grads(chips: list[int]) -> list[torch.Tensor]:
-        read = pop.program(net.nominal, chip_stream(0, "grad", chips), net.granules).read(3600.0)
-        weights = [lr.weight.clone().requires_grad_(True) for lr in read.layers]
-        read = ChipRead([dataclasses.replace(lr, weight=w) for lr, w in zip(read.layers, weights)], read.periphery)
-        with torch.enable_grad():
-            loss = net.logits(x, read).square().sum()
-            with batch_invariant():
-                return list(torch.autograd.grad(loss, weights))
+        def grads(chips: list[int]) -> list[torch.Tensor]:
+            read = pop.program(net.nominal, chip_stream(0, "grad", chips), net.granules).read(3600.0)
+            weights = [lr.weight.clone().requires_grad_(True) for lr in read.layers]
+            read = ChipRead([dataclasses.replace(lr, weight=w) for lr, w in zip(read.layers, weights)], read.periphery)
+            with torch.enable_grad():
+                loss = net.logits(x, read).square().sum()
+                with net.invariant():
+                    return list(torch.autograd.grad(loss, weights))
 
-    block, alone = grads([0, 1, 2]), grads([2])
-    return [f"layer {i}: chip 2's weight gradient differs alone and in a block of 3" for i, (b, a) in enumerate(zip(block, alone)) if not torch.equal(b[2], a[0])]
+        block, alone = grads([0, 1, 2]), grads([2])
+        problems += [f"{name}, layer {i}: chip 2's weight gradient differs alone and in a block of 3" for i, (b, a) in enumerate(zip(block, alone)) if not torch.equal(b[2], a[0])]
+    return problems
 
 
 def main() -> None:

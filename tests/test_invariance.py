@@ -106,7 +106,7 @@ def test_digital_modules_keep_torchs_function_under_batch_invariant() -> None:
         with torch.no_grad(), invariant.batch_invariant():
             whole = f(module, x)
             assert all(torch.equal(whole[i : i + 1], f(module, x[i : i + 1])) for i in range(x.shape[0])), type(module).__name__
-    assert torch.get_num_threads() >= 1 and not invariant._active  # left as found
+    assert torch.get_num_threads() >= 1 and not invariant._active and not invariant._routing  # left as found
 
 
 def test_batch_invariant_keeps_pytorchs_errors_layouts_and_derivatives() -> None:
@@ -168,3 +168,61 @@ def test_every_analog_kind_keeps_chip_identity_under_every_cpu_capability() -> N
         assert report["problems"] == [], f"{cap}: " + "\n".join(report["problems"])
         seen[cap] = report["capability"]
     assert "default" in seen
+
+
+def test_chip_identity_check_takes_arrays_and_explains_what_it_cannot_check() -> None:
+    """``mcstudy.testing.chip_identity_problems`` on a user's network: NumPy inputs are
+    taken; a batch of one, splits outside the batch and inputs the module does not take
+    are errors naming the shapes; a network that mixes samples is one problem, not a crash."""
+    import torch.nn as nn
+
+    from mcstudy.testing import chip_identity_problems
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.SiLU(), nn.Linear(7, 3))
+    x = np.random.default_rng(0).normal(size=(6, 5))  # float64: converted
+    assert chip_identity_problems(net, x, chips=2, splits=(2,)) == []
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        chip_identity_problems(net, x[:1])
+    with pytest.raises(ValueError, match=r"splits must lie between 0 and the 6 samples .* got \[6\]"):
+        chip_identity_problems(net, x, splits=(6,))
+    with pytest.raises(ValueError, match=r"does not run on inputs of shape \(2, 4\)"):
+        chip_identity_problems(net, x[:, :4])
+
+    class BatchStatistic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f, self.g = nn.Linear(5, 4), nn.Linear(4, 2)
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            h = self.f(v)
+            return self.g(h - h.mean(0))
+
+    (problem,) = chip_identity_problems(BatchStatistic(), x)
+    assert problem.startswith("mcstudy cannot run this network chip by chip") and "batch statistic" in problem
+
+
+def test_a_network_of_invariant_modules_needs_no_routing_and_gets_the_same_bits() -> None:
+    """``AnalogNetwork.routed``: a Sequential of analog layers, ReLU, pooling and reshapes
+    runs without the dispatch mode, with the bits it gets with it;
+    any other module (a sigmoid, a custom forward) is routed."""
+    import torch.nn as nn
+
+    from mcstudy.analog import AnalogNetwork
+    from mcstudy.hardware import Population, TileSpec, Variation, WithinChip
+    from mcstudy.hardware.mapping import DifferentialPair, Encoding
+    from mcstudy.hardware.pcm import PCMDevice, PCMParams
+    from mcstudy.rng import chip_stream
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 5), nn.ReLU(), nn.Linear(5, 3))
+    net = AnalogNetwork(plain.eval())
+    assert not net.routed and AnalogNetwork(nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())).routed
+    pop = Population(PCMDevice(PCMParams()), DifferentialPair(Encoding()), Variation(within=WithinChip(sigma=0.05)), TileSpec(rows=8))
+    read = pop.program(net.nominal, chip_stream(0, "routing", range(2)), net.granules).read(3600.0)
+    x = torch.randn(7, 1, 8, 8)
+    unrouted = net.forward(x, read)
+    with invariant.batch_invariant(route=True):  # the inner pass keeps the outer routing
+        assert invariant._routing
+        routed = net.forward(x, read)
+    assert torch.equal(unrouted, routed)

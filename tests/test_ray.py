@@ -211,6 +211,7 @@ for run in range(2):  # a second instance in the same process (a notebook's seco
     token = private / "auth_token"
     out["modes"] = [oct(private.stat().st_mode & 0o777), oct(token.stat().st_mode & 0o777)]
     out["dir"] = str(private)
+    out["notes"] = executor.notes()
     out["token_path_set"] = os.environ.get("RAY_AUTH_TOKEN_PATH") == str(token)
     out["answer"] = ray.get(ray.remote(lambda: 42).remote())
     executor.close()
@@ -245,6 +246,7 @@ def test_a_local_ray_instance_is_private(tmp_path: Path) -> None:
     assert out["modes"] == ["0o700", "0o600"] and out["token_path_set"] and out["answer"] == 42
     assert not out["left"] and not out["home_token_created"]
     assert str(Path(out["dir"]).parent) in FALLBACK_TEMP_DIRS and not any(long_tmp.iterdir())
+    assert out["notes"] == [f"Ray's session files are in {out['dir']}: TMPDIR {long_tmp} is too long for Ray's unix socket paths"]
 
 
 def test_the_private_ray_directory_is_under_tmpdir_where_the_sockets_fit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,11 +264,15 @@ def test_the_private_ray_directory_is_under_tmpdir_where_the_sockets_fit(monkeyp
         monkeypatch.setattr(tempfile, "tempdir", str(short))
         fits = len(str(short)) + len("/mcstudy-ray-12345678") + len(ray_executor.RAY_SOCKET_TAIL)
         monkeypatch.setattr(ray_executor, "SOCKET_PATH_MAX", fits)
-        made.append(Path(ray_executor.private_dir()))
-        assert made[-1].parent == short and made[-1].stat().st_mode & 0o777 == 0o700
+        monkeypatch.setenv("TMPDIR", str(short))
+        path, note = ray_executor.private_dir()
+        made.append(Path(path))
+        assert made[-1].parent == short and made[-1].stat().st_mode & 0o777 == 0o700 and note is None
         monkeypatch.setattr(ray_executor, "SOCKET_PATH_MAX", fits - 1)
-        made.append(Path(ray_executor.private_dir()))
+        path, note = ray_executor.private_dir()
+        made.append(Path(path))
         assert str(made[-1].parent) == ray_executor.FALLBACK_TEMP_DIRS[0]
+        assert note == f"Ray's session files are in {path}: TMPDIR {short} is too long for Ray's unix socket paths"
         monkeypatch.setattr(ray_executor, "SOCKET_PATH_MAX", 10)
         with pytest.raises(McStudyError, match="set TMPDIR to a short writable directory"):
             ray_executor.private_dir()

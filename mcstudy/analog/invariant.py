@@ -24,7 +24,9 @@ for on-chip learning, its backward): it routes ``mm``, ``bmm``, ``mv``, ``dot`` 
 fixed-order kernels, pads the elementwise functions that are not exact in both forms
 (anything but IEEE-exact arithmetic, comparisons, selections and copies), runs PyTorch on
 one thread, with oneDNN off and the math form of ``scaled_dot_product_attention``. The
-analog layers call :func:`matmul` and :func:`conv2d` themselves. ``tests/test_invariance.py``
+analog layers call :func:`matmul` and :func:`conv2d` themselves and run their pipelines
+:func:`suspended` (invariant by construction); a network of such layers, ReLU, pooling and
+reshapes alone needs no routing at all (``AnalogNetwork.routed``). ``tests/test_invariance.py``
 checks every analog kind, alone and in blocks, however its samples are batched, under each
 CPU capability PyTorch can use on the machine.
 
@@ -37,6 +39,7 @@ identity across blocks is a CPU guarantee).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from contextlib import contextmanager
@@ -382,13 +385,24 @@ def _product(packet: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torc
 
 
 @contextmanager
-def batch_invariant() -> Iterator[None]:
-    """Inside: a chip's numbers do not depend on what shares its calls (module docstring).
-    Re-entrant; one PyTorch thread, oneDNN off, the math form of scaled dot-product
-    attention and no fused transformer fast path while active."""
-    global _active
+def batch_invariant(route: bool = True) -> Iterator[None]:
+    """Inside: a chip's numbers do not depend on what shares its calls (module docstring):
+    one PyTorch thread, oneDNN off, the math form of scaled dot-product attention, no fused
+    transformer fast path, and — where ``route`` — :class:`BatchInvariant` routing every
+    operation. A network made only of operations invariant by construction (mcstudy's
+    analog layers, ReLU, pooling, reshapes: ``AnalogNetwork.routed``) needs no routing.
+    Re-entrant: an inner call adds the routing an outer one left out."""
+    global _active, _routing
     if _active:
-        yield
+        if route and not _routing:
+            _routing = True
+            try:
+                with BatchInvariant():
+                    yield
+            finally:
+                _routing = False
+        else:
+            yield
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -399,12 +413,12 @@ def batch_invariant() -> Iterator[None]:
         torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = False
     torch.backends.mha.set_fastpath_enabled(False)
-    _active = True
+    _active, _routing = True, route
     try:
-        with sdpa_kernel(SDPBackend.MATH), BatchInvariant():
+        with sdpa_kernel(SDPBackend.MATH), (BatchInvariant() if route else contextlib.nullcontext()):
             yield
     finally:
-        _active = False
+        _active = _routing = False
         if threads != 1:
             torch.set_num_threads(threads)
         torch.backends.mkldnn.enabled = mkldnn
@@ -412,14 +426,17 @@ def batch_invariant() -> Iterator[None]:
 
 
 _active = False  # whether batch_invariant() is active in this process (it is re-entrant)
+_routing = False  # whether its BatchInvariant mode is on
 
 
 @contextmanager
 def suspended() -> Iterator[None]:
-    """Inside a chip pass, PyTorch's own operations without :class:`BatchInvariant` (for work
-    already invariant by construction, with many small operations: the counter-based random
-    streams of ``rng.py``, whose values depend on their keys alone)."""
-    if not _active:
+    """Inside a chip pass, PyTorch's own operations without :class:`BatchInvariant`, for work
+    invariant by construction made of many small operations: an analog layer's pipeline
+    (converters, noise, neuron stage: exact arithmetic, row-wise maxima and compiled
+    passes around the fixed-order products) and the counter-based random streams of
+    ``rng.py``, whose values depend on their keys alone."""
+    if not _routing:
         yield
         return
     from torch.utils._python_dispatch import _disable_current_modes

@@ -49,8 +49,7 @@ def _vector_noise(read: LayerRead, tag: tuple[str | int, ...], k: int, like: tor
     assert read.noise is not None
     c, n = like.shape[:2]
     per_sample = math.prod(like.shape[2:])
-    with suspended():  # the streams' values depend on their keys alone: no need to route their many small operations
-        z = read.noise.child(*tag, k).normal_range(sample_offset * per_sample, n * per_sample, dtype=like.dtype)
+    z = read.noise.child(*tag, k).normal_range(sample_offset * per_sample, n * per_sample, dtype=like.dtype)
     return z.view(like.shape)
 
 
@@ -193,6 +192,12 @@ class ChipLayer(nn.Module):
         return x, ()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the layer's pipeline (converters, noise draws, fixed-order products, neuron stage)
+        # is invariant by construction: its many small operations need no routing
+        with suspended():
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         call = self.call
         if call is None:
             raise RuntimeError("analog layer called without a deployed chip read (outside AnalogNetwork.logits)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -146,6 +147,19 @@ class AnalogNetwork:
                 h.remove()
         return seen
 
+    @property
+    def routed(self) -> bool:
+        """Whether a chip pass needs ``invariant.BatchInvariant`` to route its operations:
+        every network but one composed by ``nn.Sequential`` of modules whose operations are
+        invariant by construction (analog layers, ReLU, max-pooling, reshapes, dropout in
+        evaluation), whose chip passes run mcstudy's own kernels and exact operations only."""
+        return _routed(self.module)
+
+    def invariant(self) -> contextlib.AbstractContextManager[None]:
+        """The context a chip pass of this network runs in (forward, and on-chip learning's
+        backward): ``invariant.batch_invariant``, routing where :attr:`routed`."""
+        return batch_invariant(route=self.routed)
+
     def describe(self) -> tuple[list[str], list[str]]:
         """What runs where: each crossbar as ``weight: kind out×fan_in``, and the digital
         modules with parameters or computation by type, each type once (with the reason
@@ -217,7 +231,7 @@ class AnalogNetwork:
         try:
             for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
                 layer.call = LayerCall(lr, read.periphery, a, b, calibrate, sample_offset, purpose, shared and layer is self.module[k])
-            with batch_invariant():  # a chip's numbers whatever shares the call (invariant.py)
+            with self.invariant():  # a chip's numbers whatever shares the call (invariant.py)
                 out = self.module(x if shared else x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
             self.reads_last_pass = [layer.call.calls if layer.call is not None else 0 for layer in self.layers]
@@ -236,7 +250,7 @@ class AnalogNetwork:
         ``inputs[i]`` ``(K, fan_in)`` applied directly to it (the same on every chip), through
         the periphery and its noise: a readout of the chip, as calibration circuits do."""
         out = []
-        with batch_invariant():
+        with batch_invariant(route=False):  # the crossbars alone: invariant by construction
             for xi, lr in zip(inputs, read.layers):
                 x = xi.unsqueeze(0).expand(read.n_chips, *xi.shape)
                 out.append(crossbar(x, lr, read.periphery, linear_product, linear_rows, purpose="readout"))
@@ -278,6 +292,17 @@ class AnalogNetwork:
             for w in self.nominal
         ]
         return ChipRead(layers, PeripherySpec())
+
+
+_INVARIANT_MODULES = (ChipLayer, CompiledMaxPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.ReLU, nn.Dropout, *_RESHAPES)
+
+
+def _routed(m: nn.Module) -> bool:
+    """Whether a chip pass through ``m`` may run operations whose result for an element
+    depends on the rest of the call (see :attr:`AnalogNetwork.routed`)."""
+    if type(m) is nn.Sequential:
+        return any(_routed(child) for child in m)
+    return not isinstance(m, _INVARIANT_MODULES)
 
 
 def _probe_inputs(x: torch.Tensor) -> list[torch.Tensor]:
@@ -322,5 +347,6 @@ def _sample_layout(name: str, base: torch.Tensor, changed: list[torch.Tensor]) -
             return d, k
     raise McStudyError(
         f"{layer}'s input (shape {tuple(base.shape)} for 3 samples) mixes the samples: give it inputs whose samples have a "
-        "dimension of their own, or lead a merged one ((N·L, E), not (L·N, E))"
+        "dimension of their own, or lead a merged one ((N·L, E), not (L·N, E)); an operation across samples (a batch "
+        "statistic such as x.mean(0), or batch norm in training mode) cannot run chip by chip"
     )

@@ -86,6 +86,8 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
         if executor_name == "local":
             workers = workers or _cpus()
         with EXECUTORS.get(executor_name).obj(workers, options.address or ex.address, module_sources(spec)) as executor:
+            for note in executor.notes():
+                console.print(f"  {note}", markup=False, highlight=False)
             states, arch, ranges, trained, trained_reports = _train(spec, data, executor, cache, console)
             payload = Payload.build(spec, states, data, arch, ranges=ranges)
             coordinator_ctx = WorkerContext(payload, device="cpu")

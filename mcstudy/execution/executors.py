@@ -57,6 +57,10 @@ class Executor(ABC):
     def describe(self) -> str:
         return f"{self.name} × {self.workers}"
 
+    def notes(self) -> list[str]:
+        """What the user should know about how this executor runs (printed at the start of a run)."""
+        return []
+
     def close(self, aborted: bool = False) -> None:  # noqa: B027 (executors without resources need no cleanup)
         """Release workers and connections; ``aborted`` (an error or an interrupt ended the
         run): stop them at once rather than letting running work finish."""

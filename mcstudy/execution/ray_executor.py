@@ -104,21 +104,27 @@ RAY_SOCKET_TAIL = f"/{RAY_TEMP}/session_2026-01-01_00-00-00_000000_4194304/socke
 FALLBACK_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
-def private_dir() -> str:
+def private_dir() -> tuple[str, str | None]:
     """A new 0700 directory for a private local Ray instance whose socket paths fit the
-    kernel's limit: under ``TMPDIR`` (``tempfile.gettempdir()``) where they fit, else under
-    the first of :data:`FALLBACK_TEMP_DIRS` where they do."""
+    kernel's limit — under ``TMPDIR`` (``tempfile.gettempdir()``) where they fit, else under
+    the first of :data:`FALLBACK_TEMP_DIRS` where they do — and, where it is not under the
+    ``TMPDIR`` the user set, a line saying why."""
     example = "mcstudy-ray-" + "x" * 8  # mkdtemp's name: the prefix and 8 characters
     tried = []
+    asked = os.environ.get("TMPDIR")
     for base in dict.fromkeys([tempfile.gettempdir(), *FALLBACK_TEMP_DIRS]):
         length = len(os.fsencode(os.path.join(os.path.abspath(base), example) + RAY_SOCKET_TAIL))
         if length > SOCKET_PATH_MAX:
             tried.append(f"{base} (socket paths of {length} bytes)")
             continue
         try:
-            return tempfile.mkdtemp(prefix="mcstudy-ray-", dir=base)
+            made = tempfile.mkdtemp(prefix="mcstudy-ray-", dir=base)
         except OSError as e:
             tried.append(f"{base} ({e.strerror or e})")
+            continue
+        moved = asked and os.path.abspath(base) != os.path.abspath(asked)
+        why = "is too long for Ray's unix socket paths" if os.path.isdir(asked or "") else "is not a directory"
+        return made, (f"Ray's session files are in {made}: TMPDIR {asked} {why}" if moved else None)
     raise McStudyError(
         f"no directory for a local Ray instance's unix sockets (at most {SOCKET_PATH_MAX} bytes each): tried "
         + ", ".join(tried) + "; set TMPDIR to a short writable directory"
@@ -130,7 +136,7 @@ class LocalRay:
     with its files by :meth:`stop`."""
 
     def __init__(self) -> None:
-        self.dir = private_dir()  # 0700; short enough for Ray's unix sockets whatever TMPDIR is
+        self.dir, self.note = private_dir()  # 0700; short enough for Ray's unix sockets whatever TMPDIR is
         self._saved: dict[str, str | None] = {}
         self._constants: dict[str, Any] = {}
 
@@ -269,6 +275,10 @@ class RayExecutor(Executor):
         super().__init__(n, address)
         self.actors: list[Any] = []
         self._payload_ref: Any = None
+
+    def notes(self) -> list[str]:
+        note = self._owns.note if isinstance(self._owns, LocalRay) else None
+        return [note] if note else []
 
     def train(self, jobs: list[TrainJob], data: Dataset) -> list[TrainedModel]:
         import ray

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..analog import AnalogNetwork
-from ..analog.invariant import batch_invariant
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..rng import Stream, fixed_stream
@@ -216,7 +215,7 @@ class InsituTransfer(Procedure):
                     )
                     c, b, k = logits.shape
                     loss = F.cross_entropy(logits.reshape(c * b, k), y[idx].repeat(c), reduction="none").reshape(c, b).mean(1).sum()
-                    with batch_invariant():  # the backward pass's products in the chip pass's fixed order
+                    with net.invariant():  # the backward pass as invariant as the chip pass
                         grads = torch.autograd.grad(loss, [q.value for q in params])
                 with torch.no_grad():
                     for j, (q, g) in enumerate(zip(params, grads)):
