@@ -10,7 +10,7 @@ different study is refused unless the user asks to overwrite it.
 |---|---|
 | ``accuracy``, ``loss`` | variant, hardware, procedure, time, chip |
 | ``done`` | variant, hardware, chip |
-| ``float_accuracy``, ``float_loss`` | variant |
+| ``float_accuracy``, ``float_loss`` (the trained network as its trainer computes it, digitally) | variant |
 | per-chip draws (``between_z`` ...) | hardware, chip |
 """
 
@@ -98,7 +98,7 @@ def template(
         data_vars[f"float_{m}"] = xr.Variable(
             ("variant",),
             np.array([float_metrics[v.name][m] for v in spec.variants], dtype=np.float32),  # as the chips' metrics
-            attrs={**attrs[m], "long_name": f"float (digital) model's {attrs[m]['long_name']}"},
+            attrs={**attrs[m], "long_name": f"the trained network's {attrs[m]['long_name']}, computed digitally as its trainer's forward pass (its weight transfer and activation quantisation)"},
         )
     data_vars["done"] = xr.Variable(
         UNIT_DIMS,

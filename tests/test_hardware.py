@@ -184,6 +184,27 @@ def test_adc_and_dac_quantise_outputs_and_inputs() -> None:
     torch.testing.assert_close(net.forward(x, fine.program(net.nominal, chip_stream(0, "a", [0])).read(1.0)), exact, rtol=0, atol=2e-3)
 
 
+def test_a_per_vector_dac_scales_a_convolution_by_its_whole_image() -> None:
+    """``dac.mode: per_vector`` gives a Linear each input vector its own range and a
+    convolution each input image one range for all its patches (as documented, and as a
+    trainer's activation quantisation computes it): the chip's output is the exact
+    convolution of the image quantised over its own largest |x|."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.Flatten()).double()
+    net = AnalogNetwork(conv)
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    x[:, :, :4] *= 0.05  # patches of the top half are far below the image's largest |x|
+    dac = DACSpec(bits=3)
+    pop = Population(IdealDevice(IdealParams()), MAPPINGS.get("differential").obj(MAPPINGS.get("differential").params()), Variation(),
+                     TileSpec(), PeripherySpec(dac=dac))  # fmt: skip
+    chip = net.forward(x, pop.program(net.nominal, chip_stream(0, "dac", [0])).read(1.0))[0]
+    from mcstudy.training.quantized import quantise_activation
+
+    with torch.no_grad():
+        own = conv(quantise_activation(x, dac))
+    torch.testing.assert_close(chip, own, rtol=1e-9, atol=1e-9)
+
+
 def test_operating_point_drift_and_mismatch() -> None:
     net = _mlp_net()
     ideal = _ideal("differential")
@@ -424,3 +445,119 @@ def test_a_predistorting_mapper_undoes_the_curve_and_the_asymmetry_it_knows(mapp
         assert pre <= plain
         if bits == 4:
             assert pre < 0.5 * plain
+
+
+# -- writing programmed devices again (on-chip learning's write-back) ---------------------
+
+
+def _pcm(**params: object) -> Population:
+    device, mapping = DEVICES.get("pcm"), MAPPINGS.get("differential")
+    return Population(device.obj(device.params(**params)), mapping.obj(mapping.params()), Variation())
+
+
+def test_a_rewritten_layer_drifts_from_its_write() -> None:
+    """Without programming and read noise a PCM layer written again at t_w reads, 20 s
+    later, exactly the new weights (the drift factor (t/t0)^−ν is 1 at t0 = 20 s of age),
+    while the layers not written have drifted since the first programming; a day after the
+    write the rewritten layer has drifted by (86 400 s / 20 s)^−ν with the new write's ν."""
+    pop = _pcm(prog_noise_scale=0.0, read_noise_scale=0.0)
+    w, new = _weights(), _weights(seed=1) * 0.5
+    chips = pop.program([w, w], chip_stream(0, "rewrite", range(4)))
+    t_w = 30 * 86400.0
+    written = chips.rewritten(1, new.expand(4, *new.shape), t_w, "test")
+    fresh = pop.program([new], chip_stream(0, "rewrite", range(4))).read(20.0).layers[0].weight  # new weights, read at 20 s of age
+    scale = chips.layers[1].w_max
+    torch.testing.assert_close(written.read_layer(1, t_w + 20.0).weight, fresh, rtol=0, atol=1e-6 * float(scale.max()))
+    torch.testing.assert_close(written.read_layer(0, t_w + 20.0).weight, chips.read_layer(0, t_w + 20.0).weight)  # untouched
+    assert (chips.read_layer(0, t_w + 20.0).weight.abs().sum() < 0.8 * w.abs().sum() * 4)  # a month of drift
+    g_prog, nu = written.programmed(1, "g_prog"), written.programmed(1, "nu")
+    decoded = pop.mapping.decode(g_prog * (86400.0 / 20.0) ** (-nu), chips.layers[1].coeff, scale, pop.device.g_max)
+    torch.testing.assert_close(written.read_layer(1, t_w + 86400.0).weight, decoded, rtol=1e-5, atol=1e-6 * float(scale.max()))
+    assert not torch.equal(nu, chips.programmed(1, "nu"))  # the write drew its own drift exponents
+
+
+def test_a_rewrite_draws_fresh_programming_noise_of_the_devices_law() -> None:
+    """The programming error of a write is a fresh draw of the same law as the first
+    programming: over 64 chips × 600 weights its spread matches a first programming's
+    (standard errors from the sample size) and it is uncorrelated with the first error
+    (a rewrite drawing the first programming's normals again would give r = 1)."""
+    pop = _pcm(drift_scale=0.0, read_noise_scale=0.0)
+    w = _weights()
+    n = 64
+    chips = pop.program([w], chip_stream(1, "noise", range(n)))
+    written = chips.rewritten(0, w.expand(n, *w.shape), 3600.0, "test")
+    first = chips.read_layer(0, 20.0).weight - w
+    again = written.read_layer(0, 3620.0).weight - w
+    k = first.numel()
+    s1, s2 = first.std(), again.std()
+    assert abs(float(s2 / s1) - 1) < 4 * math.sqrt(1 / k)  # ratio of two sample std's: se ≈ √(1/k)
+    # about each weight's mean error over the chips (the clamp at G = 0 biases small conductances alike)
+    r = float(torch.corrcoef(torch.stack([(first - first.mean(0)).flatten(), (again - again.mean(0)).flatten()]))[0, 1])
+    assert abs(r) < 4 / math.sqrt(k)
+
+
+def test_a_rewrite_keeps_the_devices_variation_and_a_unipolar_columns_sign() -> None:
+    """The same devices: their within-chip variation draws are the first programming's; a
+    unipolar block keeps its wiring's sign (weights of the other sign write as 0); an SRAM
+    cell takes new values through its own fabrication mismatch."""
+    w = _weights().abs()
+    pop = _ideal("differential").__class__(
+        DEVICES.get("ideal").obj(DEVICES.get("ideal").params()), MAPPINGS.get("unipolar").obj(MAPPINGS.get("unipolar").params()),
+        Variation.model_validate({"within": {"sigma": 0.2}}),
+    )  # fmt: skip
+    chips = pop.program([w], chip_stream(2, "keep", range(3)))
+    gain = chips.read(20.0).layers[0].weight / w  # each device's variation factor
+    new = -w.clone()
+    new[:, :5] = w[:, :5] * 0.5  # mostly the other sign: the block's sign stays +
+    written = chips.rewritten(0, new.expand(3, *new.shape), 100.0, "test").read(120.0).layers[0].weight
+    torch.testing.assert_close(written[:, :, :5], (gain * w * 0.5)[:, :, :5], rtol=1e-5, atol=1e-7)
+    assert torch.equal(written[:, :, 5:], torch.zeros_like(written[:, :, 5:]))
+    sram = Population(SRAMDevice(SRAMParams(mismatch=0.1)), MAPPINGS.get("differential").obj(MAPPINGS.get("differential").params()), Variation())
+    chips = sram.program([w], chip_stream(3, "cells", range(3)))
+    factor = chips.read(1.0).layers[0].weight / w
+    again = chips.rewritten(0, (w * 0.5).expand(3, *w.shape), 10.0, "test").read(11.0).layers[0].weight
+    torch.testing.assert_close(again, factor * w * 0.5, rtol=1e-5, atol=1e-7)
+
+
+# -- unipolar crossbars: the reference column -------------------------------------------
+
+
+def _unipolar_rram(**params: object) -> Population:
+    device, mapping = DEVICES.get("rram"), MAPPINGS.get("unipolar")
+    return Population(device.obj(device.params(**params)), mapping.obj(mapping.params()), Variation(), TileSpec(rows=16, cols=8))
+
+
+def test_a_unipolar_column_subtracts_its_reference_column() -> None:
+    """A unipolar crossbar with G_min > 0 removes each column's G_min·Σx offset with a
+    reference column (a device at G_min per input row, in every column of tiles), not
+    with the nominal G_min for free: a weight's error is its own device's deviation less
+    its row's reference device's, so (i) errors of two outputs in one column of tiles at
+    one input share the reference's variance (covariance ≈ Var(ref)), (ii) in different
+    columns of tiles they do not, and (iii) each error's variance is about twice one
+    device's. Off-state spread σ 0.25; tolerances from the number of samples. Pairs need no
+    reference; without device noise the reference removes exactly G_min."""
+    w = _weights(16, 32).abs() * (torch.rand(16, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64) < 0.3)
+    pop = _unipolar_rram(sigma_on=0.0, relax_mean=0.0, relax_sigma=0.0, read_noise=0.0)  # off-state spread only
+    n = 2000
+    chips = pop.program([w], chip_stream(4, "ref", range(n)))
+    assert chips.layers[0].reference is not None
+    e = chips.read(20.0).layers[0].weight - w  # (C, 16, 32)
+    zero = (w == 0)  # devices at G_min: their error is the off-state spread alone
+    # pick pairs of zero weights at one input: outputs 0..7 share tile column 0, 8..15 tile column 1
+    same, other, own = [], [], []
+    for j in range(32):
+        z0 = [o for o in range(8) if zero[o, j]]
+        z1 = [o for o in range(8, 16) if zero[o, j]]
+        if len(z0) >= 2:
+            same.append(float(torch.mean(e[:, z0[0], j] * e[:, z0[1], j]) - e[:, z0[0], j].mean() * e[:, z0[1], j].mean()))
+            own.append(float(e[:, z0[0], j].var()))
+        if z0 and z1:
+            other.append(float(torch.corrcoef(torch.stack([e[:, z0[0], j], e[:, z1[0], j]]))[0, 1]))
+    se = 1 / math.sqrt(n)
+    cov, var = float(np.mean(same)), float(np.mean(own))
+    assert abs(cov / var - 0.5) < 6 * se  # Var(e) = Var(own) + Var(ref), Cov = Var(ref): ratio ½
+    assert abs(float(np.mean(other))) < 6 * se / math.sqrt(len(other))
+    quiet = _unipolar_rram(sigma_on=0.0, sigma_off=0.0, relax_mean=0.0, relax_sigma=0.0, read_noise=0.0)
+    torch.testing.assert_close(quiet.program([w], chip_stream(4, "ref", range(2))).read(20.0).layers[0].weight[0], w, rtol=1e-6, atol=1e-9)
+    pair = Population(pop.device, MAPPINGS.get("differential").obj(MAPPINGS.get("differential").params()), Variation())
+    assert pair.program([w], chip_stream(4, "ref", range(2))).layers[0].reference is None

@@ -127,6 +127,103 @@ def test_insitu_transfer_state_is_on_its_fixed_point_grid_and_ignores_the_test_s
         torch.testing.assert_close(g, torch.round(g), rtol=0, atol=1e-4)
 
 
+def test_insitu_transfer_learns_through_what_the_chip_knows(net: AnalogNetwork) -> None:
+    """A chip knows its layers' measured outputs and the weights it stored, not its
+    multipliers' mismatch or its neurons' drift: one float SGD step on the last layer moves
+    its weights by exactly −lr·(softmax(chip logits) − onehot)ᵀ·(measured hidden
+    activations) / batch — not by that gradient times each multiplier's unknown gain, as
+    back-propagating through the chip's realised weights would."""
+    import dataclasses
+
+    from mcstudy.procedures.base import layer_outputs
+
+    pop = _population(periphery={"mismatch": {"gain": 0.3}, "op_drift": {"gain": 0.2, "offset": 0.3, "granularity": "neuron"}})
+    chips = pop.program(net.nominal, chip_stream(3, "know", range(2)), net.granules)
+    read, data = chips.read(20.0), _data()
+    lr, b = 0.1, 32
+    proc = InsituTransfer(InsituTransferParams(bits=None, epochs=1, samples=b, batch_size=b, lr=lr, trims="none"))
+    tuned, _, _ = proc.learn(chips, read, 20.0, net, data, proc.prepare(chips, net, data))
+    last, gain = len(net.layers) - 1, chips.layers[-1].gain
+    assert gain is not None
+    learned = tuned.layers[last].weight / gain  # the learning stage's weights (they act through the multipliers)
+    w0 = net.reference[last]
+    start = [*read.layers[:last], dataclasses.replace(read.layers[last], weight=w0 * gain, var=None)]
+    x, y = data.x_cal[:b], data.y_cal[:b]
+    chip_read = dataclasses.replace(read, layers=start)
+    logits = net.forward(x, chip_read)  # (C, b, classes): the chip's own outputs
+    hidden = torch.relu(layer_outputs(net, x, chip_read, "check")[0] + net.layers[0].bias)  # measured, as the chip sees them
+    error = (torch.softmax(logits, -1) - torch.nn.functional.one_hot(y, logits.shape[-1])) / b
+    step = lr * torch.einsum("cbo,cbi->coi", error, hidden)
+    torch.testing.assert_close(learned, w0 - step, rtol=1e-4, atol=1e-5)
+    # the realised weights' gradient (the step times each multiplier's gain) is far from it
+    assert (learned - (w0 - step * gain)).abs().amax() > 20 * 1e-4 * step.abs().amax()
+
+
+def test_learning_through_known_weights_leaves_the_forward_pass_bit_for_bit(net: AnalogNetwork) -> None:
+    pop = _population(periphery={"mismatch": {"gain": 0.2, "offset": 0.1}})
+    read = pop.program(net.nominal, chip_stream(4, "same", range(3)), net.granules).read(20.0)
+    x = torch.from_numpy(DATA.x_cal[:40])
+    known = [w.unsqueeze(0).clone().requires_grad_(True) for w in net.reference]
+    with torch.enable_grad():
+        out = net.logits(x, read, known=known)
+        out.sum().backward()
+    assert torch.equal(out.detach(), net.forward(x, read))
+    assert all(k.grad is not None and k.grad.abs().amax() > 0 for k in known)
+
+
+def _pcm_population(**params: object) -> Population:
+    device, mapping = DEVICES.get("pcm"), MAPPINGS.get("differential")
+    return Population(device.obj(device.params(**params)), mapping.obj(mapping.params()), Variation())
+
+
+def test_insitu_transfer_writes_what_it_learned_back_to_pcm_devices(net: AnalogNetwork) -> None:
+    """On PCM the learned last layer is written back to its devices at the learning time
+    and scored on a read 20 s later: without device noise that read is the learned weights
+    as the mapping realises them; with the device's noise it deviates from them as much as
+    a first programming deviates from its targets (programming and read noise at 20 s of
+    age). On ideal devices (Jia et al.'s processor) it is the learning stage's weights."""
+    t = 86400.0
+    data = _data()
+    proc = InsituTransfer(InsituTransferParams(bits=8, epochs=1, samples=64))
+    last = len(net.layers) - 1
+    for quiet in (True, False):
+        pop = _pcm_population(**({"prog_noise_scale": 0.0, "read_noise_scale": 0.0} if quiet else {}))
+        chips = pop.program(net.nominal, chip_stream(5, "write", range(8)), net.granules)
+        read = chips.read(t)
+        prep = proc.prepare(chips, net, data)
+        learned = proc.learn_weights(chips, read, t, net, data, prep)[0][last].value
+        scored = proc.learn(chips, read, t, net, data, prep)[0].layers[last].weight
+        assert torch.equal(scored, proc.learn(chips, read, t, net, data, prep)[0].layers[last].weight)  # one write, one read
+        w_max = float(chips.layers[last].w_max.max())
+        if quiet:
+            torch.testing.assert_close(scored, learned.clamp(-w_max, w_max), rtol=0, atol=1e-5 * w_max)
+        else:
+            first = (chips.read(20.0).layers[last].weight - net.nominal[last]).std()
+            ratio = float((scored - learned).std() / first)
+            assert 0.7 < ratio < 1.4, ratio
+    ideal = _population().program(net.nominal, chip_stream(5, "write", range(3)), net.granules)
+    prep = proc.prepare(ideal, net, data)
+    read = ideal.read(t)
+    learned = proc.learn_weights(ideal, read, t, net, data, prep)[0][last].value
+    assert torch.equal(proc.learn(ideal, read, t, net, data, prep)[0].layers[last].weight, learned)
+
+
+def test_drift_compensation_never_uses_a_reference_read_taken_after_the_read_it_corrects(net: AnalogNetwork) -> None:
+    """The reference readout is taken at ``reference_time`` (20 s) after programming: a read
+    at 1 s comes before it, so it is scored uncompensated — bit for bit the plain
+    inference on the same read — while a read at 1 h is compensated."""
+    from mcstudy.procedures.drift_compensation import DriftCompensation, DriftCompensationParams
+
+    chips = _pcm_population().program(net.nominal, chip_stream(6, "early", range(4)), net.granules)
+    data = _data()
+    proc = DriftCompensation(DriftCompensationParams())
+    state = proc.prepare(chips, net, data)
+    early = chips.read(1.0)
+    assert torch.equal(proc.evaluate(state, chips, early, 1.0, net, data)["loss"], data.score(net, early)["loss"])
+    late = chips.read(3600.0)
+    assert not torch.equal(proc.evaluate(state, chips, late, 3600.0, net, data)["loss"], data.score(net, late)["loss"])
+
+
 @pytest.mark.parametrize("kind", ["self_tuning", "insitu_transfer"])
 def test_procedures_on_a_block_equal_the_same_procedures_chip_by_chip(net: AnalogNetwork, kind: str) -> None:
     pop = _population({"within": {"sigma": 0.1}, "between": {"sigma": 0.2}}, {**DRIFT, "mismatch": {"gain": 0.1}, "dac": {"bits": 6}})

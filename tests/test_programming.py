@@ -4,6 +4,8 @@ models and study features it needs (LSTM, 1-D LeNet, per-variant models, shared 
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import yaml
 from mcstudy import load_study, open_results
 from mcstudy.analog import AnalogNetwork
 from mcstudy.errors import SpecError
-from mcstudy.hardware import DEVICES, Population, Variation
+from mcstudy.hardware import DEVICES, MAPPINGS, Population, Variation
 from mcstudy.hardware.mapping import Encoding
 from mcstudy.hardware.tiles import TileSpec
 from mcstudy.models import build_model
@@ -64,6 +66,28 @@ def test_ideal_devices_programmed_with_a_strategy_read_back_the_target_weights()
         pop = Population(ideal.obj(ideal.params()), StrategyMapping(s), Variation())
         read = pop.program([w], chip_stream(0, "ideal", range(2)), [1]).read(20.0)
         torch.testing.assert_close(read.layers[0].weight, w.expand(2, -1, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_naive_strategy_is_one_differential_pair_without_a_second_pairs_noise() -> None:
+    """Mackin et al.'s naive baseline programs each weight on one pair (G⁺, G⁻): its second
+    pair is not part of the cell, so PCM's programming noise at G = 0 on g⁺ and g⁻ never
+    reaches the weight. Over 64 chips × 240 weights the naive split's weight error has the
+    spread of a plain differential pair's (same scale, the same law; tolerance from the
+    sample size), not the 5 % more that two more devices at 0 (clamped at G ≥ 0) add here."""
+    torch.manual_seed(1)
+    w = torch.randn(12, 20, dtype=torch.float64) * 0.05  # small weights: the devices at 0 dominate
+    w_max = float(w.abs().max())
+    pcm = DEVICES.get("pcm").obj(DEVICES.get("pcm").params(drift_scale=0.0, read_noise_scale=0.0))
+    pair = MAPPINGS.get("differential")
+    errors = []
+    for mapping in (StrategyMapping(Strategy.naive()), pair.obj(pair.params())):
+        pop = Population(pcm, mapping, Variation(), weight_scale="layer")
+        read = pop.program([w], chip_stream(7, "naive", range(64)), [1]).read(20.0)
+        errors.append((read.layers[0].weight - w) / w_max)
+    k = errors[0].numel()
+    ratio = float(errors[0].std() / errors[1].std())
+    assert abs(ratio - 1) < 4 * math.sqrt(1 / k), ratio
+    assert Strategy.naive().coefficients()[2:].abs().max() == 0 and Strategy.equal().coefficients()[2:].abs().min() > 0
 
 
 def _objective(seed: int = 0) -> ProgrammingObjective:

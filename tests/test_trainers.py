@@ -102,9 +102,12 @@ def test_deployed_on_ideal_devices_is_the_trainers_forward_bit_for_bit(trainer: 
     pop = Population(ideal.obj(ideal.params()), entry.obj(entry.params(**mapping_params)), Variation(), TileSpec(rows=256, cols=256), periphery)
     assert net.nominal[0].shape[1] == 784 and -(-784 // pop.tile.rows) == 4
     read = pop.program(net.nominal, chip_stream(0, "deploy", range(3)), net.granules, net.layer_ranges(trained.ranges)).read(20.0)
-    for lr, n in zip(read.layers, names):
+    rule.set_reference(net)
+    for k, (lr, n) in enumerate(zip(read.layers, names)):
         for c in range(3):
             assert torch.equal(lr.weight[c], forward[n].detach()), n  # bit for bit, every chip
+            assert torch.equal(lr.weight[c], net.reference[k]), n  # and the variant's reference is what the chips deploy
+    assert net.nominal_read().periphery.dac == periphery.dac
     # the chip's logits are the trainer's forward pass (the same weights, the same DAC)
     x = torch.from_numpy(WIDE.x_test[:200])
     trained_read = ChipRead(
@@ -119,6 +122,59 @@ def test_deployed_on_ideal_devices_is_the_trainers_forward_bit_for_bit(trainer: 
     for h in hooks:
         h.remove()
     torch.testing.assert_close(chip_logits[0], own, rtol=1e-5, atol=1e-5)  # torch's own Linear sums in another order
+
+
+# what each trainer's forward pass computes once the noise it samples is off (the chips supply that)
+_NOISE_OFF: dict[str, dict] = {
+    "standard": {},
+    "noise_injection": dict(sigma=0.0),
+    "quantization_aware": dict(bits=2, activation_bits=3, activation_signed=False),
+    "post_training_quantized": dict(bits=3, activation_bits=3),
+    "variability_aware": dict(bits=2, activation_bits=4, variation={"within": {"sigma": 0.0}, "between": {"sigma": 0.0}}),
+    "hardware_aware": dict(bits=2, activation_bits=3, activation_signed=False, nonlinearity=2.0, on_off_ratio=10.0, asymmetry=0.1),
+    "uniform_unipolar": dict(bits=2, activation_bits=4, activation_signed=False, activation_range=4.0, max_candidates=1),
+    "pretrained": {},
+}
+
+
+def test_every_trainer_is_covered_by_the_reference_test() -> None:
+    assert sorted(_NOISE_OFF) == sorted(TRAINERS.names())
+
+
+@pytest.mark.parametrize("name", sorted(_NOISE_OFF))
+def test_every_variants_reference_is_what_its_trainer_computes(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A variant is judged against (its float accuracy, self-tuning's targets, in-situ
+    learning's start: ``AnalogNetwork.nominal_read``) the network its trainer's own forward
+    pass computes at the end of training — the weights through the trainer's transfer
+    function and the inputs through its activation quantisation — for every registered
+    trainer, as the worker sets it up. Not the stored weights alone: a hardware-aware
+    trainer stores the weights its transfer function maps."""
+    params = dict(_NOISE_OFF[name])
+    if name == "pretrained":
+        donor = build_model("mlp", MLP, DATA.input_shape, DATA.n_classes)
+        torch.save(donor.state_dict(), tmp_path / "w.pt")
+        params["checkpoint"] = str(tmp_path / "w.pt")
+    else:
+        params["epochs"] = 1
+    entry = TRAINERS.get(name)
+    trained = run_train_job(TrainJob("mlp", MLP, name, entry.params(**params), 0), DATA)
+    model = build_model("mlp", trained.model_params or MLP, DATA.input_shape, DATA.n_classes)
+    model.load_state_dict(trained.state_dict)
+    net = AnalogNetwork(model)
+    rule = entry.obj(entry.params(**params))
+    rule.set_reference(net)
+    stored = dict(model.named_parameters())
+    names = net.weight_names
+    forward = rule.weights({n: stored[n] for n in names}, torch.Generator().manual_seed(0), 1.0)
+    hooks = [m.register_forward_pre_hook(lambda _m, a: (rule.activation(a[0]),)) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    x = torch.from_numpy(DATA.x_test[:200])
+    with torch.no_grad():
+        own = torch.func.functional_call(model.eval(), {**stored, **forward}, (x,))
+    for h in hooks:
+        h.remove()
+    for k, n in enumerate(names):
+        assert torch.equal(net.reference[k], forward[n].detach()), n
+    torch.testing.assert_close(net.forward(x, net.nominal_read())[0], own, rtol=1e-5, atol=1e-5)  # torch's Linear sums in another order
 
 
 def test_a_tile_without_the_layers_largest_weight_keeps_the_trainers_grid() -> None:
@@ -303,6 +359,19 @@ def test_hardware_aware_beats_standard_and_plain_qat_on_a_nonlinear_device(stand
     hwa = _mean_accuracy(_trained("hardware_aware", **encoding), pop, 1)
     assert hwa - _mean_accuracy(standard_state, pop, 1) > 0.05
     assert hwa > _mean_accuracy(_trained("quantization_aware", bits=2), pop, 1)
+
+
+def test_unipolar_counts_include_the_reference_columns_where_g_min_is_above_0() -> None:
+    """A unipolar crossbar on a device with a finite off state (RRAM: G_max/10) carries a
+    reference column per column of tiles (one device per input row, no ADC of its own):
+    an MLP 64-32-10 on 256×256 tiles has 64 + 32 of them; on ideal devices (G_min = 0) none."""
+    from mcstudy.training.uniform_unipolar import UniformUnipolar, UniformUnipolarParams
+
+    model = build_model("mlp", MLPParams(hidden=(32,)), DATA.input_shape, DATA.n_classes)
+    for device, extra in (("rram", 64 + 32), ("ideal", 0)):
+        rule = UniformUnipolar(UniformUnipolarParams(score_device=device))
+        assert rule._counts((model, []), unipolar=True) == (64 * 32 + 32 * 10 + extra, 32 + 10)
+        assert rule._counts((model, []), unipolar=False) == (2 * (64 * 32 + 32 * 10), 32 + 10)
 
 
 def test_uniform_unipolar_search_reports_candidates_and_deploys_its_choice(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ chip's own forward pass.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import math
@@ -148,6 +149,7 @@ class LayerCall:
     purpose: str = "eval"  # names the set (keys per-vector noise with sample_offset)
     shared_input: bool = False  # the input is (N, ...), the same on every chip
     calls: int = 0  # calls so far in this forward pass (keys per-vector noise: an LSTM's time steps)
+    known: torch.Tensor | None = None  # (C | 1, out, in) the weights the chip's learning stage knows (see ChipLayer)
 
 
 class ChipLayer(nn.Module):
@@ -215,13 +217,20 @@ class ChipLayer(nn.Module):
             x = x.reshape(c, -1, *self.feature_shape(x))
         x, lead = self.split_tokens(x)
         vectors = math.prod(lead) * self.rows_per_sample  # input vectors per sample (1 without leading dimensions)
-        y = crossbar(x, read, call.periphery, self.product, self.rows, call.sample_offset * vectors, call.purpose, call.calls)
-        call.calls += 1
         trims: list[tuple[bool, torch.Tensor]] = []  # (add?, (C, 1|out)): the digital stage, in order
         if read.neurons.gain is not None:
             trims.append((False, read.neurons.gain))
         if read.neurons.offset is not None:
             trims.append((True, read.neurons.offset))
+        known = call.known
+        if known is not None and torch.is_grad_enabled() and (x.requires_grad or known.requires_grad):
+            # on-chip learning: the value is the chip's, the gradient what the chip can know
+            with torch.no_grad():
+                measured = _digital_stage(self._crossbar(x, call, vectors), trims, False, keep=True)
+            y = _surrogate(measured, self.product(x, dataclasses.replace(read, weight=known.expand(c, *known.shape[1:]), var=None), "weight", slice(None)))
+            trims = []
+        else:
+            y = self._crossbar(x, call, vectors)
         if call.calibrate is not None:
             y = _digital_stage(y, trims, False, keep=True)
             call.out_scale, call.out_shift = call.calibrate(self.index, y)
@@ -240,6 +249,22 @@ class ChipLayer(nn.Module):
             y = y.reshape(-1, *lead, y.shape[-1])
             return y.movedim(0, self.batch_dim) if self.batch_dim else y
         return y.reshape(-1, *y.shape[2:])
+
+    def _crossbar(self, x: torch.Tensor, call: LayerCall, vectors: int) -> torch.Tensor:
+        """The chips' analog output for inputs ``x`` ``(C, N, ...)`` (``crossbar``), counting the call."""
+        y = crossbar(x, call.read, call.periphery, self.product, self.rows, call.sample_offset * vectors, call.purpose, call.calls)
+        call.calls += 1
+        return y
+
+
+def _surrogate(measured: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
+    """``measured``'s values with ``model``'s gradient: ``measured + (model − model)``, whose
+    added term is exactly 0 in the forward pass. On-chip learning (Jia et al., DAC 2018)
+    back-propagates through what a chip can know — its layers' measured outputs, the
+    weights it stored, its digital trims — not through its own unknown mismatch, noise,
+    drift or converters: a layer's error reaches its inputs and its weights through the
+    stored weights' product (``model``), while the forward pass is the chip's."""
+    return measured + (model - model.detach())
 
 
 def _digital_stage(y: torch.Tensor, trims: list[tuple[bool, torch.Tensor]], relu: bool, keep: bool) -> torch.Tensor:

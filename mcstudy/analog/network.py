@@ -11,7 +11,7 @@ import torch.nn as nn
 from ..hardware.chip import ChipRead, LayerRead
 from ..models import build_model
 from ..registry import Params
-from ..hardware.periphery import NeuronDraws, PeripherySpec
+from ..hardware.periphery import DACSpec, NeuronDraws, PeripherySpec
 from ..errors import McStudyError
 from ..objectives import Objective
 from ..models.crossbars import analog_modules, crossbar_weights, searched, why_digital
@@ -45,7 +45,7 @@ class AnalogNetwork:
 
     def __init__(self, model: nn.Module) -> None:
         self.module = copy.deepcopy(model).eval()
-        self._reference = copy.deepcopy(self.module)  # the torch model, to find where each Linear's samples are
+        self._torch = copy.deepcopy(self.module)  # the torch model: its stored weights, and where each Linear's samples are
         self.reads_last_pass: list[int] = []  # how often each crossbar was read in the last forward pass
         self._probed: set[tuple[tuple[int, ...], torch.dtype]] = set()
         for p in self.module.parameters():
@@ -54,6 +54,9 @@ class AnalogNetwork:
         self.layers: list[ChipLayer] = []
         self.weight_names: list[str] = []  # each analog layer's weight parameter in the trained model
         self._swap()
+        # the network as its trainer computes it (set_reference): by default the stored weights, exact inputs
+        self.reference: list[torch.Tensor] = list(self.nominal)
+        self.reference_periphery = PeripherySpec()
         self._fuse_relus(self.module)
         self._shared_at = self._first_layer_of_shared_input()
 
@@ -117,7 +120,7 @@ class AnalogNetwork:
         key = (tuple(x.shape[1:]), x.dtype)
         if key in self._probed:
             return
-        linears = {f"{n}.weight": m for n, m in analog_modules(self._reference) if isinstance(m, nn.Linear)}
+        linears = {f"{n}.weight": m for n, m in analog_modules(self._torch) if isinstance(m, nn.Linear)}
         by_name = dict(zip(self.weight_names, self.layers))
         runs = [self._linear_inputs(linears, v) for v in _probe_inputs(x)]
         for name in linears:
@@ -141,7 +144,7 @@ class AnalogNetwork:
         ]
         try:
             with torch.no_grad(), torch_fast_paths_off():
-                self._reference(x)
+                self._torch(x)
         finally:
             for h in hooks:
                 h.remove()
@@ -200,7 +203,22 @@ class AnalogNetwork:
     def to(self, device: torch.device | str) -> "AnalogNetwork":
         self.module.to(device)
         self.nominal = [w.to(device) for w in self.nominal]
+        self.reference = [w.to(device) for w in self.reference]
         return self
+
+    def stored_weights(self) -> dict[str, torch.Tensor]:
+        """Every crossbar weight as the trained model stores it, by parameter name."""
+        return {n: self._torch.get_parameter(n).detach() for n in self.weight_names}
+
+    def set_reference(self, weights: dict[str, torch.Tensor], dac: DACSpec) -> None:
+        """What the trained network computes in its trainer's own forward pass: the crossbar
+        ``weights`` (by parameter name, as stored) and the ``dac`` its inputs pass through.
+        :meth:`nominal_read` — every variant's reference accuracy, self-tuning's target
+        statistics, in-situ learning's starting point — reads these; the chips are still
+        programmed with :attr:`nominal`, the weights the trainer stored (a hardware-aware
+        trainer stores the weights its transfer function maps, not the transfer's result)."""
+        self.reference = [weight_matrix(weights[n].detach()).to(w).clone() for n, w in zip(self.weight_names, self.nominal)]
+        self.reference_periphery = PeripherySpec(dac=dac)
 
     def logits(
         self,
@@ -211,6 +229,7 @@ class AnalogNetwork:
         out_shifts: Scales = None,
         purpose: str = "eval",
         calibrate: Calibrate | None = None,
+        known: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits ``(C, N, classes)`` of inputs ``x`` on every chip of ``read``, differentiable
         with respect to the read's weights and the trims (for on-chip learning).
@@ -219,7 +238,10 @@ class AnalogNetwork:
         ``out_scales``/``out_shifts`` (per layer, each ``(C, 1|out)`` or None);
         ``sample_offset`` is the index of ``x[0]`` in its set and ``purpose`` names the set
         (per-input-vector noise is keyed by both, so batching never changes a result);
-        ``calibrate``, if given, sets each layer's trims from that layer's own output."""
+        ``calibrate``, if given, sets each layer's trims from that layer's own output.
+        ``known``, if given, is each layer's weights ``(C | 1, out, in)`` as the chip's learning
+        stage knows them: the gradient then flows through those and the chip's measured
+        outputs, not through the chip's own deviations (on-chip learning; ``layers._surrogate``)."""
         n_layers = len(self.layers)
         if len(read.layers) != n_layers:
             raise ValueError(f"a read of {len(read.layers)} layers for {n_layers} analog layers")
@@ -229,8 +251,10 @@ class AnalogNetwork:
         k = self._shared_at
         shared = k is not None and c > 1  # the inputs of the first analog layer, once, for every chip
         try:
-            for layer, lr, a, b in zip(self.layers, read.layers, scales, shifts):
-                layer.call = LayerCall(lr, read.periphery, a, b, calibrate, sample_offset, purpose, shared and layer is self.module[k])
+            for i, (layer, lr, a, b) in enumerate(zip(self.layers, read.layers, scales, shifts)):
+                layer.call = LayerCall(
+                    lr, read.periphery, a, b, calibrate, sample_offset, purpose, shared and layer is self.module[k], known=None if known is None else known[i]
+                )
             with self.invariant():  # a chip's numbers whatever shares the call (invariant.py)
                 out = self.module(x if shared else x.unsqueeze(0).expand(c, *x.shape).reshape(c * n, *x.shape[1:]))
         finally:  # the network never remembers a chip between calls
@@ -279,7 +303,9 @@ class AnalogNetwork:
         return {m: v / total for m, v in sums.items()}
 
     def nominal_read(self, n_chips: int = 1) -> ChipRead:
-        """A read with the trained (float) weights and no periphery: the digital model."""
+        """A read of the trained network as its trainer computes it (:meth:`set_reference`):
+        the reference weights and the trainer's DAC, no device, no other periphery — the
+        digital model every variant is judged against."""
         layers = [
             LayerRead(
                 weight=w.expand(n_chips, *w.shape),
@@ -289,9 +315,9 @@ class AnalogNetwork:
                 neurons=NeuronDraws(None, None),
                 noise=None,
             )
-            for w in self.nominal
+            for w in self.reference
         ]
-        return ChipRead(layers, PeripherySpec())
+        return ChipRead(layers, self.reference_periphery)
 
 
 _INVARIANT_MODULES = (ChipLayer, CompiledMaxPool2d, nn.MaxPool1d, nn.MaxPool2d, nn.ReLU, nn.Dropout, *_RESHAPES)

@@ -109,7 +109,7 @@ def run_study(spec: StudySpec, options: RunOptions, console: Console | None = No
                     raise McStudyError(f"the trained network of variant {name!r} gives a non-finite loss on the test split (its outputs overflow); nothing was written")
             headline = spec.objective.headline
             for name, m in float_metrics.items():
-                console.print(Text.assemble(f"  float {headline} of ", (name, "cyan"), f": {m[headline]:.4f}"))
+                console.print(Text.assemble(f"  float {headline} of ", (name, "cyan"), f" (as its trainer computes it): {m[headline]:.4f}"))
             per_weight = {h.name: (h.mapping.name, coordinator_ctx.populations[h.name].mapping.devices_per_weight) for h in spec.hardware}
             _describe_networks(coordinator_ctx.networks, per_weight, console)
             draw_names = sorted({n for pop in coordinator_ctx.populations.values() for n in pop.draw_names()})

@@ -25,6 +25,7 @@ from ..programming.study import build_population
 from ..registry import Params
 from ..rng import chip_stream
 from ..spec import StudySpec
+from ..training import TRAINERS
 from .allocator import keep_freed_memory
 from .plan import WorkUnit
 
@@ -94,6 +95,7 @@ class WorkerContext:
         self.ranges: dict[str, list[float] | None] = {}  # each variant's trained weight ranges, in layer order
         for v in spec.variants:
             net = AnalogNetwork.from_state(spec.model_of(v).name, payload.model_params[v.name], payload.states[v.name], payload.input_shape, payload.n_classes)
+            TRAINERS.get(v.trainer.name).obj(v.trainer.params).set_reference(net)  # judged against what its trainer computes
             self.networks[v.name] = net.to(self.device)
             self.ranges[v.name] = self.networks[v.name].layer_ranges(payload.ranges.get(v.name))
         self.populations = {h.name: build_population(h) for h in spec.hardware}

@@ -30,6 +30,12 @@ class DeviceModel(ABC):
     """Parameters for the contract tests where the defaults alone do not make a device
     (e.g. a measured table); every registered device must construct from them."""
 
+    digital_weights: ClassVar[bool] = False
+    """Whether on-chip learning keeps what it learns in digital memory, acting through the
+    multipliers, as in Jia et al.'s processor (ideal devices). Otherwise the learned weights
+    are written to the devices (:meth:`rewrite`): a PCM, RRAM or measured-table device with
+    programming noise at the write, drift and read noise counted from it."""
+
     def __init__(self, params: Params) -> None:
         self.params = params
 
@@ -49,6 +55,13 @@ class DeviceModel(ABC):
     def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:
         """Program target conductances ``g_target`` (µS, leading chip dim): every per-device
         random quantity is drawn here, once."""
+
+    def rewrite(self, state: DeviceState, g_target: torch.Tensor, fabrication: Stream, write: Stream) -> DeviceState:
+        """Program devices in ``state`` again with targets ``g_target`` (µS): by default a
+        fresh programming whose per-device draws come from ``write``; a model whose draws
+        belong to the device rather than to the write (a cell's fabrication mismatch)
+        takes them from ``fabrication``, the stream its first programming drew from."""
+        return self.program(g_target, write)
 
     @abstractmethod
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:

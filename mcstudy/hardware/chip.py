@@ -19,6 +19,7 @@ apart share almost all of it (``pcm.vector_fresh_fraction``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -169,6 +170,7 @@ class Population:
             layers.append(
                 _Layer(
                     state=state,
+                    reference=self._reference_column(grid, stream, i, w),
                     shape=tuple(targets.shape),
                     coeff=coeff,
                     w_max=w_max,
@@ -179,6 +181,19 @@ class Population:
                 )
             )
         return ChipBatch(self, stream, layers)
+
+    def _reference_column(self, grid: TileGrid, stream: Stream, i: int, w: torch.Tensor) -> DeviceState | None:
+        """Layer ``i``'s reference columns, where its mapping needs them (one device per
+        input row in every column of tiles, programmed to G_min: ``Mapping.reference_column``),
+        else None. Devices of their own: their variation and programming draws are their own,
+        the variation shared at the tile, layer or chip level is their tile's."""
+        g_min = self.mapping.g_min(self.device.g_max)
+        if not self.mapping.reference_column or g_min == 0:
+            return None
+        targets = torch.full((1, grid.n_col_tiles, grid.n_in), g_min, dtype=w.dtype, device=w.device)
+        ref_grid = TileGrid(grid.n_col_tiles, grid.n_in, grid.rows, 1)  # column c of tiles -> "output" c: the same tile numbers
+        varied = apply_variation(self.variation, targets, stream.child("variation"), i, self.device.g_max, ref_grid, own="reference")
+        return self.device.program(to_flat(varied), stream.child("program", i, "reference"))
 
     def draw_names(self) -> list[str]:
         """Names of the per-chip draws :meth:`ChipBatch.draws` returns."""
@@ -195,6 +210,8 @@ class _Layer:
     grid: TileGrid
     gain: torch.Tensor | None  # (C, out, in) multiplier mismatch
     neurons: NeuronDraws
+    written: float = 0.0  # s after the first programming at which the devices were last written (ChipBatch.rewritten)
+    reference: DeviceState | None = None  # reference columns (C, flat (1, col tiles, in)), where the mapping needs them
 
 
 @dataclass(frozen=True)
@@ -217,37 +234,85 @@ class ChipBatch:
         Reads with the same ``tag`` and ``t`` see the same read noise (they are one read);
         a different tag is a different read of the same chips.
         """
+        return ChipRead([self.read_layer(i, t, tag) for i in range(len(self.layers))], self.population.periphery)
+
+    def read_layer(self, i: int, t: float, tag: str = "read") -> LayerRead:
+        """Layer ``i`` read ``t`` s after programming (its devices ``t`` minus the time of
+        their last write old: see :meth:`rewritten`); :meth:`read`'s layer ``i``."""
+        pop, layer = self.population, self.layers[i]
+        device, mapping, g_max = pop.device, pop.mapping, pop.device.g_max
+        read_stream = self.stream.child(tag, float(t), i)
+        age = t - layer.written
+        var = None
+        if pop.read_noise == "per_vector":
+            g, sigma = device.mean_and_sigma(layer.state, age)
+            if sigma is not None:
+                fresh = device.vector_fresh_fraction(age)
+                if fresh < 1.0:  # the part every product of this read shares: G = max(G + σ_s·z, 0)
+                    g = (g + math.sqrt(1.0 - fresh) * sigma * draw_normal(read_stream, g, "shared")).clamp_(min=0.0)
+                var = mapping.decode_variance(from_flat(sigma * math.sqrt(fresh), layer.shape), layer.coeff, layer.w_max, g_max)
+            w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
+        else:
+            w = self._read_weights(i, age, read_stream)
+        if layer.reference is not None:
+            w, var = self._subtract_reference(layer, t, read_stream.child("reference"), w, var)
+        if layer.gain is not None:
+            w = w * layer.gain
+            var = None if var is None else var * layer.gain**2
+        needs_noise = var is not None or pop.periphery.needs_vector_noise
+        return LayerRead(
+            weight=w,
+            var=var,
+            w_max=layer.column_w_max,
+            row_slices=layer.grid.row_slices(),
+            neurons=layer.neurons,
+            noise=read_stream.child("vector") if needs_noise else None,
+        )
+
+    def rewritten(self, i: int, weights: torch.Tensor, t: float, tag: str) -> "ChipBatch":
+        """These chips with layer ``i``'s devices programmed again, ``t`` s after the first
+        programming, with per-chip weights ``weights`` ``(C, out, in)`` (on-chip learning
+        writing its result back). The same devices: the same full-scale weights (beyond
+        which a weight clips), decoding coefficients (a unipolar column keeps its sign) and
+        variation draws; a fresh write (``DeviceModel.rewrite``): a PCM device draws its
+        programming noise and drift exponent anew (from a stream named by ``tag``, ``t`` and
+        the layer), and its drift and read noise count from ``t``. Other layers unchanged."""
+        pop, layer = self.population, self.layers[i]
+        g_max = pop.device.g_max
+        targets = torch.stack([pop.mapping.targets(w, layer.w_max, g_max, coeff=layer.coeff)[0] for w in weights.detach()])
+        varied = apply_variation(pop.variation, targets, self.stream.child("variation"), i, g_max, layer.grid)
+        state = pop.device.rewrite(layer.state, to_flat(varied), self.stream.child("program", i), self.stream.child("rewrite", tag, float(t), i))
+        layers = list(self.layers)
+        layers[i] = dataclasses.replace(layer, state=state, written=float(t))
+        return ChipBatch(pop, self.stream, layers)
+
+    def _subtract_reference(
+        self, layer: _Layer, t: float, stream: Stream, w: torch.Tensor, var: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weights ``w`` (decoded against the nominal G_min) with each column's current less
+        its tile column's reference current, read ``t`` s after programming (the reference
+        columns are never rewritten): ``w − c·w_max·(G_ref − G_min)/(G_max − G_min)``, the
+        reference device of an input row shared by every column of its column of tiles."""
+        assert layer.reference is not None
         pop = self.population
         device, mapping, g_max = pop.device, pop.mapping, pop.device.g_max
-        out = []
-        for i, layer in enumerate(self.layers):
-            read_stream = self.stream.child(tag, float(t), i)
-            var = None
-            if pop.read_noise == "per_vector":
-                g, sigma = device.mean_and_sigma(layer.state, t)
-                if sigma is not None:
-                    fresh = device.vector_fresh_fraction(t)
-                    if fresh < 1.0:  # the part every product of this read shares: G = max(G + σ_s·z, 0)
-                        g = (g + math.sqrt(1.0 - fresh) * sigma * draw_normal(read_stream, g, "shared")).clamp_(min=0.0)
-                    var = mapping.decode_variance(from_flat(sigma * math.sqrt(fresh), layer.shape), layer.coeff, layer.w_max, g_max)
-                w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
-            else:
-                w = self._read_weights(i, t, read_stream)
-            if layer.gain is not None:
-                w = w * layer.gain
-                var = None if var is None else var * layer.gain**2
-            needs_noise = var is not None or pop.periphery.needs_vector_noise
-            out.append(
-                LayerRead(
-                    weight=w,
-                    var=var,
-                    w_max=layer.column_w_max,
-                    row_slices=layer.grid.row_slices(),
-                    neurons=layer.neurons,
-                    noise=read_stream.child("vector") if needs_noise else None,
-                )
-            )
-        return ChipRead(out, pop.periphery)
+        grid, shape = layer.grid, (1, layer.grid.n_col_tiles, layer.grid.n_in)
+        col_tile = torch.arange(grid.n_out, device=w.device) // grid.cols
+
+        def per_weight(g: torch.Tensor) -> torch.Tensor:  # (C, flat) -> (C, out·in): each output's tile column
+            return from_flat(g, shape)[:, 0, col_tile].reshape(g.shape[0], -1)
+
+        if pop.read_noise == "per_vector":
+            g, sigma = device.mean_and_sigma(layer.reference, t)
+            if sigma is not None:
+                fresh = device.vector_fresh_fraction(t)
+                if fresh < 1.0:
+                    g = (g + math.sqrt(1.0 - fresh) * sigma * draw_normal(stream, g, "shared")).clamp(min=0.0)
+                extra = mapping.decode_variance(per_weight(sigma * math.sqrt(fresh)).view(-1, *layer.shape), layer.coeff, layer.w_max, g_max)
+                var = extra if var is None else var + extra  # per vector, taken as independent between columns
+        else:
+            g = device.read(layer.reference, t, stream)
+        return w - mapping.decode_flat(per_weight(g), layer.shape, layer.coeff, layer.w_max, g_max), var
 
     def _read_weights(self, i: int, t: float, stream: Stream) -> torch.Tensor:
         """Layer ``i``'s weights at one read: the device's fused read-and-decode where it has

@@ -26,6 +26,7 @@ class IdealDevice(DeviceModel):
     """No programming noise, no drift, no read noise (variation still applies)."""
 
     params: IdealParams
+    digital_weights = True
 
 
     def program(self, g_target: torch.Tensor, rng: Stream) -> DeviceState:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 from pydantic import Field, PositiveInt
@@ -70,16 +70,23 @@ class Mapping(ABC):
 
     devices_per_weight: int
     negative_side: tuple[bool, ...]  # which devices carry the negative side (asymmetry)
+    reference_column: ClassVar[bool] = False
+    """Whether a column's G_min·Σx offset is removed by a reference column: a column of
+    devices at G_min in every column of tiles, whose current each column of the tile
+    subtracts in the analog domain before its ADC (a unipolar crossbar whose G_min is
+    above 0). Pairs cancel G_min between their own devices and need none."""
 
     def __init__(self, params: Encoding) -> None:
         self.params = params
 
     # -- what a mapping defines ---------------------------------------------------
     @abstractmethod
-    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser, coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised weights ``u`` ``(out, in)`` in [-1, 1] (and the raw weights ``w``) ->
         device values ``(D, out, in)`` in [0, 1], put on the level grid with ``quantise``,
-        and the decoding coefficients ``c_d`` broadcastable to ``(D, out, in)``."""
+        and the decoding coefficients ``c_d`` broadcastable to ``(D, out, in)``. ``coeff``:
+        the coefficients of devices already wired (a rewrite), where a mapping derives them
+        from the weights (a unipolar block's sign)."""
 
     def with_off_state(self, on_off_ratio: float | None) -> "Mapping":
         """This mapping with ``on_off_ratio`` as its G_min where it sets none of its own (a
@@ -117,18 +124,19 @@ class Mapping(ABC):
         return [a / top for a in raw]
 
     def targets(
-        self, w: torch.Tensor, w_max: torch.Tensor, g_max: float, quantise: Quantiser | None = None
+        self, w: torch.Tensor, w_max: torch.Tensor, g_max: float, quantise: Quantiser | None = None, coeff: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target conductances ``(D, out, in)`` in µS for weights ``w`` with per-weight
         full scale ``w_max`` (both ``(out, in)``), and the decoding coefficients. A smooth
-        ``quantise`` (hardware-aware training) makes this differentiable in ``w``."""
+        ``quantise`` (hardware-aware training) makes this differentiable in ``w``; ``coeff``
+        keeps the coefficients of devices already programmed (see :meth:`split`)."""
         u = (w / w_max.clamp(min=torch.finfo(w.dtype).tiny)).clamp(-1.0, 1.0)
         a = torch.tensor(self.side_scales(), dtype=w.dtype, device=w.device)
         g_min = self.g_min(g_max)
         if self.predistorts:
-            v, coeff = self.split(u, w, lambda x: x)  # the linear device values the decode needs
+            v, coeff = self.split(u, w, lambda x: x, coeff)  # the linear device values the decode needs
             return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(self._predistorted(v, a)), coeff.to(w)
-        v, coeff = self.split(u, w, quantise or self.quantise)
+        v, coeff = self.split(u, w, quantise or self.quantise, coeff)
         return g_min + (g_max - g_min) * a.view(-1, 1, 1) * self.level_curve(v), coeff.to(w)
 
     @property
@@ -209,7 +217,7 @@ class DifferentialPair(Mapping):
     devices_per_weight = 2
     negative_side = (False, True)
 
-    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser, coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # one side takes u = 0 (clamping both would pass the gradient twice there)
         zero = torch.zeros((), dtype=u.dtype, device=u.device)
         v = quantise(torch.stack((torch.where(u >= 0, u, zero), torch.where(u < 0, -u, zero))))
@@ -232,7 +240,7 @@ class MultiPair(Mapping):
     negative_side = (False, True, False, True)
     params: MultiPairParams
 
-    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser, coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.params.significance
         total = u * (f + 1)
         msp = torch.sign(total) * quantise((total.abs() / f).clamp(max=1.0))
@@ -257,6 +265,7 @@ class Unipolar(Mapping):
 
     devices_per_weight = 1
     negative_side = (False,)
+    reference_column = True
     params: UnipolarParams
 
     def block_signs(self, w: torch.Tensor) -> torch.Tensor:
@@ -270,6 +279,6 @@ class Unipolar(Mapping):
         net = torch.zeros(int(block.max()) + 1, dtype=w.dtype, device=w.device).index_add_(0, block, w.sum(1))
         return torch.where(net[block] >= 0, 1.0, -1.0).to(w.dtype).view(-1, 1)
 
-    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser) -> tuple[torch.Tensor, torch.Tensor]:
-        signs = self.block_signs(w.detach())
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Quantiser, coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        signs = self.block_signs(w.detach()) if coeff is None else coeff[0].to(w)  # a wired column keeps its sign
         return quantise((u * signs).clamp(min=0)).unsqueeze(0), signs.unsqueeze(0)

@@ -33,7 +33,9 @@ from ..rng import Stream
 class DACSpec(Params):
     bits: PositiveInt | None = Field(None, le=24, description="input DAC bits (None: exact inputs)")
     range: float = Field(1.0, gt=0, description="input full scale (mode 'fixed')")
-    mode: Literal["per_vector", "fixed"] = Field("per_vector", description="scale by each vector's |x|max, or a fixed range")
+    mode: Literal["per_vector", "fixed"] = Field(
+        "per_vector", description="scale by each input's |x|max (a Linear's input vector or token; a convolution's whole image, shared by its patches), or a fixed range"
+    )
     signed: bool = Field(True, description="symmetric levels over ±range; false: 2**bits levels over [0, range] for non-negative inputs (after ReLU)")
 
 

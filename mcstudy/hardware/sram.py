@@ -38,3 +38,7 @@ class SRAMDevice(DeviceModel):
     def mean_and_sigma(self, state: DeviceState, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         return state["g"], None
 
+    def rewrite(self, state: DeviceState, g_target: torch.Tensor, fabrication: Stream, write: Stream) -> DeviceState:
+        """New values in the same cells: exact, through each cell's fabrication mismatch."""
+        return self.program(g_target, fabrication)
+

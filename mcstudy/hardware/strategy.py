@@ -13,8 +13,9 @@ four are piecewise linear through the same knots, g⁺ lies in [0, 1] everywhere
 when it does at the knots, and :meth:`Strategy.from_vector` moves G⁺, G⁻, g⁻ (in that
 order) until it does. Every vector the search proposes is therefore a valid strategy.
 
-The naive strategy is the plain differential pair: G⁺ = u, the other three at their
-minimum, F = 1, s = ½.
+The naive strategy is the plain differential pair (Mackin et al.'s baseline): G⁺ = u,
+G⁻ = 0, F = 1, s = ½, and no second pair — its g⁺ and g⁻ are not part of the cell, so
+their devices add no noise (:meth:`Strategy.coefficients`).
 """
 
 from __future__ import annotations
@@ -85,9 +86,14 @@ class Strategy:
     # -- use ----------------------------------------------------------------------------
 
     def coefficients(self) -> torch.Tensor:
-        """Decoding coefficients ``c_d`` of (G⁺, G⁻, g⁺, g⁻): ``u = Σ c_d · G_d / G_max``."""
+        """Decoding coefficients ``c_d`` of (G⁺, G⁻, g⁺, g⁻): ``u = Σ c_d · G_d / G_max``. A
+        pair the strategy never programs (both its functions 0 at every knot: the naive
+        strategy's g⁺, g⁻) is not part of the cell: its coefficients are 0, so its devices'
+        noise never reaches the weight, and the other pair still encodes ``u`` exactly."""
         f = self.significance
-        return torch.tensor([f, -f, 1.0, -1.0], dtype=torch.float64) / (self.scale * (f + 1))
+        msp = 0.0 if not any(self.g_plus) and not any(self.g_minus) else 1.0
+        lsp = 0.0 if not any(self.l_plus) and not any(self.l_minus) else 1.0
+        return torch.tensor([f * msp, -f * msp, lsp, -lsp], dtype=torch.float64) / (self.scale * (f + 1))
 
     def conductances(self, u: torch.Tensor) -> torch.Tensor:
         """Normalised target conductances ``(4, *u.shape)`` in [0, 1] for normalised weights
@@ -117,7 +123,8 @@ class Strategy:
 
     @classmethod
     def naive(cls) -> "Strategy":
-        """The plain differential pair at full range: G⁺ = |w| / w_max, F = 1, no LSP."""
+        """The plain differential pair at full range: G⁺ = |w| / w_max, F = 1, no second pair
+        (its devices are not read: :meth:`coefficients`)."""
         return cls((0.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), 1.0, 0.5, "naive")
 
     @classmethod
@@ -224,5 +231,5 @@ class StrategyMapping(Mapping):
         super().__init__(enc)
         self.strategy = strategy
 
-    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, u: torch.Tensor, w: torch.Tensor, quantise: Any, coeff: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return quantise(self.strategy.conductances(u)), self.strategy.coefficients().view(4, 1, 1)

@@ -52,11 +52,15 @@ class Variation(Params):
 
 
 def component_draw(
-    comp: VariationComponent, stream: Stream, layer: int, shape: tuple[int, int, int], grid: TileGrid
+    comp: VariationComponent, stream: Stream, layer: int, shape: tuple[int, int, int], grid: TileGrid, own: str | None = None
 ) -> torch.Tensor:
     """Standard normals for one layer's devices ``shape = (D, out, in)``, broadcastable to
-    ``(C, D, out, in)`` and shared according to ``comp.granularity``."""
+    ``(C, D, out, in)`` and shared according to ``comp.granularity``. ``own`` names extra
+    devices of the layer (its reference columns) laid out on ``grid`` with the layer's tile
+    numbers: they share the chip's, the layer's and their tile's draws and have their own
+    column and device draws."""
     d, n_out, n_in = shape
+    key = (layer,) if own is None else (layer, own)
     if comp.granularity == "chip":
         return stream.normal(1).view(-1, 1, 1, 1)
     if comp.granularity == "layer":
@@ -64,25 +68,27 @@ def component_draw(
     if comp.granularity == "tile":
         return grid.per_weight(stream.child(layer).normal(grid.n_tiles)).unsqueeze(1)
     if comp.granularity == "column":
-        z = stream.child(layer).normal(grid.n_row_tiles, n_out)  # (C, row tiles, out)
+        z = stream.child(*key).normal(grid.n_row_tiles, n_out)  # (C, row tiles, out)
         return z[:, grid.row_tile_of_input(z.device)].transpose(1, 2).unsqueeze(1)
-    return stream.child(layer).normal(d, n_out, n_in)
+    return stream.child(*key).normal(d, n_out, n_in)
 
 
 def apply_variation(
-    variation: Variation, g_target: torch.Tensor, stream: Stream, layer: int, g_max: float, grid: TileGrid | None = None
-) -> torch.Tensor:
-    """Targets ``(D, out, in)`` µS -> varied targets ``(C, D, out, in)`` µS for the chips of ``stream``."""
-    shape = tuple(g_target.shape)
+    variation: Variation, g_target: torch.Tensor, stream: Stream, layer: int, g_max: float, grid: TileGrid | None = None,
+    own: str | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Targets ``(D, out, in)`` µS, the same on every chip, or ``(C, D, out, in)``, each
+    chip's own -> varied targets ``(C, D, out, in)`` µS for the chips of ``stream``."""
+    shape = tuple(g_target.shape[-3:])
     if grid is None:
         grid = TileGrid(shape[1], shape[2], shape[2], shape[1])
-    out = g_target.unsqueeze(0).expand(stream.n, *shape)
+    out = g_target if g_target.dim() == 4 else g_target.unsqueeze(0).expand(stream.n, *shape)
     log_gain: torch.Tensor | float = 0.0
     offset: torch.Tensor | float = 0.0
     for name, comp in (("within", variation.within), ("between", variation.between)):
         if comp.sigma == 0:
             continue
-        z = component_draw(comp, stream.child(name), layer, shape, grid) * comp.sigma  # type: ignore[arg-type]
+        z = component_draw(comp, stream.child(name), layer, shape, grid, own) * comp.sigma  # type: ignore[arg-type]
         if comp.kind == "lognormal":
             log_gain = log_gain + z
         else:

@@ -5,7 +5,9 @@ with a fixed set of input vectors and the mean |output| is stored. At time t the
 inputs are applied again and every output of the layer is multiplied digitally by
 ``α = reference / current`` — globally per layer (Joshi et al., Nat. Commun. 2020;
 aihwkit's ``GlobalDriftCompensation``), or per output column. The readouts are reads
-of the chip, so they carry its programming, drift and read noise.
+of the chip, so they carry its programming, drift and read noise. A read before
+``reference_time`` comes before the reference readout it would need: it is scored
+uncompensated (α = 1), as the chip would run then.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class DriftCompensation(Procedure):
         data: EvalData,
     ) -> dict[str, torch.Tensor]:
         inputs, reference = state
+        if t < self.params.reference_time:  # the chip has not taken its reference readout yet: nothing to compensate with
+            return data.score(net, read)
         current = self._readout(net, inputs, read)
         alphas: list[torch.Tensor | None] = [r / c.clamp(min=torch.finfo(c.dtype).tiny) for r, c in zip(reference, current)]
         return data.score(net, read, alphas)

@@ -1,15 +1,26 @@
 """In-situ low-precision transfer learning on every chip (Jia et al., DAC 2018).
 
 Each chip keeps its analog layers as fabricated and retrains, by back-propagation
-through its *own* forward pass (its variation, drift, mismatch, operating-point drift,
-DAC and ADC included; the converters pass gradients straight through), on a labelled
-calibration set:
+through its *own* forward pass, on a labelled calibration set. The forward pass is the
+chip's (its variation, drift, mismatch, operating-point drift, noise, DAC and ADC); the
+backward pass uses only what the chip can know: every layer's measured outputs, the
+weights it stored (the learning stage's weights, the trained weights of the layers it
+does not retrain) and its digital trims. It does not know its multipliers' mismatch, its
+neurons' gain and offset errors or its devices' deviations, so the error reaches a
+layer's inputs and weights through the stored weights (``AnalogNetwork.logits(known=)``),
+and each ReLU passes it where the chip's own measured output is positive. The layers
+retrained are:
 
-- the last ``layers`` analog layers' weights and biases. As in Jia et al.'s processor,
-  whose weights sit in digital memory and whose multipliers and neurons are analog,
-  the retrained weights live in the learning stage's fixed-point memory: on the chip
-  they act through that layer's multiplier mismatch, neurons and converters, not
-  through re-programmed devices;
+- the last ``layers`` analog layers' weights and biases. During learning they live in
+  the learning stage's fixed-point memory and act through that layer's multiplier
+  mismatch, neurons and converters. What is scored depends on the devices: where they
+  hold exact digital values (ideal devices: Jia et al.'s processor, whose weights sit in
+  digital memory and whose multipliers and neurons are analog) the learned weights stay
+  so; on devices with an analog state (PCM, RRAM, a measured table) they are written
+  back to the layer's devices at the learning time — programming noise at the write,
+  weights beyond the column's full scale clipped, drift and read noise counted from the
+  write — and read ``read_after_write`` later (``ChipBatch.rewritten``); an SRAM cell
+  takes the new value exactly, through its own fabrication mismatch;
 - with ``trims``, every analog layer's neuron gain and offset (a digital trim of each
   neuron's output), where the population has operating-point drift or neuron mismatch
   (``auto``), always (``all``) or never (``none``).
@@ -45,6 +56,8 @@ from ..analog import AnalogNetwork
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
 from ..rng import Stream, fixed_stream
+from ..times import TimeSeconds
+from ..vocabulary import REFERENCE_TIME_S
 from .base import PROCEDURES, EvalData, Procedure, layer_outputs, read_once_problems, with_before_and_costs
 from .costs import LearningCost
 
@@ -62,6 +75,9 @@ class InsituTransferParams(Params):
     headroom: PositiveFloat = Field(1.5, description="fixed-point range as a multiple of the trained value's range")
     weight_grid: Literal["per_neuron", "per_layer"] = Field("per_neuron", description="one fixed-point range per output neuron's weights, or per layer")
     record_before: bool = Field(True, description="also score the chip before learning (accuracy_before)")
+    read_after_write: TimeSeconds = Field(
+        REFERENCE_TIME_S, description="on devices that hold weights as analog states: from writing the learned weights back to the read that scores them, s"
+    )
 
 
 @dataclass
@@ -161,7 +177,7 @@ class InsituTransfer(Procedure):
         weights, scales, shifts = {}, {}, {}
         tiny = torch.finfo(torch.float32).tiny
         for i in self.retrained(net):
-            w = net.nominal[i]
+            w = net.reference[i]  # the trained network's weights as its trainer computes them
             per_neuron = self.params.weight_grid == "per_neuron"
             top = h * (w.abs().amax(1, keepdim=True) if per_neuron else w.abs().amax()).clamp(min=tiny)
             weights[i] = self._param(w.expand(c, *w.shape).clone(), -top, top, top)
@@ -187,14 +203,22 @@ class InsituTransfer(Procedure):
     def learn(
         self, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData, prep: Prepared
     ) -> tuple[ChipRead, list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """Train every chip of the block; returns its read and trims for scoring."""
+        """Train every chip of the block; returns the read that scores it and its trims."""
+        weights, scales, shifts = self.learn_weights(chips, read, t, net, data, prep)
+        n_layers = len(net.layers)
+        return self._deployed(chips, read, t, weights), _per_layer(scales, n_layers), _per_layer(shifts, n_layers)
+
+    def learn_weights(
+        self, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData, prep: Prepared
+    ) -> tuple[dict[int, _Param], dict[int, _Param], dict[int, _Param]]:
+        """Train every chip of the block: the learning stage's weights, gains and offsets by analog layer."""
         p = self.params
         x, y = self._calibration(data)
         n = x.shape[0]
         weights, scales, shifts = self._init(chips, net, prep)
         params = [*weights.values(), *scales.values(), *shifts.values()]
         if not params:  # nothing to learn on this population (layers 0 and no trims)
-            return read, [None] * len(net.layers), [None] * len(net.layers)
+            return weights, scales, shifts
         stream: Stream = chips.stream.child("insitu_transfer", float(t))
         n_layers = len(net.layers)
         step = 0
@@ -212,6 +236,7 @@ class InsituTransfer(Procedure):
                         sample_offset=epoch * n + a,
                         out_shifts=_per_layer(shifts, n_layers),
                         purpose="insitu_transfer",
+                        known=[weights[i].value if i in weights else net.reference[i].unsqueeze(0) for i in range(n_layers)],
                     )
                     c, b, k = logits.shape
                     loss = F.cross_entropy(logits.reshape(c * b, k), y[idx].repeat(c), reduction="none").reshape(c, b).mean(1).sum()
@@ -231,8 +256,21 @@ class InsituTransfer(Procedure):
                 step += 1
         for q in params:
             q.value = q.value.detach()
-        final = self._read(chips, read, weights)
-        return final, _per_layer(scales, n_layers), _per_layer(shifts, n_layers)
+        return weights, scales, shifts
+
+    def _deployed(self, chips: ChipBatch, read: ChipRead, t: float, weights: dict[int, _Param]) -> ChipRead:
+        """The read that scores what was learned at time ``t``: the learning stage's weights
+        through their multipliers where the devices hold digital values (Jia et al.'s
+        processor: ``DeviceModel.digital_weights``); else the weights written back to each
+        retrained layer's devices at ``t`` (programming noise, drift from the write) and read
+        ``read_after_write`` later, with fresh read noise. The other layers keep ``read``."""
+        if chips.population.device.digital_weights or not weights:
+            return self._read(chips, read, weights)
+        layers = list(read.layers)
+        for i, p in weights.items():
+            written = chips.rewritten(i, p.value, t, "insitu_transfer")
+            layers[i] = written.read_layer(i, t + self.params.read_after_write, "insitu_transfer.scored")
+        return ChipRead(layers, read.periphery)
 
     def cost(self, chips: ChipBatch, net: AnalogNetwork, prep: Prepared, n: int) -> LearningCost:
         """Counts for one chip (see the module docstring)."""

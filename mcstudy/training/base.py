@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -23,12 +23,16 @@ from pydantic import Field, PositiveInt
 from torch.func import functional_call
 
 from ..data import Dataset, holds_values
+from ..hardware.periphery import DACSpec
 from ..errors import McStudyError
 from ..models import build_model
 from ..models.crossbars import analog_modules, analog_weight_names
 from ..objectives import CrossEntropy, Loss
 from ..registry import NoParams, Params
 from ..registries import TRAINERS  # noqa: F401  (re-exported where it always was)
+
+if TYPE_CHECKING:
+    from ..analog import AnalogNetwork
 
 
 class TrainParams(Params):
@@ -143,6 +147,22 @@ class Trainer:
     @torch.no_grad()
     def finish(self, model: nn.Module, names: list[str]) -> None:
         """Turn the trained model into the one to deploy (default: as trained)."""
+
+    def reference(self, ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The crossbar weights the finished network computes with in this trainer's own
+        forward pass, from the stored ones ``ws`` — without the noise a trainer samples,
+        which the chips supply (default: the stored weights)."""
+        return ws
+
+    def reference_dac(self) -> DACSpec:
+        """The converter this trainer's forward pass puts every crossbar's inputs through
+        (default: none, exact inputs)."""
+        return DACSpec()
+
+    def set_reference(self, net: "AnalogNetwork") -> None:
+        """Make ``net``'s digital reference (``AnalogNetwork.nominal_read``) what this
+        trainer's forward pass computes: its weights and its activation quantisation."""
+        net.set_reference(self.reference(net.stored_weights()), self.reference_dac())
 
     def fit(self, model: nn.Module, data: Dataset, seed: int) -> list[float]:
         """Train ``model`` in place; returns the mean training loss of each epoch."""

@@ -99,4 +99,11 @@ class HardwareAware(_Quantising):
     @torch.no_grad()
     def finish(self, model: nn.Module, names: list[str]) -> None:
         """Keep the trained weights: deployed through the same mapping they become exactly
-        the transfer function the network was trained with at τ = 0."""
+        the transfer function the network was trained with at τ = 0 (the transfer's
+        output, mapped again, would land on other levels of a nonlinear curve)."""
+
+    @torch.no_grad()
+    def reference(self, ws: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The exact transfer function (τ = 0) of the stored weights: what the forward pass
+        computes at the end of training, and what ideal devices of the encoding realise."""
+        return self.transferred(ws, 0.0)

@@ -101,6 +101,10 @@ class _Quantising(Trainer):
     def uses_activation(self) -> bool:
         return self.params.activation_bits is not None
 
+    def reference_dac(self) -> DACSpec:
+        """The DAC of the forward pass where activations are quantised."""
+        return self._dac() if self.uses_activation() else DACSpec()
+
     def ranges(self, model: nn.Module) -> dict[str, float] | None:
         """Each analog layer's full-scale weight as the forward pass used it: the layer's
         (or, with ``ranges: shared``, every layer's) largest |w|."""

@@ -15,11 +15,14 @@ are reported. Candidates are scored exactly as they deploy: with the trainer's s
 weight range as the weight-to-conductance scale (``weight_scale: trained``), and with the
 DAC the trainer quantised its activations to (bits, range, mode and sign).
 
-Counting: devices = Σ weights × devices per weight (1 unipolar, 2 differential); ADCs =
+Counting: devices = Σ weights × devices per weight (1 unipolar, 2 differential), plus,
+for a unipolar crossbar whose off state G_min is above 0, its reference columns (one
+device per input row in each column of tiles: ``Mapping.reference_column``); ADCs =
 Σ outputs × row tiles (of ``tile_rows`` inputs) × ADCs per output: 1 for a unipolar
-column, ``differential_adcs`` for a differential pair — 1 where G⁺ − G⁻ is subtracted in
-the analog domain before one ADC (the default: the strongest differential baseline), 2
-where each of the pair's columns is digitised and subtracted digitally.
+column (the reference current is subtracted before it), ``differential_adcs`` for a
+differential pair — 1 where G⁺ − G⁻ is subtracted in the analog domain before one ADC
+(the default: the strongest differential baseline), 2 where each of the pair's columns
+is digitised and subtracted digitally.
 """
 
 from __future__ import annotations
@@ -167,11 +170,14 @@ class UniformUnipolar(QuantizationAware):
     def _counts(self, trained: tuple[nn.Module, list[float]], unipolar: bool) -> tuple[int, int]:
         per = 1 if unipolar else 2
         adcs_per_output = 1 if unipolar else self.params.differential_adcs
+        pop = self._population(unipolar)
+        # a unipolar crossbar whose G_min is above 0 has a reference column per column of tiles (no ADC of its own)
+        reference = pop.mapping.reference_column and pop.mapping.g_min(pop.device.g_max) > 0
         devices = adcs = 0
         params = dict(trained[0].named_parameters())
         for w in (params[n] for n in analog_weight_names(trained[0])):
             out, fan_in = w.shape[0], w[0].numel()
-            devices += out * fan_in * per
+            devices += out * fan_in * per + (math.ceil(out / pop.tile.cols) * fan_in if reference else 0)
             adcs += out * adcs_per_output * math.ceil(fan_in / self.params.tile_rows)
         return devices, adcs
 
