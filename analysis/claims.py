@@ -20,7 +20,7 @@ from typing import Callable
 import xarray as xr
 
 import mcstudy
-from mcstudy.analysis import paired_difference, paired_table, tolerance
+from mcstudy.analysis import paired_difference, paired_table, tolerance, tolerance_gain
 
 Row = dict[str, str]
 
@@ -66,27 +66,47 @@ def _hw(ds: xr.Dataset, base: str, **swept: float) -> str:
 
 
 def deng2022_vat(stores: list[xr.Dataset]) -> str:
+    sigmas = (0.1, 0.2, 0.3)
+
+    def vat(sw: float) -> str:
+        return f"vat_4bit[variation.within.sigma={sw:g}]"
+
+    def matched(sw: float) -> str:
+        return f"noise_matched[variation.within.sigma={sw:g}]"
+
     rows: list[Row] = []
+    search: list[Row] = []
     for ds in stores:
         for sb in (0.0, 0.2):
-            for sw in (0.1, 0.2, 0.3):
+            for sw in sigmas:
                 h = _hw(ds, "dev_4bit", variation_within_sigma=sw, variation_between_sigma=sb)
                 at = dict(hardware=h, procedure="inference")
                 rows.append({
                     "seed": str(ds.attrs["seed"]), "σ_within": f"{sw:g}", "σ_between": f"{sb:g}",
-                    "VAT median %": _median(ds.sel(time=ds.time[0]), variant="vat_4bit", **at),
-                    "VAT − QAT": _cell(ds, "variant", "vat_4bit", "qat_4bit", **at),
-                    "VAT − noise injection": _cell(ds, "variant", "vat_4bit", "noise_injection", **at),
-                    "VAT − float": _cell(ds, "variant", "vat_4bit", "float", **at),
+                    "VAT median %": _median(ds.sel(time=ds.time[0]), variant=vat(0.2), **at),
+                    "VAT − QAT": _cell(ds, "variant", vat(0.2), "qat_4bit", **at),
+                    "VAT − noise injection": _cell(ds, "variant", vat(0.2), "noise_injection", **at),
+                    "VAT − float": _cell(ds, "variant", vat(0.2), "float", **at),
+                })  # fmt: skip
+                # the same noise terms and the same σ search for both: each trained σ, and each method's best of three
+                x = ds.isel(time=0).sel(**at)["accuracy"].mean("chip")
+                best_vat = max(sigmas, key=lambda s_: float(x.sel(variant=vat(s_))))
+                best_ni = max(sigmas, key=lambda s_: float(x.sel(variant=matched(s_))))
+                search.append({
+                    "seed": str(ds.attrs["seed"]), "σ_within": f"{sw:g}", "σ_between": f"{sb:g}",
+                    **{f"VAT − matched, trained σ {t:g}": _cell(ds, "variant", vat(t), matched(t), **at) for t in sigmas},
+                    "best VAT − best matched": f"{_cell(ds, 'variant', vat(best_vat), matched(best_ni), **at)} (σ {best_vat:g} / {best_ni:g})",
                 })  # fmt: skip
     between: list[Row] = []
     for ds in stores:
-        for sw in (0.1, 0.2, 0.3):
+        for sw in sigmas:
             with_b = _hw(ds, "dev_4bit", variation_within_sigma=sw, variation_between_sigma=0.2)
             without = _hw(ds, "dev_4bit", variation_within_sigma=sw, variation_between_sigma=0.0)
-            cells = {v: _cell(ds, "hardware", with_b, without, variant=v, procedure="inference") for v in ("vat_4bit", "qat_4bit", "float")}
+            cells = {v: _cell(ds, "hardware", with_b, without, variant=v, procedure="inference") for v in (vat(0.2), "qat_4bit", "float")}
             between.append({"seed": str(ds.attrs["seed"]), "σ_within": f"{sw:g}", **{f"{v}: with − without σ_between 0.2": c for v, c in cells.items()}})
-    return _table(rows) + "\n\nBetween-chip variation, paired over the same chips:\n\n" + _table(between)
+    return (_table(rows) + "\n\nVAT against noise injection with the same noise terms (noise_matched) and the same σ search "
+            "(best of three by mean accuracy on the population, the same selection for both):\n\n" + _table(search)
+            + "\n\nBetween-chip variation, paired over the same chips:\n\n" + _table(between))
 
 
 def deng2022_selftune(stores: list[xr.Dataset]) -> str:
@@ -108,8 +128,11 @@ def deng2022_selftune(stores: list[xr.Dataset]) -> str:
                 else:
                     row["within only %"] = row["between-chip loss"] = row["self-tuned − within only"] = "—"
                 row["self-tuning − inference"] = _cell(ds, "procedure", "self_tuning", "inference", **at)
+                row["tuned 10 s before − inference"] = _cell(ds, "procedure", "self_tuning_lead", "inference", **at)
                 row["tuned once − inference"] = _cell(ds, "procedure", "self_tuning_once", "inference", **at)
                 row["layer scale − inference"] = _cell(ds, "procedure", "self_tuning_scale", "inference", **at)
+                row["drift compensation − inference"] = _cell(ds, "procedure", "drift_compensation", "inference", **at)
+                row["tuned 10 s before − drift compensation"] = _cell(ds, "procedure", "self_tuning_lead", "drift_compensation", **at)
                 rows.append(row)
     return _table(rows)
 
@@ -124,28 +147,49 @@ def _jia_beyond(ds: xr.Dataset, parameter: str, tolerance_of_inference: float) -
     x = ds.isel(variant=0, time=0)
     row: Row = {"seed": str(ds.attrs["seed"]), "parameter": f"{parameter.split('.', 1)[1]} = {at:g}",
                 "inference %": f"{100 * float(x['accuracy'].sel(hardware=name, procedure='inference').mean('chip')):.1f}"}  # fmt: skip
-    for p in ("insitu_8bit", "insitu_last_layer", "insitu_trims", "insitu_float"):
+    for p in (*JIA_PROCEDURES, "self_tuning"):
         row[f"{p} − inference"] = _cell(ds.isel(variant=[0], time=[0]), "procedure", p, "inference", hardware=name)
     return row
+
+
+JIA_PROCEDURES = ("insitu_8bit", "insitu_last_layer", "insitu_trims", "insitu_float")
+JIA_PARAMETERS = ("periphery.op_drift.offset", "periphery.op_drift.gain", "periphery.mismatch.gain")
+
+
+def _tolerances(ds: xr.Dataset, parameter: str, procedures: tuple[str, ...], resamples: int = 1000) -> tuple[Row, float]:
+    """Each procedure's tolerance with a 95 % bootstrap interval over the chips, and its
+    relative gain over inference with the interval of the paired gain (``≥``: censored,
+    never over the threshold on the swept grid). Also inference's point tolerance."""
+    point = tolerance(ds, parameter, threshold=0.01).isel(variant=0, time=0).squeeze(drop=True)
+    boot = tolerance(ds, parameter, threshold=0.01, resamples=resamples, seed=0).isel(variant=0, time=0).squeeze(drop=True)
+    base = float(point["tolerance"].sel(procedure="inference"))
+
+    def interval(x: xr.DataArray) -> str:
+        lo, hi = (float(v) for v in x.quantile([0.025, 0.975], "resample").values)
+        return f"{lo:.3f} … {hi:.3f}"
+
+    row: Row = {"seed": str(ds.attrs["seed"]), "parameter": parameter.split(".", 1)[1],
+                "inference": f"{base:.3f} ({interval(boot['tolerance'].sel(procedure='inference'))})"}  # fmt: skip
+    for p in procedures:
+        value = float(point["tolerance"].sel(procedure=p))
+        cens = "≥ " if bool(point["censored"].sel(procedure=p)) else ""
+        gains = tolerance_gain(boot, p)
+        lo, hi = (100 * float(v) for v in gains.quantile([0.025, 0.975], "resample").values)
+        row[p] = f"{cens}{value:.3f} ({interval(boot['tolerance'].sel(procedure=p))}); {cens}{100 * (value / base - 1):+.0f} % ({lo:+.0f} … {hi:+.0f} %)"
+    return row, base
 
 
 def jia2018_insitu(stores: list[xr.Dataset]) -> str:
     rows: list[Row] = []
     beyond: list[Row] = []
     for ds in stores:
-        for parameter in ("periphery.op_drift.offset", "periphery.op_drift.gain", "periphery.mismatch.gain"):
-            tol = tolerance(ds, parameter, threshold=0.01).isel(variant=0, time=0).squeeze(drop=True)
-            base = float(tol["tolerance"].sel(procedure="inference"))
-            row = {"seed": str(ds.attrs["seed"]), "parameter": parameter.split(".", 1)[1], "inference": f"{base:.3f}"}
-            for p in ("insitu_8bit", "insitu_last_layer", "insitu_trims", "insitu_float"):
-                value = float(tol["tolerance"].sel(procedure=p))
-                censored = bool(tol["censored"].sel(procedure=p))
-                row[p] = f"{'≥ ' if censored else ''}{value:.3f} ({'≥ ' if censored else ''}{100 * (value / base - 1):+.0f} %)"
+        for parameter in JIA_PARAMETERS:
+            row, base = _tolerances(ds, parameter, (*JIA_PROCEDURES, "self_tuning"))
             rows.append(row)
             beyond.append(_jia_beyond(ds, parameter, base))
     costs: list[Row] = []
     ds = stores[0]
-    for p in ("insitu_8bit", "insitu_last_layer", "insitu_trims", "insitu_float"):
+    for p in JIA_PROCEDURES:
         cell = ds.sel(procedure=p).isel(variant=0, hardware=0, time=0, chip=0)
         mem, fmem = float(cell["learn_memory_bits"]), float(cell["float_memory_bits"])
         energy, fenergy = float(cell["learn_energy_pj"]), float(cell["float_energy_pj"])
@@ -153,8 +197,31 @@ def jia2018_insitu(stores: list[xr.Dataset]) -> str:
             "procedure": p, "memory bits": f"{mem:,.0f}", "of float's": f"{100 * mem / fmem:.1f} %",
             "multiply energy nJ": f"{energy / 1e3:,.1f}", "float's / this": f"{fenergy / energy:.1f}×",
         })  # fmt: skip
-    return (_table(rows) + "\n\nMean accuracy gain (pp, paired over the chips) at the first swept value above inference's tolerance:\n\n"
+    return ("Tolerance (95 % bootstrap interval over the chips); gain over inference (interval of the paired gain):\n\n" + _table(rows)
+            + "\n\nMean accuracy gain (pp, paired over the chips) at the first swept value above inference's tolerance:\n\n"
             + _table(beyond) + "\n\nAccounting (memory = stored values × bits; energy = multiplies × Horowitz 2014):\n\n" + _table(costs))
+
+
+def jia2018_lr_selection(stores: list[xr.Dataset]) -> str:
+    """The learning rate for jia2018_insitu.yaml: in-situ learning's tolerance at each rate,
+    per population, and its mean over the populations (the criterion)."""
+    rows: list[Row] = []
+    for ds in stores:
+        rates = [str(p) for p in ds["procedure"].values if str(p).startswith("insitu_lr")]
+        means = {r: 0.0 for r in rates}
+        for parameter in JIA_PARAMETERS:
+            tol = tolerance(ds, parameter, threshold=0.01).isel(variant=0, time=0).squeeze(drop=True)
+            row = {"seed": str(ds.attrs["seed"]), "parameter": parameter.split(".", 1)[1],
+                   "inference": f"{float(tol['tolerance'].sel(procedure='inference')):.3f}"}  # fmt: skip
+            for r in rates:
+                value = float(tol["tolerance"].sel(procedure=r))
+                scale = float(tol["tolerance"].sel(procedure="inference"))
+                means[r] += value / scale / len(JIA_PARAMETERS)
+                row[r.removeprefix("insitu_")] = f"{'≥ ' if bool(tol['censored'].sel(procedure=r)) else ''}{value:.3f}"
+            rows.append(row)
+        rows.append({"seed": str(ds.attrs["seed"]), "parameter": "mean tolerance / inference's", "inference": "1.000",
+                     **{r.removeprefix("insitu_"): f"{m:.3f}" for r, m in means.items()}})  # fmt: skip
+    return _table(rows)
 
 
 def obradovic2018_hwa(stores: list[xr.Dataset]) -> str:
@@ -170,9 +237,12 @@ def obradovic2018_hwa(stores: list[xr.Dataset]) -> str:
                 hwa_acc = 100 * float(x["accuracy"].sel(variant=hwa, hardware=hw).mean("chip"))
                 plain = 100 * float(x["accuracy"].sel(variant="float", hardware=hw).mean("chip"))
                 predist = 100 * float(x["accuracy"].sel(variant="float", hardware=pre).mean("chip"))
+                qat = f"qat_{bits}bit"
+                qat_acc = 100 * float(x["accuracy"].sel(variant=qat, hardware=hw).mean("chip"))
                 rows.append({
                     "seed": str(ds.attrs["seed"]), "bits": str(bits), "device β": f"{beta:g}", "float %": f"{float_acc:.1f}",
-                    "HWA %": f"{hwa_acc:.1f}", "float mapped %": f"{plain:.1f}", "pre-distorted %": f"{predist:.1f}",
+                    "HWA %": f"{hwa_acc:.1f}", "QAT %": f"{qat_acc:.1f}", "float mapped %": f"{plain:.1f}", "pre-distorted %": f"{predist:.1f}",
+                    "HWA − QAT": _cell(ds, "variant", hwa, qat, hardware=hw, procedure="inference"),
                     "HWA − float mapped": _cell(ds, "variant", hwa, "float", hardware=hw, procedure="inference"),
                     "HWA − pre-distorted": _pair(ds, dict(variant=hwa, hardware=hw, procedure="inference"), dict(variant="float", hardware=pre)),
                 })  # fmt: skip
@@ -278,7 +348,8 @@ def _mackin_weight_errors(stores: list[xr.Dataset], cache_dir: Path, replicates:
 
 
 STUDIES: dict[str, Callable[[list[xr.Dataset]], str]] = {
-    f.__name__: f for f in (deng2022_vat, deng2022_selftune, jia2018_insitu, obradovic2018_hwa, garcia_redondo2020_unipolar, mackin2022_programming)
+    f.__name__: f
+    for f in (deng2022_vat, deng2022_selftune, jia2018_insitu, jia2018_lr_selection, obradovic2018_hwa, garcia_redondo2020_unipolar, mackin2022_programming)
 }
 
 

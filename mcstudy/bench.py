@@ -8,7 +8,7 @@ per chip, 8-bit DAC/ADC off and on. Figures, all in chip-time evaluations per se
 - ``batched``: mcstudy's path — a block of chips programmed once, every drift time read
   from the stored per-device state, compensation readouts, then the batched forward;
 - ``loop``: the usual way, one chip at a time in plain PyTorch — sample the chip, drift,
-  read, compensate, evaluate — with the same physics (SCIENCE.md §2);
+  read, compensate, evaluate — with the same physics (the PCM model of Nandakumar et al. 2019 and Joshi et al. 2020);
 - ``float``: the plain float forward of the same shapes on the same inputs (the floor);
 - ``products``: the crossbar products alone (MLP, LeNet; a block of chips on the 1,000
   inputs) by mcstudy's fixed-order kernels (``analog/invariant.py``: one summation order
@@ -107,7 +107,7 @@ def batched_accuracies(w: Workload, chips: range) -> torch.Tensor:
     net = AnalogNetwork(w.model)
     data = EvalData(w.x, w.y, w.x[:0], w.y[:0], batch=N_INPUTS)
     proc = DriftCompensation(DriftCompensationParams())
-    block = _population(w).program(net.nominal, chip_stream(0, "bench", chips), net.granules)
+    block = _population(w).program(net.nominal, chip_stream(0, "bench", chips), net.granules).scheduled([*TIMES, *proc.read_times(TIMES)])
     state = proc.prepare(block, net, data)
     return torch.stack([proc.evaluate(state, block, block.read(t), t, net, data)["accuracy"] for t in TIMES])
 

@@ -226,7 +226,7 @@ def chip_stream(
 ) -> Stream:
     """The streams of chips ``chips`` of population ``population`` in a study with ``seed``.
 
-    Chip ``c``'s key depends on ``(seed, population, c)`` alone (DESIGN.md invariant).
+    Chip ``c``'s key depends on ``(seed, population, c)`` alone (README, How it works).
     """
     base = mix64_int(mix64_int(seed ^ tag_hash("mcstudy.chip")) ^ tag_hash(population))
     idx = torch.as_tensor(list(chips) if isinstance(chips, range) else chips, dtype=torch.int64, device=device)

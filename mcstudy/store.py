@@ -1,4 +1,4 @@
-"""The results store: one xarray Dataset per study on a zarr store (DESIGN.md "The store").
+"""The results store: one xarray Dataset per study on a zarr store (README, How it works).
 
 The coordinator alone writes. It creates the store from a template (metadata and
 coordinates only; data chunks appear as blocks finish), writes each finished unit into

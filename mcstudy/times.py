@@ -41,3 +41,6 @@ def format_time(seconds: float) -> str:
 
 TimeSeconds = Annotated[float, BeforeValidator(parse_time), Field(gt=0, le=MAX_TIME_SECONDS)]
 """A time after programming in seconds; a study file may write ``20s``, ``1h``, ``1y``."""
+
+Duration = Annotated[float, BeforeValidator(parse_time), Field(ge=0, le=MAX_TIME_SECONDS)]
+"""A length of time in seconds, 0 allowed; written like :data:`TimeSeconds`."""

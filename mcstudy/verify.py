@@ -1,4 +1,4 @@
-"""Damage is detected, never resumed over (DESIGN.md invariant).
+"""Damage is detected, never resumed over (README, Crash safety).
 
 Every array of a store is written with a CRC32C checksum on every chunk (zarr 3's
 ``crc32c`` codec) and every chunk of a finished unit is written, even one that holds only

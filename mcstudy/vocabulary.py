@@ -36,9 +36,13 @@ REFERENCE_TIME_S: float = 20.0
 t0, drift compensation's reference read, the programming search's first time and the
 default tuning read (Nandakumar et al. 2019 / Le Gallo et al. 2023 measure from 20 s)."""
 
-PHYSICS_VERSION = 2
+PHYSICS_VERSION = 3
 """Version of the models behind the numbers, part of every study's hash: raise it with any
 change that changes a study's numbers, so a store written before is never resumed with
 chips computed after (the store names both versions). 2: HWA's continuous surrogate,
 trained weight ranges, the per-vector read-noise split, σ_prog ∝ G_max, asymmetry within
-[G_min, G_max], RRAM's finite off state, ideal devices in units of G_max."""
+[G_min, G_max], RRAM's finite off state, ideal devices in units of G_max. 3: a device's
+reads at all scheduled times one joint draw (PCM's 1/f law), in-situ learning through what
+the chip can know and written back to non-volatile devices, every variant judged against
+its trainer's forward pass, unipolar reference columns, the naive split without a second
+pair, no drift compensation before its reference read."""

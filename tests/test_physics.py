@@ -1,4 +1,4 @@
-"""Device physics against SCIENCE.md: reference values, and sampled statistics with
+"""Device physics against the published PCM model (Nandakumar et al. 2019; Joshi et al. 2020): reference values, and sampled statistics with
 tolerances derived from the sample size (5 standard errors)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from mcstudy.rng import chip_stream
 
 G_MAX = 25.0
 N = 1_000_000
-# SCIENCE.md §2 reference table: g, sigma_prog (µS), mu_nu, sigma_nu, Q_s
+# reference table (the published model's values): g, sigma_prog (µS), mu_nu, sigma_nu, Q_s
 REFERENCE = [
     (1.0, 1.0554, 0.049, 0.008, 0.0088),
     (0.5, 0.9527, 0.049, 0.008, 0.0138),
@@ -36,7 +36,7 @@ def test_reference_table(g: float, s_prog: float, mu_nu: float, s_nu: float, qs:
 
 @pytest.mark.parametrize("t, factor", [(20, 4.18), (3600, 4.77), (86400, 5.09), (365 * 86400, 5.64)])
 def test_read_noise_time_factor(t: float, factor: float) -> None:
-    # SCIENCE.md quotes two decimals; at 1 h the equation gives 4.764, quoted as 4.77
+    # the reference quotes two decimals; at 1 h the equation gives 4.764, quoted as 4.77
     assert pcm.read_noise_time_factor(t) == pytest.approx(factor, abs=0.01)
 
 
@@ -79,7 +79,7 @@ def test_programming_statistics(g: float, s_prog: float, mu_nu: float, s_nu: flo
 @pytest.mark.parametrize("g, s_prog", [(r[0], r[1]) for r in REFERENCE])
 def test_programming_noise_scales_with_g_max(g: float, s_prog: float, g_max: float, dtype: torch.dtype) -> None:
     """σ_prog is fitted in µS at G_max = 25 µS and scales by G_max / 25 µS for another G_max
-    (SCIENCE.md §2; aihwkit's PCMLikeNoiseModel): the same relative spread at every G_max."""
+    (aihwkit's PCMLikeNoiseModel): the same relative spread at every G_max."""
     p = pcm.PCMParams(g_max=g_max)
     expected = s_prog * g_max / 25.0
     t = torch.tensor([g * g_max], dtype=torch.float64)
@@ -258,3 +258,64 @@ def test_the_compiled_programming_pass_takes_its_constants_by_name() -> None:
         expected = G_FLOOR if name == "floor" else getattr(p, name)
         assert consts[i] == np.float32(expected), name
     assert consts[k.DRIFT_SCALE] == np.float32(0.5) and consts[k.G_MAX] == np.float32(40.0)
+
+
+# -- reads of one device at different times ----------------------------------------------
+
+DAY, YEAR = 86400.0, 365 * 86400.0
+
+
+def _law(t1: float, t2: float, p: pcm.PCMDriftReadParams) -> float:
+    """The 1/f structure function: Corr = (D(t₁) + D(t₂) − D(|t₂ − t₁|)) / (2√(D(t₁)·D(t₂)))."""
+    d = [math.log((t + p.t_read) / (2 * p.t_read)) for t in (t1, t2, abs(t2 - t1))]
+    return (d[0] + d[1] - d[2]) / (2 * math.sqrt(d[0] * d[1]))
+
+
+def _noise(mapping: str = "differential", read_noise: str = "per_read", n: int = 3000):  # type: ignore[no-untyped-def]
+    from mcstudy.hardware import MAPPINGS, Population
+
+    p = pcm.PCMParams(prog_noise_scale=0.0, drift_scale=0.0)  # chips programmed alike: they differ by read noise alone
+    pop = Population(pcm.PCMDevice(p), MAPPINGS.get(mapping).obj(MAPPINGS.get(mapping).params()), Variation(), read_noise=read_noise)
+    w = torch.sign(torch.randn(8, 8, generator=torch.Generator().manual_seed(0))) * 0.75  # |w| large: Q_s small, no clamp at 0 S
+    return pop, w, pop.program([w], chip_stream(9, "joint", range(n))), p
+
+
+def test_reads_at_different_times_share_variance_as_the_1_over_f_law_says() -> None:
+    """A chip's reads at its scheduled times are one joint draw: over 3,000 chips programmed
+    alike, the correlation of each weight's read error between any two of 20 s, 1 h, 1 d,
+    1 mo and 1 y is the law's (1 d vs 1 y: 0.451), each within 5 standard errors of the
+    sample correlation ((1 − ρ²)/√n, over 64 independent weights); each read's variance is
+    still D(t). Without a schedule the reads are independent (correlation 0)."""
+    pop, w, chips, p = _noise()
+    times = [20.0, 3600.0, DAY, 30 * DAY, YEAR]
+    joint = chips.scheduled(times)
+    e = torch.stack([joint.read(t).layers[0].weight - w for t in times])  # (T, chips, 8, 8)
+    n = e.shape[1]
+    for a in range(len(times)):
+        for b in range(a + 1, len(times)):
+            x, y = e[a].flatten(1), e[b].flatten(1)
+            r = ((x - x.mean(0)) * (y - y.mean(0))).mean(0) / (x.std(0) * y.std(0))  # per weight, over the chips
+            law = _law(times[a], times[b], p)
+            se = (1 - law**2) / math.sqrt(n * x.shape[1])
+            assert abs(float(r.mean()) - law) < 5 * se, (times[a], times[b], float(r.mean()), law)
+    assert _law(DAY, YEAR, p) == pytest.approx(0.4512, abs=1e-3)
+    single = torch.stack([chips.read(t).layers[0].weight - w for t in (DAY, YEAR)])
+    r = float(torch.corrcoef(torch.stack([single[0].flatten(), single[1].flatten()]))[0, 1])
+    assert abs(r) < 5 / math.sqrt(single[0].numel())
+    ratio = (e[3].var(0) / single[0].var(0)).mean()  # the 1-month read's variance is unchanged by the joint draw (vs 1 d: D ratio)
+    expected = math.log((30 * DAY + p.t_read) / (2 * p.t_read)) / math.log((DAY + p.t_read) / (2 * p.t_read))
+    assert abs(float(ratio) - expected) < 5 * math.sqrt(4 / n / 64) * expected
+
+
+@pytest.mark.parametrize("read_noise", ["per_read", "per_vector"])
+def test_joint_reads_keep_chip_identity_and_one_instant_per_time(read_noise: str) -> None:
+    """A chip's joint reads are the same alone as in any block, and a read at a time is the
+    device's noise at that time whatever it is for: a readout tagged otherwise at a
+    scheduled time sees the same per-read (slow 1/f) noise as the study's read there."""
+    pop, w, _, _ = _noise(read_noise=read_noise, n=1)
+    times = [20.0, DAY, YEAR]
+    block = pop.program([w], chip_stream(9, "joint", range(5))).scheduled(times)
+    alone = pop.program([w], chip_stream(9, "joint", [3])).scheduled(times)
+    for t in times:
+        assert torch.equal(block.read(t).layers[0].weight[3], alone.read(t).layers[0].weight[0])
+    assert torch.equal(block.read(DAY, tag="reference").layers[0].weight, block.read(DAY).layers[0].weight)

@@ -224,6 +224,24 @@ def test_drift_compensation_never_uses_a_reference_read_taken_after_the_read_it_
     assert not torch.equal(proc.evaluate(state, chips, late, 3600.0, net, data)["loss"], data.score(net, late)["loss"])
 
 
+def test_self_tuning_can_tune_on_a_read_before_the_one_it_is_scored_on(net: AnalogNetwork) -> None:
+    """With ``lead``, every-time self-tuning tunes on a read that long before the scored
+    read: on ideal devices (nothing changes between reads) the same numbers as tuning on
+    the scored read; on PCM (drift and 1/f noise between the two reads) different ones; a
+    lead reaching back to programming is refused, naming the field."""
+    data = _data()
+    for pop, same in ((_population({"between": {"sigma": 0.3, "granularity": "layer"}}), True), (_pcm_population(), False)):
+        chips = pop.program(net.nominal, chip_stream(7, "lead", range(3)), net.granules)
+        outs = []
+        for lead in (0.0, 60.0):
+            proc = SelfTuning(SelfTuningParams(lead=lead))
+            joint = chips.scheduled([86400.0, *proc.read_times([86400.0])])
+            outs.append(proc.evaluate(proc.prepare(joint, net, data), joint, joint.read(86400.0), 86400.0, net, data)["loss"])
+        assert torch.equal(outs[0], outs[1]) == same
+    with pytest.raises(McStudyError, match="lead"):
+        SelfTuning(SelfTuningParams(lead=3600.0)).read_times([20.0, 86400.0])
+
+
 @pytest.mark.parametrize("kind", ["self_tuning", "insitu_transfer"])
 def test_procedures_on_a_block_equal_the_same_procedures_chip_by_chip(net: AnalogNetwork, kind: str) -> None:
     pop = _population({"within": {"sigma": 0.1}, "between": {"sigma": 0.2}}, {**DRIFT, "mismatch": {"gain": 0.1}, "dac": {"bits": 6}})
@@ -310,6 +328,37 @@ def test_tolerance_interpolates_the_threshold_crossing() -> None:
     assert np.isnan(float(strict["tolerance"].sel(procedure="inference").item()))  # over it at the first value
     rel = tolerance(ds, "periphery.mismatch.gain", threshold=0.01 / 0.9, relative=True)
     assert float(rel["tolerance"].sel(procedure="inference").item()) == pytest.approx(0.1, rel=1e-3)
+
+
+def test_tolerance_has_a_bootstrap_interval_over_chips_paired_between_procedures() -> None:
+    """Bootstrap draws of the chips (the same draw at every swept value and procedure): for
+    chips whose loss is slope_c × σ with slope_c spread 30 % around 0.1 over 400 chips, the
+    replicates' spread of the tolerance t = 0.01 / mean(slope) is the delta method's
+    0.01·sd(slope)/(mean(slope)²·√n) (within 15 %: 2,000 replicates); a procedure whose loss
+    is 0.4 × inference's on every chip has a gain of exactly +150 % in every replicate."""
+    n = 400
+    rng = np.random.default_rng(0)
+    slope = 0.1 * (1 + 0.3 * rng.standard_normal(n))
+    values = np.round(np.arange(0.01, 0.3, 0.01), 2)
+    acc = np.zeros((1, len(values), 2, 1, n))
+    for h, v in enumerate(values):
+        acc[0, h, 0, 0] = 0.9 - slope * v
+        acc[0, h, 1, 0] = 0.9 - 0.4 * slope * v
+    ds = xr.Dataset(
+        {"accuracy": (("variant", "hardware", "procedure", "time", "chip"), acc), "float_accuracy": ("variant", np.array([0.9]))},
+        coords={"variant": ["v"], "procedure": ["inference", "insitu"], "time": [20.0], "chip": np.arange(n),
+                "hardware": [f"h{i}" for i in range(len(values))], "population": ("hardware", ["sweep"] * len(values)),
+                "periphery_mismatch_gain": ("hardware", values)},
+    )  # fmt: skip
+    boot = tolerance(ds, "periphery.mismatch.gain", resamples=2000, seed=1)["tolerance"].sel(variant="v", population="sweep", time=20.0)
+    point = float(tolerance(ds, "periphery.mismatch.gain")["tolerance"].sel(procedure="inference").item())
+    spread = float(boot.sel(procedure="inference").std("resample"))
+    expected = 0.01 * slope.std() / (slope.mean() ** 2 * math.sqrt(n))
+    assert abs(spread / expected - 1) < 0.15, (spread, expected)
+    low, high = boot.sel(procedure="inference").quantile([0.025, 0.975], "resample").values
+    assert low < point < high
+    gain = tolerance_gain(boot, "insitu")
+    np.testing.assert_allclose(gain.values, 1.5, rtol=1e-6)
 
 
 def test_tolerance_names_what_is_wrong() -> None:

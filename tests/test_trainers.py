@@ -1,8 +1,9 @@
-"""The training recipes' defining properties (SCIENCE.md §4)."""
+"""The training recipes' defining properties (README, Trainers)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -283,6 +284,22 @@ def test_variability_aware_samples_fresh_noise_on_quantised_weights() -> None:
     # the between-chip part (chip granularity) is shared by both layers of one sample
     shared = torch.log(a["a"][q != 0] / q[q != 0]).mean() - torch.log(a["b"][q != 0] / q[q != 0]).mean()
     assert abs(shared.item()) < 0.05
+
+
+def test_noise_injection_can_sample_the_variation_terms_of_variability_aware_training() -> None:
+    """The baseline with the same noise: noise injection's ``variation`` multiplies the
+    (unquantised) weights by a fresh lognormal draw of VAT's within- and between-chip
+    terms: within a layer log(w'/w) spreads with σ_within, and its layer mean moves from
+    draw to draw with σ_between (per layer). Tolerances from 400 draws."""
+    from mcstudy.training.noise_injection import NoiseInjection, NoiseInjectionParams
+
+    rule = NoiseInjection(NoiseInjectionParams(sigma=0.0, variation={"within": {"sigma": 0.1}, "between": {"sigma": 0.3, "granularity": "layer"}}))
+    w = torch.randn(40, 30, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    logs = torch.stack([torch.log(rule.weights({"a": w}, gen, 0.0)["a"] / w) for _ in range(400)])  # (draws, 40, 30)
+    assert abs(float(logs.std((1, 2)).mean()) - 0.1) < 0.01
+    means = logs.mean((1, 2))
+    assert abs(float(means.std()) - 0.3) < 5 * 0.3 / math.sqrt(2 * 400)
 
 
 def test_every_trainer_parameter_is_part_of_the_cache_key(tmp_path) -> None:  # type: ignore[no-untyped-def]

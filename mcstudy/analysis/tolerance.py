@@ -47,12 +47,26 @@ def crossing(values: np.ndarray, loss: np.ndarray, threshold: float) -> tuple[fl
     return float(v0 + (threshold - l0) * (v1 - v0) / (l1 - l0)), False
 
 
+def _resampled_mean(values: xr.DataArray, resamples: int, seed: int) -> xr.DataArray:
+    """Means over ``chip`` of ``resamples`` bootstrap draws of the chips (with replacement),
+    each draw the same for every other coordinate (paired: a chip is the same chip at
+    every swept value, procedure and time); dimension ``resample`` in place of ``chip``."""
+    n = values.sizes["chip"]
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    counts = np.zeros((resamples, n))
+    np.add.at(counts, (np.arange(resamples)[:, None], idx), 1.0)
+    weights = xr.DataArray(counts / n, dims=("resample", "chip"))
+    return values.fillna(0.0).dot(weights, dim="chip") / values.notnull().dot(weights, dim="chip")
+
+
 def tolerance(
     ds: xr.Dataset,
     parameter: str,
     threshold: float = 0.01,
     relative: bool = False,
     metric: str = "accuracy",
+    resamples: int = 0,
+    seed: int = 0,
 ) -> xr.Dataset:
     """Tolerance to ``parameter`` (a swept hardware field, e.g. ``"periphery.op_drift.offset"``)
     per variant, population, procedure and time.
@@ -62,11 +76,16 @@ def tolerance(
     accuracy). Only populations along which ``parameter`` varies — and nothing else does —
     are used. Returns ``tolerance`` (NaN: already over the threshold at the smallest swept
     value) and ``censored`` (True: never over it; the tolerance is at least the value
-    given), with dimensions variant, population, procedure and time.
+    given), with dimensions variant, population, procedure and time. With ``resamples``,
+    each is computed on that many bootstrap draws of the chips (dimension ``resample``;
+    the same draw for every swept value, procedure and time, so a gain between
+    procedures stays paired): ``tol.tolerance.quantile([0.025, 0.975], "resample")`` is a
+    95 % interval over chips.
     """
     name = _coordinate(ds, parameter)
     swept = [c for c in ds.coords if ds[c].dims == ("hardware",) and ds[c].dtype.kind == "f" and c != name]
-    mean_loss = ds[f"float_{metric}"] - ds[metric].mean("chip", skipna=True)
+    chip_mean = ds[metric].mean("chip", skipna=True) if resamples == 0 else _resampled_mean(ds[metric].load(), resamples, seed)
+    mean_loss = ds[f"float_{metric}"] - chip_mean
     limit = threshold * ds[f"float_{metric}"] if relative else xr.full_like(ds[f"float_{metric}"], threshold)
     out_tol, out_cens, used = [], [], []
     for pop in sweeping_populations(ds, name):

@@ -104,6 +104,8 @@ class WorkerContext:
             (v, h): build_population(spec.population(h), strategy) for h, per in payload.strategies.items() for v, strategy in per.items()
         }
         self.procedures = [PROCEDURES.get(p.kind.name).obj(p.kind.params) for p in spec.procedures]
+        # every time a chip is read, by the study or a procedure's readout: one joint draw of correlated read noise
+        self.read_times = sorted({*spec.times, *(t for proc in self.procedures for t in proc.read_times(spec.times))})
 
         def t(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(self.device)
@@ -129,7 +131,7 @@ class WorkerContext:
         net = self.networks[variant.name]
         population = self.variant_populations.get((variant.name, pop_spec.name)) or self.populations[pop_spec.name]
         stream = chip_stream(spec.seed, pop_spec.chip_key, range(unit.start, unit.stop), self.device)
-        chips = population.program(net.nominal, stream, net.granules, self.ranges[variant.name])
+        chips = population.program(net.nominal, stream, net.granules, self.ranges[variant.name]).scheduled(self.read_times)
         states = [proc.prepare(chips, net, self.data) for proc in self.procedures]
         shape = (len(self.procedures), len(spec.times), unit.n_chips)
         metrics = {m: np.full(shape, np.nan, dtype=np.float64) for m in spec.metrics}

@@ -9,7 +9,9 @@ draw only from the random stream they are handed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
 
 import torch
 
@@ -21,6 +23,32 @@ if TYPE_CHECKING:
     pass
 
 DeviceState = dict[str, torch.Tensor]
+
+Mix = Sequence[tuple[float, Stream]]
+"""The read noise of one read as a combination ``Σ r_m·z_m`` of standard normals from the
+chip streams ``m`` (each drawn as the read's own normals would be): a device whose reads
+at different times are correlated (:meth:`DeviceModel.read_noise_correlation`) reads at
+time ``t`` with the Cholesky row of its earlier scheduled reads and ``t``."""
+
+
+def joint_row(correlation: np.ndarray) -> np.ndarray:
+    """The last row of the Cholesky factor of a correlation matrix ``(k+1, k+1)`` of reads in
+    time order: the coefficients of the newest read's normal on the k+1 independent ones."""
+    try:
+        return np.linalg.cholesky(correlation)[-1]
+    except np.linalg.LinAlgError as e:
+        raise ValueError(f"read times give a read-noise correlation that is not positive definite: {e}") from e
+
+
+def mixed_normal(mix: Mix, like: torch.Tensor, tag: str) -> torch.Tensor:
+    """``Σ r_m·z_m`` shaped like ``like``, each ``z_m`` standard normals of sub-stream ``tag`` of
+    stream ``m`` (``draw_normal``)."""
+    out: torch.Tensor | None = None
+    for r, stream in mix:
+        z = draw_normal(stream, like, tag).mul_(r)
+        out = z if out is None else out.add_(z)
+    assert out is not None
+    return out
 
 
 class DeviceModel(ABC):
@@ -74,18 +102,26 @@ class DeviceModel(ABC):
         is common to every product of one read. Default 1: white read noise."""
         return 1.0
 
-    def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``.
+    def read_noise_correlation(self, times: Sequence[float]) -> np.ndarray | None:
+        """The correlation matrix of one device's read noise between reads at ``times`` (s
+        after programming, increasing), or None where reads are independent (white read
+        noise; the default)."""
+        return None
+
+    def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None, mix: Mix | None = None) -> torch.Tensor:
+        """Conductances (µS) read ``t`` seconds after programming; read noise drawn from ``rng``,
+        or, where ``mix`` is given, the combination of normals it names (:data:`Mix`).
         ``out``: a tensor shaped like the state that a model may write the result to (a
         scratch buffer reused between reads, so large reads do not fault in fresh pages)."""
         g, sigma = self.mean_and_sigma(state, t)
         if sigma is None:
             return g
-        return (g + sigma * draw_normal(rng, g, "read")).clamp(min=0.0)
+        z = draw_normal(rng, g, "read") if mix is None else mixed_normal(mix, g, "read")
+        return (g + sigma * z).clamp(min=0.0)
 
     def read_decoded(
         self, state: DeviceState, t: float, rng: Stream, shape: tuple[int, int, int], coeffs: list[float], g_min: float,
-        scale: torch.Tensor,
+        scale: torch.Tensor, mix: Mix | None = None,
     ) -> torch.Tensor | None:  # fmt: skip
         """A read of a layer in the per-chip flat layout (device planes of ``shape``
         ``(D, out, in)``) decoded at once to weights ``(C, out, in)`` — the same numbers as

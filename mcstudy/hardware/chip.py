@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
 from ..registry import Params
 from ..rng import Stream, draw_normal
-from .base import DEVICES, MAPPINGS, DeviceModel, DeviceState
+from .base import DEVICES, MAPPINGS, DeviceModel, DeviceState, Mix, joint_row, mixed_normal
 from .layout import from_flat, to_flat
 from .mapping import Mapping
 from .periphery import NeuronDraws, PeripherySpec, chip_draws, mismatch_gain, neuron_draws
@@ -223,6 +223,13 @@ class ChipBatch:
     layers: list[_Layer]
     # conductance buffers reused by every read of a layer (consumed by the decode at once)
     scratch: dict[int, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    schedule: tuple[float, ...] = ()  # the times (s) a study reads these chips at: one joint draw of correlated read noise
+
+    def scheduled(self, times: Sequence[float]) -> "ChipBatch":
+        """These chips, to be read at ``times`` (s after programming): a device whose read
+        noise is correlated in time (``DeviceModel.read_noise_correlation``: PCM's 1/f noise)
+        then reads at all of them as one joint draw (:meth:`read_layer`)."""
+        return dataclasses.replace(self, schedule=tuple(sorted(set(float(t) for t in times))), scratch={})
 
     @property
     def n_chips(self) -> int:
@@ -231,8 +238,13 @@ class ChipBatch:
     def read(self, t: float, tag: str = "read") -> ChipRead:
         """Every layer read ``t`` s after programming.
 
-        Reads with the same ``tag`` and ``t`` see the same read noise (they are one read);
-        a different tag is a different read of the same chips.
+        Reads with the same ``tag`` and ``t`` see the same read noise (they are one read); a
+        different tag is a different read of the same chips — its per-vector noise its own,
+        and, on a device with white read noise, its per-read noise too. A device whose read
+        noise is correlated in time (PCM's 1/f noise) has one noise process: a read at ``t``
+        takes its value at ``t`` whatever the tag, drawn jointly with the reads at the
+        chips' scheduled times before ``t`` (:meth:`scheduled`), so that reads at ``t₁`` and
+        ``t₂`` share variance as the device's law says (PCM: ``(D(t₁) + D(t₂) − D(|t₂ − t₁|))/2``).
         """
         return ChipRead([self.read_layer(i, t, tag) for i in range(len(self.layers))], self.population.periphery)
 
@@ -242,6 +254,7 @@ class ChipBatch:
         pop, layer = self.population, self.layers[i]
         device, mapping, g_max = pop.device, pop.mapping, pop.device.g_max
         read_stream = self.stream.child(tag, float(t), i)
+        noise, mix = self._read_noise(i, t, read_stream)
         age = t - layer.written
         var = None
         if pop.read_noise == "per_vector":
@@ -249,13 +262,15 @@ class ChipBatch:
             if sigma is not None:
                 fresh = device.vector_fresh_fraction(age)
                 if fresh < 1.0:  # the part every product of this read shares: G = max(G + σ_s·z, 0)
-                    g = (g + math.sqrt(1.0 - fresh) * sigma * draw_normal(read_stream, g, "shared")).clamp_(min=0.0)
+                    z = draw_normal(noise, g, "shared") if mix is None else mixed_normal(mix, g, "shared")
+                    g = (g + math.sqrt(1.0 - fresh) * sigma * z).clamp_(min=0.0)
                 var = mapping.decode_variance(from_flat(sigma * math.sqrt(fresh), layer.shape), layer.coeff, layer.w_max, g_max)
             w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
         else:
-            w = self._read_weights(i, age, read_stream)
+            w = self._read_weights(i, age, noise, mix)
         if layer.reference is not None:
-            w, var = self._subtract_reference(layer, t, read_stream.child("reference"), w, var)
+            sub = None if mix is None else [(r, m.child("reference")) for r, m in mix]
+            w, var = self._subtract_reference(layer, t, noise.child("reference"), w, var, sub)
         if layer.gain is not None:
             w = w * layer.gain
             var = None if var is None else var * layer.gain**2
@@ -268,6 +283,23 @@ class ChipBatch:
             neurons=layer.neurons,
             noise=read_stream.child("vector") if needs_noise else None,
         )
+
+    def _read_noise(self, i: int, t: float, read_stream: Stream) -> tuple[Stream, Mix | None]:
+        """Where layer ``i``'s read noise at ``t`` comes from: the read's own stream on a
+        device with white read noise (and on devices written again since programming, read
+        once); else the device's noise process at ``t`` — its stream named by the time alone,
+        combined (:data:`~mcstudy.hardware.base.Mix`) with those of the scheduled times
+        before ``t`` by the Cholesky row of their correlation."""
+        device, layer = self.population.device, self.layers[i]
+        if layer.written or device.read_noise_correlation([t]) is None:
+            return read_stream, None
+        own = self.stream.child("read", float(t), i)
+        earlier = [x for x in self.schedule if x < t]
+        correlation = device.read_noise_correlation([*earlier, t]) if earlier else None
+        if correlation is None:
+            return own, None
+        row = joint_row(correlation)
+        return own, [(float(r), self.stream.child("read", float(x), i)) for r, x in zip(row, [*earlier, t])]
 
     def rewritten(self, i: int, weights: torch.Tensor, t: float, tag: str) -> "ChipBatch":
         """These chips with layer ``i``'s devices programmed again, ``t`` s after the first
@@ -284,10 +316,10 @@ class ChipBatch:
         state = pop.device.rewrite(layer.state, to_flat(varied), self.stream.child("program", i), self.stream.child("rewrite", tag, float(t), i))
         layers = list(self.layers)
         layers[i] = dataclasses.replace(layer, state=state, written=float(t))
-        return ChipBatch(pop, self.stream, layers)
+        return dataclasses.replace(self, layers=layers, scratch={})
 
     def _subtract_reference(
-        self, layer: _Layer, t: float, stream: Stream, w: torch.Tensor, var: torch.Tensor | None
+        self, layer: _Layer, t: float, stream: Stream, w: torch.Tensor, var: torch.Tensor | None, mix: Mix | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weights ``w`` (decoded against the nominal G_min) with each column's current less
         its tile column's reference current, read ``t`` s after programming (the reference
@@ -307,14 +339,15 @@ class ChipBatch:
             if sigma is not None:
                 fresh = device.vector_fresh_fraction(t)
                 if fresh < 1.0:
-                    g = (g + math.sqrt(1.0 - fresh) * sigma * draw_normal(stream, g, "shared")).clamp(min=0.0)
+                    z = draw_normal(stream, g, "shared") if mix is None else mixed_normal(mix, g, "shared")
+                    g = (g + math.sqrt(1.0 - fresh) * sigma * z).clamp(min=0.0)
                 extra = mapping.decode_variance(per_weight(sigma * math.sqrt(fresh)).view(-1, *layer.shape), layer.coeff, layer.w_max, g_max)
                 var = extra if var is None else var + extra  # per vector, taken as independent between columns
         else:
-            g = device.read(layer.reference, t, stream)
+            g = device.read(layer.reference, t, stream, mix=mix)
         return w - mapping.decode_flat(per_weight(g), layer.shape, layer.coeff, layer.w_max, g_max), var
 
-    def _read_weights(self, i: int, t: float, stream: Stream) -> torch.Tensor:
+    def _read_weights(self, i: int, t: float, stream: Stream, mix: Mix | None = None) -> torch.Tensor:
         """Layer ``i``'s weights at one read: the device's fused read-and-decode where it has
         one for this mapping, else a read into a reused buffer and the mapping's decode."""
         pop, layer = self.population, self.layers[i]
@@ -322,11 +355,11 @@ class ChipBatch:
         coeffs = mapping.plane_coefficients(layer.coeff)
         if coeffs is not None:
             scale = mapping.decode_scale(layer.w_max, g_max)
-            w = device.read_decoded(layer.state, t, stream, layer.shape, coeffs, mapping.g_min(g_max), scale)
+            w = device.read_decoded(layer.state, t, stream, layer.shape, coeffs, mapping.g_min(g_max), scale, mix=mix)
             if w is not None:
                 return w
         buf = self.scratch.setdefault(i, torch.empty_like(next(iter(layer.state.values()))))
-        g = device.read(layer.state, t, stream, out=buf)
+        g = device.read(layer.state, t, stream, out=buf, mix=mix)
         return mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
 
     def programmed(self, layer: int, key: str) -> torch.Tensor:

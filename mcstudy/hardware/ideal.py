@@ -3,7 +3,7 @@
 An ideal device has no physics and so no physical unit: its conductances are in units
 of G_max (``g_max = 1``). In these units the weight -> conductance -> weight round trip
 runs exactly the arithmetic of ``Mapping.transfer``, so a chip of ideal devices
-reproduces a trainer's forward pass bit for bit (DESIGN.md: deployed is trained). With
+reproduces a trainer's forward pass bit for bit (README, What a variant is judged against). With
 another ``g_max`` the round trip can differ from it in the last bit (µS values are
 scaled in and out)."""
 

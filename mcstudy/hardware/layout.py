@@ -4,7 +4,7 @@ PyTorch evaluates elementwise functions such as ``exp``, ``log`` and ``pow`` wit
 code on full vectors and with scalar code on the tail of a tensor, and the two can
 differ in the last bit. If chip ``c``'s values sat at different positions relative to
 the vector boundaries in a block of 64 chips than alone, chip 17 would not be the same
-chip in both (DESIGN.md invariant). Each chip's values are therefore laid out flat and
+chip in both (README, The same bits, whatever shares a call). Each chip's values are therefore laid out flat and
 padded to a multiple of ``rng.ALIGN`` elements before any such function runs, so every
 chip always fills whole vectors at the same lanes, whatever the block.
 (``tests/test_hardware.py::test_every_model_draws_only_from_the_chips_stream``)

@@ -1,4 +1,4 @@
-"""Weight <-> conductance mappings (SCIENCE.md §3).
+"""Weight <-> conductance mappings (Obradovic et al. 2018; García-Redondo et al. 2020; Mackin et al. 2022).
 
 Every mapping works on normalised weights ``u = w / w_max`` in [-1, 1], where
 ``w_max`` is the full-scale weight of the weight's crossbar tile (the trainer's range,

@@ -1,7 +1,7 @@
 """Phase-change memory: programming noise, conductance drift and 1/f read noise.
 
 The statistical PCM model of Nandakumar et al. (2019) and Joshi et al. (Nat. Commun.
-11, 2473, 2020), as used by Mackin et al. (Nat. Commun. 2022); SCIENCE.md §2. For a
+11, 2473, 2020), as used by Mackin et al. (Nat. Commun. 2022). For a
 normalised target ``g = G_T / G_max``:
 
 - programming noise: ``σ_prog = (c0 + c1·g + c2·g²)·G_max/G_ref`` µS, the polynomial
@@ -33,7 +33,7 @@ The ``*_scale`` factors switch a mechanism off (0) or exaggerate it.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,12 +43,12 @@ from ..registry import Params
 from .. import kernels
 from ..kernels import pcm as pcm_kernels
 from ..rng import ALIGN, Stream, aligned, chunks, draw_normal, window_width
-from .base import DEVICES, DeviceModel, DeviceState
+from .base import DEVICES, DeviceModel, DeviceState, Mix, mixed_normal
 from ..vocabulary import REFERENCE_TIME_S
 
 
 class PCMDriftReadParams(Params):
-    """Constants of PCM drift and 1/f read noise (SCIENCE.md §2); shared with the table device."""
+    """Constants of PCM drift and 1/f read noise (Nandakumar et al. 2019; Joshi et al. 2020); shared with the table device."""
 
     g_max: float = Field(25.0, gt=0, description="largest conductance G_max, µS")
     t0: float = Field(REFERENCE_TIME_S, gt=0, description="drift reference time after programming, s")
@@ -65,7 +65,7 @@ class PCMDriftReadParams(Params):
 
 
 class PCMParams(PCMDriftReadParams):
-    """Constants of the PCM model (SCIENCE.md §2); conductances in µS, times in s."""
+    """Constants of the PCM model (Nandakumar et al. 2019; Joshi et al. 2020); conductances in µS, times in s."""
 
     prog_c0: float = Field(0.26348, description="programming-noise polynomial, constant term, µS")
     prog_c1: float = Field(1.9650, description="programming-noise polynomial, linear term, µS")
@@ -149,6 +149,31 @@ def vector_fresh_fraction(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
     total = read_noise_time_factor(t, p) ** 2
     fresh = 0.5 * max(math.log((p.vector_interval + p.t_read) / (2.0 * p.t_read)), 0.0)
     return 1.0 if total <= fresh else fresh / total
+
+
+def read_noise_correlation(times: Sequence[float], p: PCMDriftReadParams = DEFAULT) -> np.ndarray | None:
+    """Correlation of one device's 1/f read noise between reads at ``times`` (s after
+    programming, increasing). The noise of a read at t deviates from the programmed state
+    with variance D(t), D(τ) = ln((τ + t_read)/(2·t_read)) (the structure function of
+    :func:`read_noise_time_factor`, floored at 0), and two reads Δ apart differ with
+    variance D(Δ), so ``Cov(t_k, t_m) = (D(t_k) + D(t_m) − D(|t_k − t_m|))/2``
+    (the law the per-vector split uses within one read). None without read
+    noise."""
+    if p.read_noise_scale == 0:
+        return None
+
+    def d(tau: float) -> float:
+        return read_noise_time_factor(tau, p) ** 2
+
+    v = np.array([d(t) for t in times])
+    if (v <= 0).any():
+        return None  # a read within t_read of programming: no noise yet
+    n = len(times)
+    cov = np.empty((n, n))
+    for k in range(n):
+        for m in range(n):
+            cov[k, m] = v[k] if k == m else (v[k] + v[m] - d(abs(times[k] - times[m]))) / 2
+    return cov / np.sqrt(np.outer(v, v))
 
 
 def drift_factor(nu: torch.Tensor, t: float, p: PCMDriftReadParams = DEFAULT) -> torch.Tensor:
@@ -278,6 +303,28 @@ def _read_windows(
         log_u[:, :, :span].log_(), cos_theta[:, :, :span].cos_()
 
 
+def _noise_windows(
+    nu: torch.Tensor, keys: torch.Tensor, starts: np.ndarray, span: int, log_ratio: float, noisy: bool, mix: Mix | None,
+    p: PCMDriftReadParams, drift: torch.Tensor, log_u: torch.Tensor, cos_theta: torch.Tensor, spare: torch.Tensor | None,
+) -> None:  # fmt: skip
+    """:func:`_read_windows` for a read whose normals come from the stream ``keys``, or, with
+    ``mix`` (:data:`~mcstudy.hardware.base.Mix`), for a read whose standard normals are
+    ``Σ r_m·z_m`` of the streams it names: those are left in ``cos_theta`` with ``ln u = −½``,
+    so that the compiled passes' ``√(c·ln u)·cos θ`` with ``c = −2s²`` is ``s·Σ r_m·z_m``.
+    ``spare``: a ``(2, windows, C, ≥ span)`` workspace for each stream's fields."""
+    if mix is None or not noisy:
+        _read_windows(nu, keys, starts, span, log_ratio, noisy, p, drift, log_u, cos_theta)
+        return
+    assert spare is not None
+    _read_windows(nu, keys, starts, span, log_ratio, False, p, drift, log_u, cos_theta)  # the drift factors alone
+    total = cos_theta[:, :, :span].zero_()
+    u, theta = spare[0, :, :, :span], spare[1, :, :, :span]
+    for r, stream in mix:
+        _read_windows(nu, stream.child("read").keys, starts, span, 0.0, True, p, drift, spare[0], spare[1])
+        total.add_(u.mul_(-2.0).sqrt_().mul_(theta).mul_(r))
+    log_u[:, :, :span].fill_(-0.5)
+
+
 def _read_spans(n: int, planes: int, total: int, step: int) -> Iterator[tuple[int, int, int, np.ndarray, np.ndarray]]:
     """Windows of ``step`` weights over ``planes`` device planes of ``n`` each, laid out
     back to back in rows of ``total`` columns: ``(a, w, span, starts, off)`` for weights
@@ -296,12 +343,12 @@ def _read_spans(n: int, planes: int, total: int, step: int) -> Iterator[tuple[in
 
 def _read_stream(
     g_prog: torch.Tensor, nu: torch.Tensor, qs: torch.Tensor, t: float, rng: Stream, p: PCMDriftReadParams,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, mix: Mix | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Read ``(C, n)`` programmed devices at ``t`` with read noise from chip streams. On the
-    CPU, every chip at once in windows of aligned columns (``rng.window_width``), the
-    arithmetic after ln, cos and exp in one compiled pass (``kernels.pcm_read_finish``);
-    elsewhere :func:`_read_formula` chip by chip."""
+    """Read ``(C, n)`` programmed devices at ``t`` with read noise from chip streams (or the
+    combination ``mix`` names). On the CPU, every chip at once in windows of aligned columns
+    (``rng.window_width``), the arithmetic after ln, cos and exp in one compiled pass
+    (``kernels.pcm_read_finish``); elsewhere :func:`_read_formula` chip by chip."""
     s = read_noise_std(t, p)
     stream = rng.child("read")
     out = torch.empty_like(g_prog) if out is None else out
@@ -309,16 +356,23 @@ def _read_stream(
     tensors = (g_prog, nu, qs, out)
     if g_prog.device.type != "cpu" or g_prog.dtype != torch.float32 or n < ALIGN or not all(x.is_contiguous() for x in tensors):
         for c, sl in chunks(chips, n):
-            zs = stream.select(slice(c, c + 1)).normal_range(sl.start, sl.stop - sl.start, g_prog.dtype, s)[0] if s > 0 else None
+            zs = None
+            if s > 0:
+                one = slice(c, c + 1)
+                sources = [(1.0, stream)] if mix is None else [(r, m.child("read")) for r, m in mix]
+                for r, src in sources:
+                    z = src.select(one).normal_range(sl.start, sl.stop - sl.start, g_prog.dtype, s)[0]
+                    zs = z if mix is None else (z.mul_(r) if zs is None else zs.add_(z.mul_(r)))
             _read_formula(g_prog[c, sl], nu[c, sl], qs[c, sl], t, zs, p, out=out[c, sl])
         return out
     log_ratio, c2 = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s)
     step = window_width(chips, n)
     ws = torch.empty(3, 1, chips, step)  # drift factors, ln u, cos θ: reused by every window
     ws[0].fill_(1.0)
+    spare = torch.empty(2, 1, chips, step) if mix is not None else None
     gp_np, qs_np, out_np, ws_np = g_prog.numpy(), qs.numpy(), out.numpy(), ws.numpy()
     for a, w, span, starts, off in _read_spans(n, 1, n, step):
-        _read_windows(nu, stream.keys, starts, span, log_ratio, s > 0, p, ws[0], ws[1], ws[2])
+        _noise_windows(nu, stream.keys, starts, span, log_ratio, s > 0, mix, p, ws[0], ws[1], ws[2], spare)
         kernels.pcm_read_finish(gp_np, qs_np, a, w, ws_np[0, 0], ws_np[1, 0], ws_np[2, 0], int(off[0]), c2, s > 0, out_np)
     return out
 
@@ -350,17 +404,21 @@ class PCMDevice(DeviceModel):
         g_prog, nu = program(g_target, rng, p)
         return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
 
-    def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None) -> torch.Tensor:
+    def read_noise_correlation(self, times: Sequence[float]) -> np.ndarray | None:
+        return read_noise_correlation(times, self.params)
+
+    def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None, mix: Mix | None = None) -> torch.Tensor:
         p = self.params
         g_prog, nu, qs = state["g_prog"], state["nu"], state["qs"]
         if isinstance(rng, Stream) and g_prog.dim() == 2:
-            return _read_stream(g_prog, nu, qs, t, rng, p, out)
+            return _read_stream(g_prog, nu, qs, t, rng, p, out, mix)
         s = read_noise_std(t, p)
-        return _read_formula(g_prog, nu, qs, t, draw_normal(rng, g_prog, "read", s) if s > 0 else None, p)
+        zs = None if s == 0 else draw_normal(rng, g_prog, "read", s) if mix is None else mixed_normal(mix, g_prog, "read").mul_(s)
+        return _read_formula(g_prog, nu, qs, t, zs, p)
 
     def read_decoded(
         self, state: DeviceState, t: float, rng: Stream, shape: tuple[int, int, int], coeffs: list[float], g_min: float,
-        scale: torch.Tensor,
+        scale: torch.Tensor, mix: Mix | None = None,
     ) -> torch.Tensor | None:  # fmt: skip
         """On the CPU: a read decoded in the same pass (``kernels.pcm_read_decode_finish``),
         so the conductances never go to memory. Every plane of every chip is computed at
@@ -385,8 +443,9 @@ class PCMDevice(DeviceModel):
         nu_c, gp_np, qs_np = nu.contiguous(), g_prog.contiguous().numpy(), qs.contiguous().numpy()
         log_ratio, c2, gm = math.log(max(t, p.t0) / p.t0), np.float32(-2.0 * s * s), np.float32(g_min)
         ws_np, out_np = (drift_ws.numpy(), u_ws.numpy(), theta_ws.numpy()), out.view(chips, n).numpy()
+        spare = torch.empty(2, planes, chips, step) if mix is not None else None
         for a, w, span, starts, off in _read_spans(n, planes, total, step):
-            _read_windows(nu_c, keys, starts, span, log_ratio, s > 0, p, drift_ws, u_ws, theta_ws)
+            _noise_windows(nu_c, keys, starts, span, log_ratio, s > 0, mix, p, drift_ws, u_ws, theta_ws, spare)
             kernels.pcm_read_decode_finish(gp_np, qs_np, *ws_np, off, n, a, w, coeff, unit, gm, scale_np, c2, s > 0, out_np)
         return out
 

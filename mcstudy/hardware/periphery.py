@@ -1,5 +1,5 @@
 """The circuit around the crossbars: DACs, ADCs, output noise, and the analog neurons'
-operating-point drift and mismatch (SCIENCE.md §1 and §3).
+operating-point drift and mismatch (Jia et al., DAC 2018).
 
 Units. Inputs are normalised by ``x_scale`` — the DAC's fixed range, or each input
 vector's largest |x| with per-vector scaling (aihwkit's "noise management") — and

@@ -4,13 +4,16 @@
 conductance g from points given in the study file (``points``) or a CSV file
 (``csv``, columns ``g, sigma_prog, mu_nu, sigma_nu``; a relative path is relative to the
 study file); outside the measured range the end values hold. Drift and 1/f read noise
-then follow the PCM equations (SCIENCE.md §2) with the constants of :class:`~mcstudy.hardware.pcm.PCMDriftReadParams`.
+then follow the PCM equations (Nandakumar et al. 2019; Joshi et al. 2020) with the constants of :class:`~mcstudy.hardware.pcm.PCMDriftReadParams`.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 import torch
 from pydantic import Field, model_validator
@@ -18,7 +21,7 @@ from pydantic import Field, model_validator
 from ..registry import FileParamError, Params
 from ..rng import Stream, draw_normal
 from .base import DEVICES, DeviceModel, DeviceState
-from .pcm import PCMDriftReadParams, drifted_and_sigma, vector_fresh_fraction
+from .pcm import PCMDriftReadParams, drifted_and_sigma, read_noise_correlation, vector_fresh_fraction
 from ..location import study_relative
 
 COLUMNS = ("g", "sigma_prog", "mu_nu", "sigma_nu")
@@ -120,3 +123,6 @@ class TableDevice(DeviceModel):
 
     def vector_fresh_fraction(self, t: float) -> float:
         return vector_fresh_fraction(t, self.params)
+
+    def read_noise_correlation(self, times: Sequence[float]) -> np.ndarray | None:
+        return read_noise_correlation(times, self.params)

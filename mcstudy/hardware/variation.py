@@ -1,4 +1,4 @@
-"""Within-chip and between-chip variation of device conductances (SCIENCE.md §1).
+"""Within-chip and between-chip variation of device conductances (Deng & Orshansky, DATE 2022; Jia et al., DAC 2018).
 
 Deng & Orshansky (DATE 2022): a device's realised target is its nominal target times
 (or plus) a random error with a between-chip part shared at a granularity and a

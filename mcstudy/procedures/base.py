@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -51,6 +51,12 @@ class Procedure(ABC):
     def problems(self, net: AnalogNetwork, data: EvalData) -> list[str]:
         """What makes this procedure unusable with this network and data (checked before
         anything is written)."""
+        return []
+
+    def read_times(self, times: Sequence[float]) -> list[float]:
+        """Times (s after programming) at which this procedure reads the chips beyond the
+        study's own ``times`` (a reference readout, a tuning read): part of the chips' read
+        schedule (``ChipBatch.scheduled``), so every read of a chip is one joint draw."""
         return []
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> Any:

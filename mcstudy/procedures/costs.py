@@ -1,7 +1,7 @@
 """What an on-chip learning stage costs: memory of its state and the energy of its multiplies.
 
 Energy per multiply at 45 nm (Horowitz, "Computing's energy problem", ISSCC 2014), the
-table SCIENCE.md §4 quotes: 8-bit integer 0.2 pJ, 32-bit integer 3.1 pJ, 16-bit float
+table: 8-bit integer 0.2 pJ, 32-bit integer 3.1 pJ, 16-bit float
 1.1 pJ, 32-bit float 3.7 pJ. Other integer widths follow the power law through the two
 integer points, E(b) = 0.2 pJ · (b/8)^k with k = log(3.1/0.2)/log(4) ≈ 1.98 — an array
 multiplier's area, and so its switched capacitance, grows with the square of its width.

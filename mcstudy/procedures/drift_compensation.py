@@ -1,4 +1,4 @@
-"""Drift compensation from a readout of the chip itself (SCIENCE.md §2).
+"""Drift compensation from a readout of the chip itself (Joshi et al., Nat. Commun. 2020).
 
 Right after programming (at ``reference_time``) each analog layer of each chip is read
 with a fixed set of input vectors and the mean |output| is stored. At time t the same
@@ -12,7 +12,7 @@ uncompensated (α = 1), as the chip would run then.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from pydantic import Field, PositiveInt
@@ -48,6 +48,9 @@ class DriftCompensation(Procedure):
     def _readout(self, net: AnalogNetwork, inputs: list[torch.Tensor], read: ChipRead) -> list[torch.Tensor]:
         dims = (1, 2) if self.params.mode == "global" else (1,)
         return [o.abs().mean(dim=dims) for o in net.readout(inputs, read)]
+
+    def read_times(self, times: Sequence[float]) -> list[float]:
+        return [self.params.reference_time]
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         inputs = self._inputs(net)

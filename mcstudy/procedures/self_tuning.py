@@ -10,7 +10,10 @@ they match the nominal model's statistics on the same batch:
 
 With ``when: once`` each chip is tuned a single time, on a read at ``tune_time`` after
 programming, and keeps those trims at every later time (as a chip calibrated at the
-factory or at power-up would): drift after the tuning is then not corrected.
+factory or at power-up would): drift after the tuning is then not corrected. At every
+time, the tuning read is the scored read itself, or, with ``lead``, a read that long
+before it — scored on a read it did not tune on (with PCM's 1/f noise the two share the
+part of the read noise the law gives them: ``ChipBatch.read``).
 
 Layers are tuned in order, each seeing the already-tuned layers before it (one pass).
 The nominal statistics are those of the trained (digital) network, computed once and
@@ -23,15 +26,16 @@ is cancelled exactly; an ideal chip is left unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from pydantic import Field, PositiveInt
 
 from ..analog import AnalogNetwork
+from ..errors import McStudyError
 from ..hardware import ChipBatch, ChipRead
 from ..registry import Params
-from ..times import TimeSeconds
+from ..times import Duration, TimeSeconds
 from .base import PROCEDURES, EvalData, Procedure, layer_outputs, read_once_problems, with_before_and_costs
 from .costs import LearningCost
 from ..vocabulary import REFERENCE_TIME_S
@@ -55,6 +59,9 @@ class SelfTuningParams(Params):
     samples: PositiveInt = Field(128, description="calibration inputs per tuning (from the calibration split)")
     record_before: bool = Field(True, description="also score the chip before tuning (accuracy_before)")
     when: Literal["every_time", "once"] = Field("every_time", description="tune at every drift time, or once (at tune_time) and keep the trims")
+    lead: Duration = Field(
+        0.0, description="when: every_time — tune on a read this long before each scored read, not on the scored read itself (0: on it), s"
+    )
     tune_time: TimeSeconds = Field(REFERENCE_TIME_S, description="time after programming of the single tuning read (when: once), s")
 
 
@@ -83,6 +90,17 @@ class SelfTuning(Procedure):
         if data.x_cal.shape[0] == 0:
             return ["self_tuning needs calibration samples: set data.calibration_fraction above 0"]
         return read_once_problems(net, data, "self_tuning")
+
+    def read_times(self, times: Sequence[float]) -> list[float]:
+        p = self.params
+        if p.when == "once":
+            return [p.tune_time]
+        if p.lead > 0:
+            early = [t for t in times if t - p.lead <= 0]
+            if early:
+                raise McStudyError(f"self_tuning's lead of {p.lead:g} s puts the tuning read for time {early[0]:g} s at or before programming: set lead below {min(times):g} s")
+            return [t - p.lead for t in times]
+        return []
 
     def prepare(self, chips: ChipBatch, net: AnalogNetwork, data: EvalData) -> Reference:
         """The nominal model's statistics, layer by layer (the same for every chip)."""
@@ -124,6 +142,10 @@ class SelfTuning(Procedure):
         self, state: Reference, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
         before = data.score(net, read)["accuracy"] if self.params.record_before else None
-        scales, shifts = state.fixed if state.fixed is not None else self.trims(state, read, net, data)
+        if state.fixed is not None:
+            scales, shifts = state.fixed
+        else:
+            tuning = read if self.params.lead == 0 else chips.read(t - self.params.lead, tag="self_tuning")
+            scales, shifts = self.trims(state, tuning, net, data)
         out = data.score(net, read, scales, shifts)
         return with_before_and_costs(out, before, self.cost(state, self._batch(data).shape[0]).figures(None))

@@ -154,27 +154,34 @@ class VariabilityAware(_Quantising):
     params: VATParams
 
     def weights(self, ws: dict[str, torch.Tensor], gen: torch.Generator, progress: float) -> dict[str, torch.Tensor]:
-        q = self.quantised(ws)
-        shared: dict[str, torch.Tensor] = {}
-        out = {}
-        for n, w in q.items():
-            log_gain = torch.zeros((), dtype=w.dtype)
-            for key, comp in (("within", self.params.variation.within), ("between", self.params.variation.between)):
-                if comp.sigma == 0:
-                    continue
-                if comp.kind != "lognormal":
-                    raise ValueError("variability-aware training samples lognormal variation")
-                g = comp.granularity
-                if g == "chip":
-                    if key not in shared:
-                        shared[key] = torch.randn((), generator=gen)
-                    z = shared[key]
-                elif g == "layer":
-                    z = torch.randn((), generator=gen)
-                elif g in ("column", "tile"):
-                    z = torch.randn((w.shape[0],) + (1,) * (w.dim() - 1), generator=gen)
-                else:
-                    z = torch.randn(w.shape, generator=gen)
-                log_gain = log_gain + comp.sigma * z
-            out[n] = w * torch.exp(log_gain)
-        return out
+        return sample_variation(self.quantised(ws), self.params.variation, gen)
+
+
+def sample_variation(ws: dict[str, torch.Tensor], variation: Variation, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every weight tensor times a fresh draw of lognormal within- and between-chip variation
+    (Deng & Orshansky): ``w·exp(σ_w·z_w + σ_b·z_b)``, each ``z`` shared at its component's
+    granularity (one draw for the whole network at ``chip``, per tensor at ``layer``, per
+    output at ``column``/``tile``, per weight at ``device``)."""
+    shared: dict[str, torch.Tensor] = {}
+    out = {}
+    for n, w in ws.items():
+        log_gain = torch.zeros((), dtype=w.dtype)
+        for key, comp in (("within", variation.within), ("between", variation.between)):
+            if comp.sigma == 0:
+                continue
+            if comp.kind != "lognormal":
+                raise ValueError("training samples lognormal variation")
+            g = comp.granularity
+            if g == "chip":
+                if key not in shared:
+                    shared[key] = torch.randn((), generator=gen)
+                z = shared[key]
+            elif g == "layer":
+                z = torch.randn((), generator=gen)
+            elif g in ("column", "tile"):
+                z = torch.randn((w.shape[0],) + (1,) * (w.dim() - 1), generator=gen)
+            else:
+                z = torch.randn(w.shape, generator=gen)
+            log_gain = log_gain + comp.sigma * z
+        out[n] = w * torch.exp(log_gain)
+    return out
