@@ -36,6 +36,13 @@ REFERENCE_TIME_S: float = 20.0
 t0, drift compensation's reference read, the programming search's first time and the
 default tuning read (Nandakumar et al. 2019 / Le Gallo et al. 2023 measure from 20 s)."""
 
+READOUT_INTERVAL_S: float = 1.0
+"""How long after the study's read at a time another readout at that same nominal time
+is taken (a drift-compensation reference, a self-tuning read), s: with read noise
+correlated in time (PCM's 1/f noise) the two share the variance the device's law gives
+reads this far apart, not all of it."""
+
+
 PHYSICS_VERSION = 3
 """Version of the models behind the numbers, part of every study's hash: raise it with any
 change that changes a study's numbers, so a store written before is never resumed with

@@ -308,14 +308,48 @@ def test_reads_at_different_times_share_variance_as_the_1_over_f_law_says() -> N
 
 
 @pytest.mark.parametrize("read_noise", ["per_read", "per_vector"])
-def test_joint_reads_keep_chip_identity_and_one_instant_per_time(read_noise: str) -> None:
-    """A chip's joint reads are the same alone as in any block, and a read at a time is the
-    device's noise at that time whatever it is for: a readout tagged otherwise at a
-    scheduled time sees the same per-read (slow 1/f) noise as the study's read there."""
+def test_joint_reads_keep_chip_identity(read_noise: str) -> None:
+    """A chip's joint reads, and a readout with another tag, are the same alone as in any block."""
     pop, w, _, _ = _noise(read_noise=read_noise, n=1)
     times = [20.0, DAY, YEAR]
     block = pop.program([w], chip_stream(9, "joint", range(5))).scheduled(times)
     alone = pop.program([w], chip_stream(9, "joint", [3])).scheduled(times)
     for t in times:
-        assert torch.equal(block.read(t).layers[0].weight[3], alone.read(t).layers[0].weight[0])
-    assert torch.equal(block.read(DAY, tag="reference").layers[0].weight, block.read(DAY).layers[0].weight)
+        for tag in ("read", "reference"):
+            a, b = block.read(t, tag).layers[0], alone.read(t, tag).layers[0]
+            assert torch.equal(a.weight[3], b.weight[0])
+            assert (a.var is None) == (b.var is None) and (a.var is None or torch.equal(a.var[3], b.var[0]))
+
+
+def test_a_readout_at_a_study_time_shares_what_the_law_gives_reads_one_second_apart() -> None:
+    """A readout with another purpose (a reference or tuning read) at a study time is taken
+    1 s after the study's read there: over 3,000 chips their errors correlate as the law
+    says for reads 1 s apart at 20 s (0.59), not 1 (the same read) and not 0."""
+    from mcstudy.vocabulary import READOUT_INTERVAL_S
+
+    pop, w, chips, p = _noise()
+    joint = chips.scheduled([20.0, DAY])
+    a = (joint.read(20.0).layers[0].weight - w).flatten(1)
+    b = (joint.read(20.0, tag="reference").layers[0].weight - w).flatten(1)
+    r = float((((a - a.mean(0)) * (b - b.mean(0))).mean(0) / (a.std(0) * b.std(0))).mean())
+    law = _law(20.0, 20.0 + READOUT_INTERVAL_S, p)
+    assert law == pytest.approx(0.59, abs=0.01)
+    assert abs(r - law) < 5 * (1 - law**2) / math.sqrt(a.numel())
+
+
+def test_per_vector_products_at_two_times_correlate_as_reads_do() -> None:
+    """Under ``read_noise: per_vector`` a product's noise is a shared part (drawn jointly over
+    the schedule) plus a fresh part: two products of one chip at 1 d and 1 y correlate as
+    two reads do (0.451; the fresh parts are independent, the shared parts carry the law's
+    whole covariance), over 3,000 chips programmed alike."""
+    from mcstudy.analog import AnalogNetwork
+
+    pop, w, chips, p = _noise(read_noise="per_vector")
+    net = AnalogNetwork(torch.nn.Sequential(torch.nn.Linear(8, 8, bias=False)))
+    x = torch.rand(1, 8, generator=torch.Generator().manual_seed(1))
+    joint = chips.scheduled([DAY, YEAR])
+    y1, y2 = (net.forward(x, joint.read(t))[:, 0] for t in (DAY, YEAR))  # (chips, 8): the crossbar's outputs for x
+    ys = [(y - y.mean(0)) for y in (y1, y2)]
+    r = float(((ys[0] * ys[1]).mean(0) / (ys[0].std(0) * ys[1].std(0))).mean())
+    law = _law(DAY, YEAR, p)
+    assert abs(r - law) < 5 * (1 - law**2) / math.sqrt(y1.numel())

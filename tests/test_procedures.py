@@ -159,6 +159,53 @@ def test_insitu_transfer_learns_through_what_the_chip_knows(net: AnalogNetwork) 
     assert (learned - (w0 - step * gain)).abs().amax() > 20 * 1e-4 * step.abs().amax()
 
 
+def test_learning_gradients_are_the_chips_knowable_backpropagation_through_every_layer(net: AnalogNetwork) -> None:
+    """Every gradient of on-chip learning by hand: with multiplier mismatch, neuron gain and
+    offset drift and device variation, the gradients of both layers' known weights, the
+    digital scales and shifts are the backpropagation of the chip's own output error
+    through the stored weights and the digital trims, with each ReLU passing it where the
+    chip's measured output is positive — the chip's unknown gains and offsets nowhere."""
+    import dataclasses
+
+    pop = Population(
+        DEVICES.get("ideal").obj(DEVICES.get("ideal").params()), MAPPINGS.get("differential").obj(MAPPINGS.get("differential").params()),
+        Variation.model_validate({"within": {"sigma": 0.2}}),
+        periphery=PeripherySpec.model_validate({"mismatch": {"gain": 0.3}, "op_drift": {"gain": 0.2, "offset": 0.3, "granularity": "neuron"}}),
+    )  # fmt: skip
+    chips = pop.program(net.nominal, chip_stream(3, "g", range(2)), net.granules)
+    read = chips.read(20.0)
+    x, y = torch.from_numpy(DATA.x_cal[:16]), torch.from_numpy(DATA.y_cal[:16])
+    known = [w.unsqueeze(0).expand(2, *w.shape).clone().requires_grad_(True) for w in net.reference]
+    scales = [torch.full((2, w.shape[0]), 1.1).requires_grad_(True) for w in net.reference]
+    shifts = [torch.full((2, w.shape[0]), 0.05).requires_grad_(True) for w in net.reference]
+    chip = dataclasses.replace(read, layers=[dataclasses.replace(lr, weight=k.detach() * lay.gain, var=None) for lr, k, lay in zip(read.layers, known, chips.layers)])
+    with torch.enable_grad():
+        logits = net.logits(x, chip, scales, out_shifts=shifts, known=known)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(2), reduction="sum")
+        got = torch.autograd.grad(loss, known + scales + shifts)
+    with torch.no_grad():  # the chip's forward pass by hand, then what it can compute backwards
+        l0, l1 = chip.layers
+        b0, b1 = net.layers[0].bias, net.layers[1].bias
+
+        def neurons(z: torch.Tensor, lr, s: torch.Tensor, sh: torch.Tensor, b: torch.Tensor):  # type: ignore[no-untyped-def]
+            z = z * lr.neurons.gain.unsqueeze(1) + lr.neurons.offset.unsqueeze(1)
+            return z, z * s.unsqueeze(1) + sh.unsqueeze(1) + b
+
+        xf = x.reshape(x.shape[0], -1)
+        m0, a0 = neurons(torch.einsum("ni,coi->cno", xf, l0.weight), l0, scales[0].detach(), shifts[0].detach(), b0)
+        h = torch.relu(a0)
+        m1, a1 = neurons(torch.einsum("cni,coi->cno", h, l1.weight), l1, scales[1].detach(), shifts[1].detach(), b1)
+        torch.testing.assert_close(a1, logits.detach(), rtol=1e-5, atol=1e-5)
+        d1 = torch.softmax(a1, -1) - torch.nn.functional.one_hot(y, 10)
+        dz1 = d1 * scales[1].detach().unsqueeze(1)
+        da0 = torch.einsum("cno,coi->cni", dz1, known[1].detach()) * (a0 > 0)
+        dz0 = da0 * scales[0].detach().unsqueeze(1)
+        want = [torch.einsum("cno,ni->coi", dz0, xf), torch.einsum("cno,cni->coi", dz1, h),
+                (da0 * m0).sum(1), (d1 * m1).sum(1), da0.sum(1), d1.sum(1)]  # fmt: skip
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
 def test_learning_through_known_weights_leaves_the_forward_pass_bit_for_bit(net: AnalogNetwork) -> None:
     pop = _population(periphery={"mismatch": {"gain": 0.2, "offset": 0.1}})
     read = pop.program(net.nominal, chip_stream(4, "same", range(3)), net.granules).read(20.0)
@@ -188,7 +235,7 @@ def test_insitu_transfer_writes_what_it_learned_back_to_pcm_devices(net: AnalogN
     last = len(net.layers) - 1
     for quiet in (True, False):
         pop = _pcm_population(**({"prog_noise_scale": 0.0, "read_noise_scale": 0.0} if quiet else {}))
-        chips = pop.program(net.nominal, chip_stream(5, "write", range(8)), net.granules)
+        chips = pop.program(net.nominal, chip_stream(5, "write", range(24)), net.granules)
         read = chips.read(t)
         prep = proc.prepare(chips, net, data)
         learned = proc.learn_weights(chips, read, t, net, data, prep)[0][last].value
@@ -200,7 +247,7 @@ def test_insitu_transfer_writes_what_it_learned_back_to_pcm_devices(net: AnalogN
         else:
             first = (chips.read(20.0).layers[last].weight - net.nominal[last]).std()
             ratio = float((scored - learned).std() / first)
-            assert 0.7 < ratio < 1.4, ratio
+            assert 0.85 < ratio < 1.18, ratio  # 24 chips × 330 weights: the std of a std is ~1 %; the clip at full scale adds a little
     ideal = _population().program(net.nominal, chip_stream(5, "write", range(3)), net.granules)
     prep = proc.prepare(ideal, net, data)
     read = ideal.read(t)
@@ -240,6 +287,32 @@ def test_self_tuning_can_tune_on_a_read_before_the_one_it_is_scored_on(net: Anal
         assert torch.equal(outs[0], outs[1]) == same
     with pytest.raises(McStudyError, match="lead"):
         SelfTuning(SelfTuningParams(lead=3600.0)).read_times([20.0, 86400.0])
+
+
+def test_insitu_write_back_refuses_a_hardware_aware_variant_on_analog_devices(net: AnalogNetwork) -> None:
+    """A hardware-aware variant's reference weights are already through its transfer
+    function; writing learned weights back through the mapping would apply it again, so
+    in-situ learning refuses it on devices that are written (not on ideal devices)."""
+    import copy
+
+    hwa = copy.copy(net)
+    hwa.reference = [w * 0.9 for w in net.reference]  # a reference that is not the programmed weights
+    proc = InsituTransfer(InsituTransferParams())
+    assert proc.population_problems(net, _pcm_population()) == []
+    assert "hardware-aware" in proc.population_problems(hwa, _pcm_population())[0]
+    assert proc.population_problems(hwa, _population()) == []
+
+
+def test_self_tuning_once_runs_untuned_before_its_tuning_read(net: AnalogNetwork) -> None:
+    """Trims tuned at ``tune_time`` do not exist before it: a read at 1 s of a chip tuned
+    once at 20 s is scored as the untuned chip, bit for bit."""
+    chips = _population({"between": {"sigma": 0.3, "granularity": "layer"}}).program(net.nominal, chip_stream(8, "once", range(3)), net.granules)
+    data = _data()
+    proc = SelfTuning(SelfTuningParams(when="once", tune_time=20.0))
+    state = proc.prepare(chips, net, data)
+    early, late = chips.read(1.0), chips.read(3600.0)
+    assert torch.equal(proc.evaluate(state, chips, early, 1.0, net, data)["loss"], data.score(net, early)["loss"])
+    assert not torch.equal(proc.evaluate(state, chips, late, 3600.0, net, data)["loss"], data.score(net, late)["loss"])
 
 
 @pytest.mark.parametrize("kind", ["self_tuning", "insitu_transfer"])

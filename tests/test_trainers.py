@@ -138,6 +138,12 @@ _NOISE_OFF: dict[str, dict] = {
 }
 
 
+_NOISE_ON: dict[str, dict] = {
+    "noise_injection": dict(sigma=0.3, mode="multiplicative", variation={"within": {"sigma": 0.2}, "between": {"sigma": 0.2}}),
+    "variability_aware": dict(variation={"within": {"sigma": 0.3}, "between": {"sigma": 0.2, "granularity": "layer"}}),
+}
+
+
 def test_every_trainer_is_covered_by_the_reference_test() -> None:
     assert sorted(_NOISE_OFF) == sorted(TRAINERS.names())
 
@@ -176,6 +182,10 @@ def test_every_variants_reference_is_what_its_trainer_computes(name: str, tmp_pa
     for k, n in enumerate(names):
         assert torch.equal(net.reference[k], forward[n].detach()), n
     torch.testing.assert_close(net.forward(x, net.nominal_read())[0], own, rtol=1e-5, atol=1e-5)  # torch's Linear sums in another order
+    if name in _NOISE_ON:  # the trainer with its noise on has the same reference: the noise is the chips' to supply
+        noisy = AnalogNetwork(model)
+        entry.obj(entry.params(**{**params, **_NOISE_ON[name]})).set_reference(noisy)
+        assert all(torch.equal(a, b) for a, b in zip(noisy.reference, net.reference))
 
 
 def test_a_tile_without_the_layers_largest_weight_keeps_the_trainers_grid() -> None:

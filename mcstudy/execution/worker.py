@@ -118,6 +118,9 @@ class WorkerContext:
         for p, proc in zip(self.spec.procedures, self.procedures):
             for v, net in self.networks.items():
                 out += [(f"procedures.{p.name}", f"{msg} (variant {v!r})") for msg in proc.problems(net, self.data)]
+                for h in self.spec.hardware:
+                    population = self.variant_populations.get((v, h.name)) or self.populations[h.name]
+                    out += [(f"procedures.{p.name}", f"{msg} (variant {v!r}, population {h.name!r})") for msg in proc.population_problems(net, population)]
         return out
 
     def run(self, unit: WorkUnit) -> UnitResult:

@@ -102,10 +102,11 @@ class DeviceModel(ABC):
         is common to every product of one read. Default 1: white read noise."""
         return 1.0
 
-    def read_noise_correlation(self, times: Sequence[float]) -> np.ndarray | None:
+    def read_noise_correlation(self, times: Sequence[float], vector: bool = False) -> np.ndarray | None:
         """The correlation matrix of one device's read noise between reads at ``times`` (s
         after programming, increasing), or None where reads are independent (white read
-        noise; the default)."""
+        noise; the default). ``vector``: of the part each read's products share
+        (:meth:`vector_fresh_fraction`)."""
         return None
 
     def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None, mix: Mix | None = None) -> torch.Tensor:

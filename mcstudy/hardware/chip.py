@@ -34,6 +34,7 @@ from .mapping import Mapping
 from .periphery import NeuronDraws, PeripherySpec, chip_draws, mismatch_gain, neuron_draws
 from .tiles import TileGrid, TileSpec
 from .variation import Variation, apply_variation, chip_level_draws
+from ..vocabulary import READOUT_INTERVAL_S
 
 ReadNoiseMode = Literal["per_read", "per_vector"]
 WeightScale = Literal["auto", "trained", "layer", "tile"]
@@ -239,12 +240,13 @@ class ChipBatch:
         """Every layer read ``t`` s after programming.
 
         Reads with the same ``tag`` and ``t`` see the same read noise (they are one read); a
-        different tag is a different read of the same chips — its per-vector noise its own,
-        and, on a device with white read noise, its per-read noise too. A device whose read
-        noise is correlated in time (PCM's 1/f noise) has one noise process: a read at ``t``
-        takes its value at ``t`` whatever the tag, drawn jointly with the reads at the
-        chips' scheduled times before ``t`` (:meth:`scheduled`), so that reads at ``t₁`` and
-        ``t₂`` share variance as the device's law says (PCM: ``(D(t₁) + D(t₂) − D(|t₂ − t₁|))/2``).
+        different tag is a different read of the same chips. A device whose read noise is
+        correlated in time (PCM's 1/f noise) has one noise process, drawn jointly at the
+        chips' scheduled times (:meth:`scheduled`), so that reads at ``t₁`` and ``t₂`` share
+        variance as the device's law says (PCM: ``(D(t₁) + D(t₂) − D(|t₂ − t₁|))/2``); a read
+        with another tag at ``t`` is taken ``READOUT_INTERVAL_S`` (1 s) after the study's
+        read there and shares with it what the law gives reads 1 s apart. A read at a time
+        outside the schedule is drawn jointly with the scheduled reads before it only.
         """
         return ChipRead([self.read_layer(i, t, tag) for i in range(len(self.layers))], self.population.periphery)
 
@@ -254,10 +256,11 @@ class ChipBatch:
         pop, layer = self.population, self.layers[i]
         device, mapping, g_max = pop.device, pop.mapping, pop.device.g_max
         read_stream = self.stream.child(tag, float(t), i)
-        noise, mix = self._read_noise(i, t, read_stream)
+        vector = pop.read_noise == "per_vector"
+        noise, mix = self._read_noise(i, t, tag, read_stream, vector)
         age = t - layer.written
         var = None
-        if pop.read_noise == "per_vector":
+        if vector:
             g, sigma = device.mean_and_sigma(layer.state, age)
             if sigma is not None:
                 fresh = device.vector_fresh_fraction(age)
@@ -284,22 +287,28 @@ class ChipBatch:
             noise=read_stream.child("vector") if needs_noise else None,
         )
 
-    def _read_noise(self, i: int, t: float, read_stream: Stream) -> tuple[Stream, Mix | None]:
+    def _read_noise(self, i: int, t: float, tag: str, read_stream: Stream, vector: bool = False) -> tuple[Stream, Mix | None]:
         """Where layer ``i``'s read noise at ``t`` comes from: the read's own stream on a
         device with white read noise (and on devices written again since programming, read
-        once); else the device's noise process at ``t`` — its stream named by the time alone,
-        combined (:data:`~mcstudy.hardware.base.Mix`) with those of the scheduled times
-        before ``t`` by the Cholesky row of their correlation."""
+        once); else the device's noise process — the study's read (``tag`` "read") at ``t``
+        drawn from a stream named by the time alone, combined with those of the scheduled
+        times before ``t`` by the Cholesky row of their correlation
+        (:data:`~mcstudy.hardware.base.Mix`); a read with another tag at ``t`` taken
+        ``READOUT_INTERVAL_S`` after the study's read there, with an increment of its own.
+        ``vector``: the part of the noise shared by a read's products (per-vector mode)."""
         device, layer = self.population.device, self.layers[i]
         if layer.written or device.read_noise_correlation([t]) is None:
             return read_stream, None
-        own = self.stream.child("read", float(t), i)
-        earlier = [x for x in self.schedule if x < t]
-        correlation = device.read_noise_correlation([*earlier, t]) if earlier else None
+        if tag == "read":
+            own, at, earlier = self.stream.child("read", float(t), i), t, [x for x in self.schedule if x < t]
+        else:
+            own, at, earlier = read_stream, t + READOUT_INTERVAL_S, [x for x in self.schedule if x <= t]
+        correlation = device.read_noise_correlation([*earlier, at], vector=vector) if earlier else None
         if correlation is None:
             return own, None
         row = joint_row(correlation)
-        return own, [(float(r), self.stream.child("read", float(x), i)) for r, x in zip(row, [*earlier, t])]
+        streams = [self.stream.child("read", float(x), i) for x in earlier] + [own]
+        return own, [(float(r), s) for r, s in zip(row, streams)]
 
     def rewritten(self, i: int, weights: torch.Tensor, t: float, tag: str) -> "ChipBatch":
         """These chips with layer ``i``'s devices programmed again, ``t`` s after the first

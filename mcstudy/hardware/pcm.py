@@ -151,14 +151,16 @@ def vector_fresh_fraction(t: float, p: PCMDriftReadParams = DEFAULT) -> float:
     return 1.0 if total <= fresh else fresh / total
 
 
-def read_noise_correlation(times: Sequence[float], p: PCMDriftReadParams = DEFAULT) -> np.ndarray | None:
+def read_noise_correlation(times: Sequence[float], p: PCMDriftReadParams = DEFAULT, vector: bool = False) -> np.ndarray | None:
     """Correlation of one device's 1/f read noise between reads at ``times`` (s after
     programming, increasing). The noise of a read at t deviates from the programmed state
     with variance D(t), D(τ) = ln((τ + t_read)/(2·t_read)) (the structure function of
     :func:`read_noise_time_factor`, floored at 0), and two reads Δ apart differ with
     variance D(Δ), so ``Cov(t_k, t_m) = (D(t_k) + D(t_m) − D(|t_k − t_m|))/2``
-    (the law the per-vector split uses within one read). None without read
-    noise."""
+    (the law the per-vector split uses within one read). With ``vector``, of the part each
+    read's products share under ``read_noise: per_vector`` (its fresh part D(Δ)/2,
+    Δ = ``vector_interval``, independent of everything, off the diagonal's variance).
+    None without read noise."""
     if p.read_noise_scale == 0:
         return None
 
@@ -173,6 +175,11 @@ def read_noise_correlation(times: Sequence[float], p: PCMDriftReadParams = DEFAU
     for k in range(n):
         for m in range(n):
             cov[k, m] = v[k] if k == m else (v[k] + v[m] - d(abs(times[k] - times[m]))) / 2
+    if vector:
+        v = v - 0.5 * d(p.vector_interval)  # the shared part's variance at each time
+        if (v <= 0).any():
+            return None  # nothing shared: every product's noise is fresh
+        cov[np.diag_indices(n)] = v
     return cov / np.sqrt(np.outer(v, v))
 
 
@@ -404,8 +411,8 @@ class PCMDevice(DeviceModel):
         g_prog, nu = program(g_target, rng, p)
         return {"g_prog": g_prog, "nu": nu, "qs": read_noise_qs(g_prog, p)}
 
-    def read_noise_correlation(self, times: Sequence[float]) -> np.ndarray | None:
-        return read_noise_correlation(times, self.params)
+    def read_noise_correlation(self, times: Sequence[float], vector: bool = False) -> np.ndarray | None:
+        return read_noise_correlation(times, self.params, vector)
 
     def read(self, state: DeviceState, t: float, rng: Stream, out: torch.Tensor | None = None, mix: Mix | None = None) -> torch.Tensor:
         p = self.params

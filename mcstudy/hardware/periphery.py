@@ -1,8 +1,11 @@
 """The circuit around the crossbars: DACs, ADCs, output noise, and the analog neurons'
 operating-point drift and mismatch (Jia et al., DAC 2018).
 
-Units. Inputs are normalised by ``x_scale`` — the DAC's fixed range, or each input
-vector's largest |x| with per-vector scaling (aihwkit's "noise management") — and
+Units. Inputs are normalised by ``x_scale`` — the DAC's fixed range, or, with per-vector
+scaling, each input's largest |x|: a Linear's input vector or token (as aihwkit's "noise
+management" scales each vector), a convolution's whole input image, one range for all its
+patches (aihwkit scales each unfolded patch; a trainer's activation quantisation, which
+the chips reproduce, each image) — and
 weights by the full-scale weight ``w_max`` of their tile, so a crossbar column's
 normalised output is in units of one full-scale device driven by a full-scale input.
 The ADC range, output noise and neuron offsets are in those units.

@@ -124,5 +124,5 @@ class TableDevice(DeviceModel):
     def vector_fresh_fraction(self, t: float) -> float:
         return vector_fresh_fraction(t, self.params)
 
-    def read_noise_correlation(self, times: Sequence[float]) -> np.ndarray | None:
-        return read_noise_correlation(times, self.params)
+    def read_noise_correlation(self, times: Sequence[float], vector: bool = False) -> np.ndarray | None:
+        return read_noise_correlation(times, self.params, vector)

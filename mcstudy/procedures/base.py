@@ -17,7 +17,7 @@ import torch
 
 from ..analog import AnalogNetwork
 from ..analog.network import Scales
-from ..hardware import ChipBatch, ChipRead
+from ..hardware import ChipBatch, ChipRead, Population
 from ..objectives import Objective
 from ..registry import Params
 from ..registries import PROCEDURES  # noqa: F401  (re-exported where it always was)
@@ -51,6 +51,11 @@ class Procedure(ABC):
     def problems(self, net: AnalogNetwork, data: EvalData) -> list[str]:
         """What makes this procedure unusable with this network and data (checked before
         anything is written)."""
+        return []
+
+    def population_problems(self, net: AnalogNetwork, population: Population) -> list[str]:
+        """What makes this procedure unusable with this network on this population (checked
+        before anything is written)."""
         return []
 
     def read_times(self, times: Sequence[float]) -> list[float]:

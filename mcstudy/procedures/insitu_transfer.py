@@ -46,14 +46,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, PositiveInt
 
 from ..analog import AnalogNetwork
-from ..hardware import ChipBatch, ChipRead
+from ..hardware import ChipBatch, ChipRead, Population
 from ..registry import Params
 from ..rng import Stream, fixed_stream
 from ..times import TimeSeconds
@@ -262,15 +262,30 @@ class InsituTransfer(Procedure):
         """The read that scores what was learned at time ``t``: the learning stage's weights
         through their multipliers where the devices hold digital values (Jia et al.'s
         processor: ``DeviceModel.digital_weights``); else the weights written back to each
-        retrained layer's devices at ``t`` (programming noise, drift from the write) and read
-        ``read_after_write`` later, with fresh read noise. The other layers keep ``read``."""
+        retrained layer's devices at ``t`` (programming noise, drift from the write) and, with
+        every other layer, read ``read_after_write`` later: the scoring read is one instant
+        of the whole chip, not the read learning fitted (whose slow noise has partly moved)."""
         if chips.population.device.digital_weights or not weights:
             return self._read(chips, read, weights)
-        layers = list(read.layers)
+        later = t + self.params.read_after_write
+        layers = list(chips.read(later).layers)  # every layer at the scoring instant (its read noise is that instant's)
         for i, p in weights.items():
-            written = chips.rewritten(i, p.value, t, "insitu_transfer")
-            layers[i] = written.read_layer(i, t + self.params.read_after_write, "insitu_transfer.scored")
+            layers[i] = chips.rewritten(i, p.value, t, "insitu_transfer").read_layer(i, later)
         return ChipRead(layers, read.periphery)
+
+    def read_times(self, times: Sequence[float]) -> list[float]:
+        return [t + self.params.read_after_write for t in times]  # the scoring reads after a write-back
+
+    def population_problems(self, net: AnalogNetwork, population: Population) -> list[str]:
+        if population.device.digital_weights or self.params.layers == 0:
+            return []
+        if any(not torch.equal(r, n) for r, n in zip(net.reference, net.nominal)):
+            return [
+                "insitu_transfer writes what it learns back to the devices through the population's mapping, which would put "
+                "weights already through the trainer's transfer function (a hardware-aware variant) through it again: run it "
+                "on ideal devices, or with layers: 0"
+            ]
+        return []
 
     def cost(self, chips: ChipBatch, net: AnalogNetwork, prep: Prepared, n: int) -> LearningCost:
         """Counts for one chip (see the module docstring)."""

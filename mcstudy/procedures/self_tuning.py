@@ -10,7 +10,8 @@ they match the nominal model's statistics on the same batch:
 
 With ``when: once`` each chip is tuned a single time, on a read at ``tune_time`` after
 programming, and keeps those trims at every later time (as a chip calibrated at the
-factory or at power-up would): drift after the tuning is then not corrected. At every
+factory or at power-up would): drift after the tuning is then not corrected, and a time
+before ``tune_time`` is scored untuned (the trims do not exist yet). At every
 time, the tuning read is the scored read itself, or, with ``lead``, a read that long
 before it — scored on a read it did not tune on (with PCM's 1/f noise the two share the
 part of the read noise the law gives them: ``ChipBatch.read``).
@@ -142,6 +143,9 @@ class SelfTuning(Procedure):
         self, state: Reference, chips: ChipBatch, read: ChipRead, t: float, net: AnalogNetwork, data: EvalData
     ) -> dict[str, torch.Tensor]:
         before = data.score(net, read)["accuracy"] if self.params.record_before else None
+        if state.fixed is not None and t < self.params.tune_time:  # before its tuning read: the chip runs untuned
+            out = data.score(net, read)
+            return with_before_and_costs(out, before, self.cost(state, self._batch(data).shape[0]).figures(None))
         if state.fixed is not None:
             scales, shifts = state.fixed
         else:
