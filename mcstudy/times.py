@@ -14,7 +14,7 @@ TIME_UNITS: dict[str, float] = {
     "s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0,
     "w": 604800.0, "mo": 30 * 86400.0, "y": 365 * 86400.0, "yr": 365 * 86400.0,
 }  # fmt: skip
-_TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*$")
+_TIME_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-z]*)\s*$")  # a sign parses: the field's bounds name what is wrong
 
 
 def parse_time(value: Any) -> float:

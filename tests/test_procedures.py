@@ -291,15 +291,19 @@ def test_self_tuning_can_tune_on_a_read_before_the_one_it_is_scored_on(net: Anal
 
 def test_insitu_write_back_refuses_a_hardware_aware_variant_on_analog_devices(net: AnalogNetwork) -> None:
     """A hardware-aware variant's reference weights are already through its transfer
-    function; writing learned weights back through the mapping would apply it again, so
-    in-situ learning refuses it on devices that are written (not on ideal devices)."""
+    function; writing learned weights back through a curve-blind mapping with a nonlinear
+    curve would apply the curve again, so in-situ learning refuses that combination on
+    devices that are written (not on ideal devices, not on a linear mapping)."""
     import copy
 
     hwa = copy.copy(net)
     hwa.reference = [w * 0.9 for w in net.reference]  # a reference that is not the programmed weights
     proc = InsituTransfer(InsituTransferParams())
-    assert proc.population_problems(net, _pcm_population()) == []
-    assert "hardware-aware" in proc.population_problems(hwa, _pcm_population())[0]
+    device, mapping = DEVICES.get("pcm"), MAPPINGS.get("differential")
+    curved = Population(device.obj(device.params()), mapping.obj(mapping.params(bits=4, nonlinearity=2.0)), Variation())
+    assert proc.population_problems(net, curved) == []
+    assert "hardware-aware" in proc.population_problems(hwa, curved)[0]
+    assert proc.population_problems(hwa, _pcm_population()) == []  # a linear mapping realises its own levels: no second transfer
     assert proc.population_problems(hwa, _population()) == []
 
 

@@ -118,6 +118,10 @@ BAD_INPUTS = [
     ("trained scale without ranges", _mutate("hardware.pcm.weight_scale", "trained"), "hardware.pcm.weight_scale", "variant 'float' uses 'standard'"),
     ("mapping below the device's off state", _mutate("hardware.pcm", {"device": "rram", "mapping": {"on_off_ratio": 100}}), "hardware.pcm.mapping.on_off_ratio", "below the device's off state"),
     ("unknown weight scale", _mutate("hardware.pcm.weight_scale", "column"), "hardware.pcm.weight_scale", "'auto', 'trained', 'layer' or 'tile'"),
+    ("tuning read before programming", _mutate("procedures.tune", {"kind": "self_tuning", "lead": "30s"}), "procedures.tune", "at or before programming"),
+    ("lead with a single tuning", _mutate("procedures.tune", {"kind": "self_tuning", "when": "once", "lead": "10s"}), "procedures.tune", "lead is for when: every_time"),
+    ("tuning after every time", _mutate("procedures.tune", {"kind": "self_tuning", "when": "once", "tune_time": "2y"}), "procedures.tune", "after every study time"),
+    ("negative duration with a unit", _mutate("procedures.tune", {"kind": "self_tuning", "lead": "-10s"}), "procedures.tune.lead", ">= 0"),
 ]
 
 

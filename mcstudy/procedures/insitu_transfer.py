@@ -277,13 +277,15 @@ class InsituTransfer(Procedure):
         return [t + self.params.read_after_write for t in times]  # the scoring reads after a write-back
 
     def population_problems(self, net: AnalogNetwork, population: Population) -> list[str]:
-        if population.device.digital_weights or self.params.layers == 0:
+        enc = population.mapping.params
+        curved = enc.nonlinearity != 0 or enc.asymmetry != 0  # the mapping's transfer is not the identity on its own levels
+        if population.device.digital_weights or self.params.layers == 0 or not curved:
             return []
         if any(not torch.equal(r, n) for r, n in zip(net.reference, net.nominal)):
             return [
-                "insitu_transfer writes what it learns back to the devices through the population's mapping, which would put "
-                "weights already through the trainer's transfer function (a hardware-aware variant) through it again: run it "
-                "on ideal devices, or with layers: 0"
+                "insitu_transfer writes what it learns back to the devices through the population's curve-blind mapping, which "
+                "would put weights already through the trainer's transfer function (a hardware-aware variant) through the "
+                "device curve again: run it on ideal devices, on a mapping without nonlinearity and asymmetry, or with layers: 0"
             ]
         return []
 

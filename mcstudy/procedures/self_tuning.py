@@ -95,6 +95,10 @@ class SelfTuning(Procedure):
     def read_times(self, times: Sequence[float]) -> list[float]:
         p = self.params
         if p.when == "once":
+            if p.lead > 0:
+                raise McStudyError("lead is for when: every_time (a chip tuned once tunes at tune_time); set one or the other")
+            if times and p.tune_time > max(times):
+                raise McStudyError(f"tune_time {p.tune_time:g} s is after every study time: the trims would never be used")
             return [p.tune_time]
         if p.lead > 0:
             early = [t for t in times if t - p.lead <= 0]

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..data import DATASETS, DataSpec
-from ..errors import SpecError
+from ..errors import McStudyError, SpecError
 from ..models import MODELS
 from ..registries import LOSSES, PROCEDURES, SCORES, TRAINERS
 from ..registry import FileParamError
@@ -105,6 +105,11 @@ def parse_study(
     times = tuple(sorted(top.times))
     if len(set(times)) != len(times):
         problems.append(("times", f"duplicate times; got {[format_time(t) for t in top.times]}"))
+    for p in procedures:  # a procedure's own reads must fit the study's times (a tuning read before programming)
+        try:
+            PROCEDURES.get(p.kind.name).obj(p.kind.params).read_times(times)
+        except McStudyError as e:
+            problems.append((f"procedures.{p.name}", str(e)))
     for section, n, limit in (("variants", len(variants), MAX_VARIANTS), ("hardware", len(hardware), MAX_POPULATIONS), ("procedures", len(procedures), MAX_PROCEDURES)):
         if n > limit:
             problems.append((section, f"{n:,} entries after expanding sweeps; a study may have at most {limit:,}"))
