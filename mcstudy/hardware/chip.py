@@ -261,13 +261,9 @@ class ChipBatch:
         age = t - layer.written
         var = None
         if vector:
-            g, sigma = device.mean_and_sigma(layer.state, age)
-            if sigma is not None:
-                fresh = device.vector_fresh_fraction(age)
-                if fresh < 1.0:  # the part every product of this read shares: G = max(G + σ_s·z, 0)
-                    z = draw_normal(noise, g, "shared") if mix is None else mixed_normal(mix, g, "shared")
-                    g = (g + math.sqrt(1.0 - fresh) * sigma * z).clamp_(min=0.0)
-                var = mapping.decode_variance(from_flat(sigma * math.sqrt(fresh), layer.shape), layer.coeff, layer.w_max, g_max)
+            g, fresh_sigma = self._shared_read(layer.state, age, noise, mix)
+            if fresh_sigma is not None:
+                var = mapping.decode_variance(from_flat(fresh_sigma, layer.shape), layer.coeff, layer.w_max, g_max)
             w = mapping.decode_flat(g, layer.shape, layer.coeff, layer.w_max, g_max)
         else:
             w = self._read_weights(i, age, noise, mix)
@@ -327,6 +323,21 @@ class ChipBatch:
         layers[i] = dataclasses.replace(layer, state=state, written=float(t))
         return dataclasses.replace(self, layers=layers, scratch={})
 
+    def _shared_read(self, state: DeviceState, age: float, noise: Stream, mix: Mix | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A ``read_noise: per_vector`` read of devices ``state`` ``age`` s after their write:
+        the conductances with the part of the read noise every product of the read shares,
+        ``G = max(G + √(1 − f)·σ·z, 0)`` (``z`` from ``noise``, or the joint ``mix``), and the
+        fresh part's σ ``√f·σ`` per device (None without read noise)."""
+        device = self.population.device
+        g, sigma = device.mean_and_sigma(state, age)
+        if sigma is None:
+            return g, None
+        fresh = device.vector_fresh_fraction(age)
+        if fresh < 1.0:
+            z = draw_normal(noise, g, "shared") if mix is None else mixed_normal(mix, g, "shared")
+            g = (g + math.sqrt(1.0 - fresh) * sigma * z).clamp_(min=0.0)
+        return g, sigma * math.sqrt(fresh)
+
     def _subtract_reference(
         self, layer: _Layer, t: float, stream: Stream, w: torch.Tensor, var: torch.Tensor | None, mix: Mix | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -344,13 +355,9 @@ class ChipBatch:
             return from_flat(g, shape)[:, 0, col_tile].reshape(g.shape[0], -1)
 
         if pop.read_noise == "per_vector":
-            g, sigma = device.mean_and_sigma(layer.reference, t)
-            if sigma is not None:
-                fresh = device.vector_fresh_fraction(t)
-                if fresh < 1.0:
-                    z = draw_normal(stream, g, "shared") if mix is None else mixed_normal(mix, g, "shared")
-                    g = (g + math.sqrt(1.0 - fresh) * sigma * z).clamp(min=0.0)
-                extra = mapping.decode_variance(per_weight(sigma * math.sqrt(fresh)).view(-1, *layer.shape), layer.coeff, layer.w_max, g_max)
+            g, fresh_sigma = self._shared_read(layer.reference, t, stream, mix)
+            if fresh_sigma is not None:
+                extra = mapping.decode_variance(per_weight(fresh_sigma).view(-1, *layer.shape), layer.coeff, layer.w_max, g_max)
                 var = extra if var is None else var + extra  # per vector, taken as independent between columns
         else:
             g = device.read(layer.reference, t, stream, mix=mix)
